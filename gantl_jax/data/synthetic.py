@@ -487,6 +487,17 @@ def render(domain: str, indices: Sequence[int] | np.ndarray, *, resolution: int,
     return out
 
 
+def face_masks(domain: str, indices: Sequence[int] | np.ndarray, *, resolution: int, seed: int = 0) -> np.ndarray:
+    """Coverage in [0, 1] of the face shape (skin of the head, no hair) as float32 (N, res, res).
+
+    For tests and analysis: where the layout of the two domains can be compared.
+    """
+    params = [sample_params(domain, int(i), seed) for i in np.asarray(indices).reshape(-1)]
+    p = _stack(params)
+    _, _, fx, fy = _grid(len(params), resolution, p)
+    return _fill(_face_shape(fx, fy, p, domain))
+
+
 def render_one(domain: str, index: int, *, resolution: int, seed: int = 0) -> np.ndarray:
     """Renders one image as uint8 (resolution, resolution, 3)."""
     return render(domain, [index], resolution=resolution, seed=seed)[0]
