@@ -7,7 +7,22 @@
     batch = next(it)                            # float32 (32 // P, 64, 64, 3) in [-1, 1]
     state = it.get_state()                      # save with the checkpoint; make_iterator(..., state=state)
 """
-from gantl_jax.data.builders import DataError
-from gantl_jax.data.pipeline import DataIterator, PreparedData, default_config, make_iterator, prepare
+import importlib
 
-__all__ = ["DataError", "DataIterator", "PreparedData", "default_config", "make_iterator", "prepare"]
+# Imported lazily: `python -m gantl_jax.data.synthetic` must not pre-import its own
+# module (runpy warns), and the renderer alone needs neither tfds nor PIL's plugins.
+_EXPORTS = {
+    "DataError": "builders",
+    "DataIterator": "pipeline",
+    "PreparedData": "pipeline",
+    "default_config": "pipeline",
+    "make_iterator": "pipeline",
+    "prepare": "pipeline",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"gantl_jax.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'gantl_jax.data' has no attribute {name!r}")

@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import queue
 import threading
+import weakref
 from typing import Any
 
 import ml_collections
@@ -181,13 +182,19 @@ class DataIterator:
 
     # -- prefetching --------------------------------------------------------
 
-    def _worker(self, start: int, q: queue.Queue, stop: threading.Event) -> None:
+    @staticmethod
+    def _worker(load_ref: weakref.WeakMethod, start: int, q: queue.Queue, stop: threading.Event) -> None:
+        # Holds the iterator only weakly, so dropping the iterator ends the thread.
         step = start
         while not stop.is_set():
+            load = load_ref()
+            if load is None:
+                return
             try:
-                item = (step, self._load(step))
+                item = (step, load(step))
             except Exception as e:  # surface in the consumer thread, not as a silent hang
                 item = (step, e)
+            del load
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.1)
@@ -212,7 +219,7 @@ class DataIterator:
             if self._thread is None:
                 self._stop = threading.Event()
                 self._queue = queue.Queue(self.prefetch)
-                self._thread = threading.Thread(target=self._worker, args=(self._step, self._queue, self._stop), daemon=True)
+                self._thread = threading.Thread(target=self._worker, args=(weakref.WeakMethod(self._load), self._step, self._queue, self._stop), daemon=True)
                 self._thread.start()
             step, batch = self._queue.get()
             assert step == self._step, (step, self._step)
