@@ -106,8 +106,10 @@ class Namespace:
     self.state = dict(kwargs)
 
   def __setstate__(self, state):
-    if isinstance(state, dict):
-      self.state.update(state)
+    # NEWOBJ makes instances with __new__ alone, so __init__ may not have run.
+    if not isinstance(state, dict):
+      raise UnsafePickleError("Namespace state is not a dict")
+    self.state = dict(state)
 
   def __repr__(self):
     return f"Namespace({self.state!r})"
@@ -638,7 +640,7 @@ def _resolve(obj):
       return x
     elif isinstance(x, (TFNetwork, Namespace)):
       done[key] = x
-      x.state = walk(x.state)
+      x.state = walk(getattr(x, "state", None) or {})
       return x
     else:
       out = x
