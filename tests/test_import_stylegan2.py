@@ -102,7 +102,8 @@ def write_tf_pickle(fix, path):
   d_static = json.loads(str(fix["D_static_kwargs"]))
 
   def generator(name, sd):
-    top = {k: v for k, v in sd.items() if "/" not in k}
+    # StyleGAN2's TF G_main also stores its progressive-growing 'lod' (0).
+    top = {**{k: v for k, v in sd.items() if "/" not in k}, "lod": np.array(0.0, np.float32)}
     mapping = {k[len("mapping/"):]: v for k, v in sd.items() if k.startswith("mapping/")}
     synthesis = {k[len("synthesis/"):]: v for k, v in sd.items() if k.startswith("synthesis/")}
     return tf_network_node(name, g_static, top, {
@@ -195,7 +196,8 @@ def test_tf_pickle(tf, tmp_path):
   assert fmt == "tf"
   hp, g, g_ema, d, report = imp.convert(tree, fmt)
   assert hp["channel_base"] == 256 and hp["conv_clamp"] == 1.0 and hp["z_dim"] == 24
-  assert not report["dropped"]  # TF pickles store no FIR filters
+  # TF pickles store no FIR filters; only G's and Gs's 'lod' are checked and dropped.
+  assert report["dropped"] == ["G:lod (progressive-growing lod 0)", "G_ema:lod (progressive-growing lod 0)"]
   check_equivalence("tf", tf, hp, g, g_ema, d, d_tolerance_xfail=True)
 
 

@@ -152,6 +152,8 @@ def _rules_tf_g():
 
   return [
       (r"dlatent_avg", lambda m: ("buffers", "mapping/w_avg", _ident)),
+      # StyleGAN2's TF G_main keeps a progressive-growing level; 0 means full resolution.
+      (r"lod", lambda m: (DROP, "progressive-growing lod 0", lambda x: x.shape == () and float(x) == 0.0)),
       (r"mapping/Dense(\d+)/weight", lambda m: ("params", f"mapping/fc{m[1]}/weight", _ident)),
       (r"mapping/Dense(\d+)/bias", lambda m: ("params", f"mapping/fc{m[1]}/bias", _ident)),
       (r"synthesis/4x4/Const/const", lambda m: ("params", "synthesis/b4/const", _const_1chw)),
@@ -523,7 +525,7 @@ def _hparams_tf(tf_G, tf_D, report) -> dict:
     raise ConversionError(f"G conv_clamp={g_clamp} and D conv_clamp={d_clamp} differ; the model has one")
   group = dk.get("mbstd_group_size")
   if group is None:
-    report["notes"].append("D mbstd_group_size unset (TF default: whole minibatch) in the source: set to 4")
+    report["notes"].append("D mbstd_group_size not recorded in the source: set to 4 (StyleGAN2's default)")
     group = 4
   if gk.get("num_fp16_res") or dk.get("num_fp16_res"):
     report["notes"].append("source used fp16 layers; imported as fp32")
