@@ -1,0 +1,70 @@
+"""Defaults for every knob of a run; other configs start from this one.
+
+StyleGAN2-ADA's 'auto' configuration at the resolution set in ``model.resolution``. Negative
+values of r1_gamma / ema_kimg mean 'auto' (the StyleGAN2-ADA heuristics), resolved at start.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from gantl_jax.data import pipeline
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict(dict(
+      resolution=256,
+      img_channels=3,
+      z_dim=512,
+      w_dim=512,
+      mapping_layers=2,          # 8 in StyleGAN2 config F
+      mapping_lr_mul=0.01,
+      channel_base=16384,        # channels at res r: min(channel_base // r, channel_max)
+      channel_max=512,
+      conv_clamp=config_dict.placeholder(float),  # None: no clamping (fp32 training)
+      mbstd_group_size=4,        # must divide the per-device batch
+      mbstd_num_channels=1,
+      conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients)
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32,             # global batch, over all devices and hosts
+      total_kimg=25000.0,        # run length in thousands of real images shown to D
+      r1_gamma=-1.0,             # < 0: 0.0002 * resolution**2 / batch_size
+      r1_interval=16,
+      pl_weight=2.0,             # 0 disables path-length regularisation
+      pl_interval=4,
+      pl_batch_shrink=2,
+      pl_decay=0.01,
+      style_mixing_prob=0.9,
+      w_avg_beta=0.995,
+      ema_kimg=-1.0,             # < 0: batch_size * 10 / 32
+      ema_rampup=0.05,           # 0: no ramp-up
+      log_every=100,             # steps between metric fetches (the only host syncs)
+      sample_every=1000,         # steps between sample grids (0: only at the end)
+      sample_grid=(8, 4),        # columns x rows of the fixed-latent sample grid
+      sample_psi=1.0,            # truncation of the sample grid
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      g=dict(lr=0.0025, beta1=0.0, beta2=0.99, eps=1e-8),
+      d=dict(lr=0.0025, beta1=0.0, beta2=0.99, eps=1e-8),
+  ))
+
+  # Freezing and lr multipliers: comma-separated regexes (re.search) over parameter paths such as
+  # 'synthesis/b64/conv0/weight' (G) or 'b32/conv1/weight' (D). See the README for the presets.
+  c.freeze = ml_collections.ConfigDict(dict(
+      preset="none",
+      g="",
+      d="",
+      g_lr_mults="",             # 'regex=mult,regex=mult'
+      d_lr_mults="",
+  ))
+
+  c.data = pipeline.default_config()
+
+  c.parallel = ml_collections.ConfigDict(dict(
+      mode="jit",                # 'jit' on a device Mesh, or 'pmap'
+  ))
+  return c

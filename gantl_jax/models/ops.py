@@ -1,0 +1,262 @@
+"""Low-level ops of StyleGAN2: one convolution entry point, FIR resampling, bias + activation.
+
+Every convolution of the models goes through :func:`conv2d`, so that its implementation can be
+chosen per backend (``conv_impl``):
+
+* ``'xla'``: ``lax.conv_general_dilated`` with XLA's own gradients (right on GPU/TPU).
+* ``'custom'``: the same forward, but a hand-written backward (``jax.custom_vjp``). XLA on CPU is
+  3-4x slower at convolution *gradients* than at the forward pass; the custom backward expresses
+  the input gradient as another forward convolution (which calls :func:`conv2d` again, so that
+  second-order gradients such as R1 and path length stay on the fast path) and the weight
+  gradient as k*k matmuls over shifted views of the input.
+* ``'auto'``: ``'custom'`` on CPU, ``'xla'`` elsewhere.
+
+All convolutions here are stride 1. Strided and transposed convolutions of StyleGAN2 are written
+as stride-1 convolutions on a space-to-depth input or with a phase-packed kernel (see
+:func:`conv2d_up2` and :func:`conv2d_down2`), which is also the cheaper formulation on CPU.
+
+Layouts: activations NHWC, kernels HWIO.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+# The StyleGAN2 low-pass filter, normalised to unit sum per dimension.
+FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+  """Maps ``'auto'`` to the implementation that is fastest on the default backend."""
+  if conv_impl == "auto":
+    return "custom" if jax.default_backend() == "cpu" else "xla"
+  if conv_impl not in ("xla", "custom"):
+    raise ValueError(f"model.conv_impl must be 'auto', 'xla' or 'custom', got {conv_impl!r}")
+  return conv_impl
+
+
+def _conv_xla(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DIMS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_custom(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
+  return _conv_xla(x, w, padding)
+
+
+def _conv_custom_fwd(x, w, padding):
+  return _conv_xla(x, w, padding), (x, w)
+
+
+def _conv_custom_bwd(padding, residuals, dy):
+  x, w = residuals
+  kh, kw = w.shape[:2]
+  (pt, pb), (pl, pr) = padding
+  # Input gradient: a "full" correlation of dy with the spatially flipped, in/out-swapped kernel.
+  w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+  dx = _conv_custom(dy, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
+  # Weight gradient: one matmul per kernel tap, contracting over N*H*W.
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  hy, wy = dy.shape[1], dy.shape[2]
+  if kh == 1 and kw == 1:
+    dw = jnp.einsum("nhwi,nhwo->io", xp, dy)[None, None]
+  else:
+    taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + hy, b:b + wy], dy) for b in range(kw)]
+            for a in range(kh)]
+    dw = jnp.stack([jnp.stack(row) for row in taps])
+  return dx, dw.astype(w.dtype)
+
+
+_conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
+
+
+def conv2d(x: jax.Array, w: jax.Array, padding: Padding | int = 0, *, impl: str = "auto") -> jax.Array:
+  """Stride-1 2-D cross-correlation, NHWC x HWIO, with explicit (top, bottom), (left, right) padding."""
+  if isinstance(padding, int):
+    padding = ((padding, padding), (padding, padding))
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  if w.shape[0] == 1 and w.shape[1] == 1 and padding == ((0, 0), (0, 0)):
+    # A 1x1 convolution is a matmul; XLA's dot gradients are fast everywhere.
+    return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
+  if resolve_conv_impl(impl) == "custom":
+    return _conv_custom(x, w, padding)
+  return _conv_xla(x, w, padding)
+
+
+# ----------------------------------------------------------------------------------------------
+# FIR filtering. The [1,3,3,1] filter is separable, so it is applied as shifted adds along H and
+# W: cheap elementwise work that XLA fuses, with cheap gradients.
+
+
+def _fir_1d(x: jax.Array, axis: int, pad: tuple[int, int], gain: float, down: int = 1) -> jax.Array:
+  taps = np.asarray(FIR_TAPS, np.float32)
+  taps = taps / taps.sum() * gain
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = pad
+  xp = jnp.pad(x, pads)
+  n_out = xp.shape[axis] - len(taps) + 1
+  # The filter is symmetric, so correlation and convolution agree.
+  out = sum(float(t) * lax.slice_in_dim(xp, i, i + n_out, axis=axis) for i, t in enumerate(taps))
+  if down > 1:
+    out = lax.slice_in_dim(out, 0, n_out, stride=down, axis=axis)
+  return out
+
+
+def fir_filter(x: jax.Array, pad: tuple[int, int], gain: float = 1.0) -> jax.Array:
+  """Pads H and W by ``pad`` and applies the 2-D [1,3,3,1] low-pass filter (total gain ``gain``)."""
+  g = math.sqrt(gain)
+  return _fir_1d(_fir_1d(x, 1, pad, g), 2, pad, g)
+
+
+def _zero_insert(x: jax.Array, axis: int) -> jax.Array:
+  """x[q] -> y[2q] = x[q], y[2q+1] = 0 along ``axis``."""
+  y = jnp.stack([x, jnp.zeros_like(x)], axis=axis + 1)
+  shape = list(x.shape)
+  shape[axis] *= 2
+  return y.reshape(shape)
+
+
+def upsample2d(x: jax.Array) -> jax.Array:
+  """2x FIR up-sampling (zero insertion, then the low-pass filter with gain 4), as StyleGAN2."""
+  x = _fir_1d(_zero_insert(x, 1), 1, (2, 1), 2.0)
+  return _fir_1d(_zero_insert(x, 2), 2, (2, 1), 2.0)
+
+
+def downsample2d(x: jax.Array) -> jax.Array:
+  """2x FIR down-sampling (low-pass filter, then every other pixel), as StyleGAN2."""
+  x = _fir_1d(x, 1, (1, 1), 1.0, down=2)
+  return _fir_1d(x, 2, (1, 1), 1.0, down=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling convolutions as stride-1 convolutions.
+
+# For a 3-tap kernel along one dimension, the stride-2 transposed convolution gives
+#   y[2m] = x[m] k0 + x[m-1] k2,   y[2m+1] = x[m] k1.
+# On the input padded by one pixel each side, a 2-tap correlation at m reads (x[m-1], x[m]), so the
+# per-phase 2-tap kernels are: even phase (k2, k0), odd phase (0, k1). Index -1 means zero.
+_UP_PHASE_TAPS = ((2, 0), (-1, 1))
+# For the stride-2 3-tap correlation out[m] = u[2m] k0 + u[2m+1] k1 + u[2m+2] k2 written on the
+# space-to-depth input U[j] = (u[2j], u[2j+1]): tap a of the 2x2 kernel reads U[m+a], phase p of it
+# is u[2(m+a)+p], which carries kernel index 2a+p (or nothing when that exceeds 2).
+_DOWN_PHASE_TAPS = ((0, 1), (2, -1))
+
+
+def _gather_taps(w: jax.Array, index: np.ndarray) -> jax.Array:
+  """w[kh, kw, ...] gathered at a (…, 2) index table of kernel positions, zero where index is -1."""
+  ih, iw = index[..., 0], index[..., 1]
+  valid = (ih >= 0) & (iw >= 0)
+  picked = w[np.maximum(ih, 0), np.maximum(iw, 0)]
+  return jnp.where(valid.reshape(valid.shape + (1,) * (w.ndim - 2)), picked, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _up_index() -> np.ndarray:
+  # [a, b, py, px, 2]: kernel position used by tap (a, b) of phase (py, px).
+  idx = np.zeros((2, 2, 2, 2, 2), np.int64)
+  for a in range(2):
+    for b in range(2):
+      for py in range(2):
+        for px in range(2):
+          kh, kw = _UP_PHASE_TAPS[py][a], _UP_PHASE_TAPS[px][b]
+          idx[a, b, py, px] = (kh, kw) if kh >= 0 and kw >= 0 else (-1, -1)
+  return idx
+
+
+@functools.lru_cache(maxsize=None)
+def _down_index() -> np.ndarray:
+  # [a, b, py, px, 2]: kernel position met by tap (a, b) on phase (py, px) of the input.
+  idx = np.zeros((2, 2, 2, 2, 2), np.int64)
+  for a in range(2):
+    for b in range(2):
+      for py in range(2):
+        for px in range(2):
+          kh, kw = _DOWN_PHASE_TAPS[a][py], _DOWN_PHASE_TAPS[b][px]
+          idx[a, b, py, px] = (kh, kw) if kh >= 0 and kw >= 0 else (-1, -1)
+  return idx
+
+
+def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
+  """StyleGAN2's 3x3 up-sampling convolution: transposed conv (stride 2), then FIR (pad 1, gain 4).
+
+  The transposed convolution is computed as one stride-1 2x2 convolution whose output channels
+  pack the four output phases, followed by depth-to-space.
+  """
+  n, h, wd, c_in = x.shape
+  kh, kw, _, c_out = w.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv2d_up2 expects a 3x3 kernel, got {w.shape}")
+  k = _gather_taps(w, _up_index())  # [2, 2, py, px, in, out]
+  k = jnp.moveaxis(k, 4, 2).reshape(2, 2, c_in, 4 * c_out)
+  y = conv2d(x, k, ((1, 1), (1, 1)), impl=impl)  # [n, h+1, w+1, (py, px, out)]
+  y = y.reshape(n, h + 1, wd + 1, 2, 2, c_out).transpose(0, 1, 3, 2, 4, 5)
+  y = y.reshape(n, 2 * h + 2, 2 * wd + 2, c_out)
+  # y is the 2h+1 transposed-conv output plus one trailing zero row/column, which stands in for
+  # the FIR's right padding of 1.
+  return fir_filter(y, (1, 0), gain=4.0)
+
+
+def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
+  """StyleGAN2's 3x3 down-sampling convolution: FIR (pad 2), then a stride-2 3x3 convolution.
+
+  The strided convolution is computed as a stride-1 2x2 convolution on the space-to-depth input.
+  """
+  kh, kw, c_in, c_out = w.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv2d_down2 expects a 3x3 kernel, got {w.shape}")
+  u = fir_filter(x, (2, 2))  # [n, h+1, w+1, c]
+  u = jnp.pad(u, ((0, 0), (0, 1), (0, 1), (0, 0)))  # even size; the extra zeros meet zero taps
+  n, hu, wu, _ = u.shape
+  u = u.reshape(n, hu // 2, 2, wu // 2, 2, c_in).transpose(0, 1, 3, 2, 4, 5)
+  u = u.reshape(n, hu // 2, wu // 2, 4 * c_in)  # channels (py, px, in)
+  k = _gather_taps(w, _down_index()).reshape(2, 2, 4 * c_in, c_out)
+  return conv2d(u, k, 0, impl=impl)
+
+
+def bias_act(x: jax.Array, bias: jax.Array | None, act: str = "linear", gain: float = 1.0,
+             clamp: float | None = None) -> jax.Array:
+  """Adds a per-channel bias (last axis), applies ``act`` times its gain and ``gain``, clamps."""
+  if bias is not None:
+    x = x + bias
+  if act == "lrelu":
+    x = jax.nn.leaky_relu(x, LRELU_SLOPE)
+    gain = gain * LRELU_GAIN
+  elif act != "linear":
+    raise ValueError(f"unknown activation {act!r}")
+  if gain != 1.0:
+    x = x * gain
+  if clamp is not None:
+    x = jnp.clip(x, -clamp, clamp)
+  return x
+
+
+def normalize_2nd_moment(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax.Array:
+  return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
+
+
+def reference_upfirdn_1d(x: np.ndarray, up: int, down: int, pad: Sequence[int], gain: float) -> np.ndarray:
+  """Direct numpy reference of 1-D upfirdn (up-sample, pad, FIR, down-sample) along axis 0.
+
+  Used by the tests as the ground truth for the fast formulations above.
+  """
+  taps = np.asarray(FIR_TAPS, np.float64)
+  taps = taps / taps.sum() * gain
+  n = x.shape[0]
+  u = np.zeros((n * up,) + x.shape[1:], np.float64)
+  u[::up] = x
+  u = np.concatenate([np.zeros((pad[0],) + x.shape[1:]), u, np.zeros((pad[1],) + x.shape[1:])])
+  out = np.stack([np.tensordot(taps[::-1], u[i:i + len(taps)], axes=(0, 0))
+                  for i in range(u.shape[0] - len(taps) + 1)])
+  return out[::down]

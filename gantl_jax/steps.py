@@ -1,0 +1,186 @@
+"""The pure training step of StyleGAN2 (the phases of stylegan2-ada-pytorch) and generation.
+
+``make_train_step`` returns ``train_step(state, real_images, *, do_g_reg, do_d_reg)``, a pure
+function of the state and one batch of real images. It runs the four phases of StyleGAN2 in order,
+each its own optimizer step: G main (non-saturating loss), G regularisation (path length, lazy),
+D main (logistic loss), D regularisation (R1, lazy); then the G-EMA update. ``do_g_reg`` and
+``do_d_reg`` are static: each combination compiles to its own program with no dead branches, and
+:func:`schedule` says which one a step needs.
+
+Randomness is a pure function of (state.rng, step, phase, *global* example index): the same global
+batch gives the same update on 1 or 8 devices, under ``jit`` or ``pmap``.
+
+With ``axis_name`` set (``pmap``), gradients and every cross-device statistic are ``pmean``-ed over
+that axis; without it (single device, or ``jit`` over a sharded global batch) the batch is global
+and XLA inserts the collectives itself.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax import lax
+
+from gantl_jax import losses
+from gantl_jax.state import GANState, Networks
+
+Array = jax.Array
+TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]
+
+# Sub-streams of an example's key.
+_Z, _Z_MIX, _NOISE, _PL_NOISE = 0, 1, 2, 3
+# Phases of one step.
+_G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
+
+
+def schedule(step: int, train: ml_collections.ConfigDict) -> tuple[bool, bool]:
+  """(do_g_reg, do_d_reg) for a step: lazy regularisation every ``pl_interval`` / ``r1_interval``."""
+  do_g_reg = train.pl_weight > 0 and step % train.pl_interval == 0
+  do_d_reg = train.r1_gamma > 0 and step % train.r1_interval == 0
+  return bool(do_g_reg), bool(do_d_reg)
+
+
+def ema_beta(images_seen: Array, global_batch: int, ema_kimg: float, ema_rampup: Optional[float]) -> Array:
+  """G-EMA decay per step from a half-life in kimg, with StyleGAN2-ADA's ramp-up."""
+  ema_nimg = jnp.asarray(ema_kimg * 1000.0, jnp.float32)
+  if ema_rampup:
+    ema_nimg = jnp.minimum(ema_nimg, images_seen.astype(jnp.float32) * ema_rampup)
+  return 0.5 ** (global_batch / jnp.maximum(ema_nimg, 1e-8))
+
+
+def _example_keys(key: Array, n: int, axis_name: Optional[str]) -> Array:
+  """One key per example, a function of the global example index only."""
+  offset = lax.axis_index(axis_name) * n if axis_name else 0
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n))
+
+
+def _normal_per_example(keys: Array, stream: int, shape: tuple[int, ...]) -> Array:
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, stream), shape, jnp.float32))(keys)
+
+
+def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
+                    axis_name: Optional[str] = None) -> TrainStep:
+  """Builds ``train_step(state, real_images, *, do_g_reg, do_d_reg) -> (state, metrics)``.
+
+  ``config`` must be resolved (``gantl_jax.config.resolve``). ``real_images`` are NHWC floats in
+  [-1, 1]: the global batch, or under ``pmap`` this device's share. Metrics are device scalars.
+  """
+  t = config.train
+  g, d = nets.generator, nets.discriminator
+  pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
+
+  def run_g(params, buffers, key, n, phase):
+    """Samples n images: latents, style mixing and noise from per-example keys."""
+    phase_key = jax.random.fold_in(key, phase)
+    keys = _example_keys(phase_key, n, axis_name)
+    variables = {"params": params, "buffers": buffers}
+    ws = g.apply(variables, _normal_per_example(keys, _Z, (g.z_dim,)), method=g.map)
+    if t.style_mixing_prob > 0:
+      ws_mix = g.apply(variables, _normal_per_example(keys, _Z_MIX, (g.z_dim,)), method=g.map)
+      ws = losses.mix_styles(ws, ws_mix, jax.random.fold_in(phase_key, _MIX), t.style_mixing_prob)
+    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, _NOISE))(keys)
+    synthesize = lambda w: g.apply(variables, w, "random", noise_keys, method=g.synthesize)
+    return synthesize, ws, keys
+
+  def d_logits(d_params, images):
+    return d.apply({"params": d_params}, images)
+
+  def train_step(state: GANState, real_images: Array, *, do_g_reg: bool = False,
+                 do_d_reg: bool = False) -> tuple[GANState, dict[str, Array]]:
+    n = real_images.shape[0]
+    global_batch = n * (lax.psum(1, axis_name) if axis_name else 1)
+    key = jax.random.fold_in(state.key, state.step)
+    metrics = {}
+
+    # Phase 1, G main: make D call the fakes real.
+    def g_main_loss(g_params):
+      synthesize, ws, _ = run_g(g_params, state.g_buffers, key, n, _G_MAIN)
+      logits = d_logits(state.d_params, synthesize(ws))
+      return jnp.mean(losses.g_logistic_ns(logits)), (ws[:, 0], logits)
+
+    (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(state.g_params)
+    updates, g_opt_state = nets.g_tx.update(pmean(g_grads), state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, updates)
+    metrics["g_loss"] = pmean(g_loss)
+
+    # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network).
+    w_avg = state.g_buffers["mapping"]["w_avg"]
+    w_avg = pmean(jnp.mean(w_batch, axis=0)) + t.w_avg_beta * (w_avg - pmean(jnp.mean(w_batch, axis=0)))
+    g_buffers = {**state.g_buffers, "mapping": {**state.g_buffers["mapping"], "w_avg": w_avg}}
+
+    # Phase 2, G regularisation: path length, every pl_interval steps, scaled by the interval.
+    pl_mean = state.pl_mean
+    if do_g_reg:
+      n_pl = n // t.pl_batch_shrink
+
+      def g_pl_loss(g_params):
+        synthesize, ws, keys = run_g(g_params, g_buffers, key, n_pl, _G_REG)
+        res = g.resolution
+        pl_noise = _normal_per_example(keys, _PL_NOISE, (res, res, g.img_channels)) / math.sqrt(res * res)
+        lengths = losses.path_length(synthesize, ws, pl_noise)
+        penalty, new_mean = losses.path_length_penalty(lengths, state.pl_mean, t.pl_decay, pmean)
+        return jnp.mean(penalty) * t.pl_weight * t.pl_interval, (new_mean, jnp.mean(penalty))
+
+      (_, (pl_mean, pl_penalty)), pl_grads = jax.value_and_grad(g_pl_loss, has_aux=True)(g_params)
+      updates, g_opt_state = nets.g_tx.update(pmean(pl_grads), g_opt_state, g_params)
+      g_params = optax.apply_updates(g_params, updates)
+      metrics["pl_penalty"] = pmean(pl_penalty)
+    else:
+      metrics["pl_penalty"] = jnp.full((), jnp.nan)
+    metrics["pl_mean"] = pl_mean
+
+    # Phase 3, D main: real vs fake from the updated G.
+    synthesize, ws, _ = run_g(g_params, g_buffers, key, n, _D_MAIN)
+    fake_images = lax.stop_gradient(synthesize(ws))
+
+    def d_main_loss(d_params):
+      real_logits = d_logits(d_params, real_images)
+      fake_logits = d_logits(d_params, fake_images)
+      loss_real, loss_fake = losses.d_logistic(real_logits, fake_logits)
+      return jnp.mean(loss_real + loss_fake), (real_logits, fake_logits)
+
+    (d_loss, (real_logits, d_fake_logits)), d_grads = jax.value_and_grad(d_main_loss, has_aux=True)(state.d_params)
+    updates, d_opt_state = nets.d_tx.update(pmean(d_grads), state.d_opt_state, state.d_params)
+    d_params = optax.apply_updates(state.d_params, updates)
+    metrics.update(d_loss=pmean(d_loss), real_logits=pmean(jnp.mean(real_logits)),
+                   fake_logits=pmean(jnp.mean(d_fake_logits)),
+                   real_sign=pmean(jnp.mean(jnp.sign(real_logits))))
+
+    # Phase 4, D regularisation: R1 on reals, every r1_interval steps, scaled by the interval.
+    if do_d_reg:
+      def d_r1_loss(d_params):
+        penalty, _ = losses.r1_penalty(lambda x: d_logits(d_params, x), real_images)
+        return jnp.mean(penalty) * (t.r1_gamma / 2) * t.r1_interval, jnp.mean(penalty)
+
+      (_, r1), r1_grads = jax.value_and_grad(d_r1_loss, has_aux=True)(d_params)
+      updates, d_opt_state = nets.d_tx.update(pmean(r1_grads), d_opt_state, d_params)
+      d_params = optax.apply_updates(d_params, updates)
+      metrics["r1_penalty"] = pmean(r1)
+    else:
+      metrics["r1_penalty"] = jnp.full((), jnp.nan)
+
+    # G-EMA: a half-life in images, ramped up early in training; buffers are copied.
+    beta = ema_beta(state.images_seen, global_batch, t.ema_kimg, t.ema_rampup)
+    g_ema_params = jax.tree.map(lambda e, p: p + beta * (e - p), state.g_ema_params, g_params)
+    metrics["ema_beta"] = beta
+
+    new_state = state.replace(
+        step=state.step + 1, images_seen=state.images_seen + global_batch,
+        g_params=g_params, g_buffers=g_buffers, g_ema_params=g_ema_params, g_ema_buffers=g_buffers,
+        d_params=d_params, g_opt_state=g_opt_state, d_opt_state=d_opt_state, pl_mean=pl_mean)
+    return new_state, metrics
+
+  return train_step
+
+
+def generate(nets: Networks, params: Any, buffers: Any, z: Array, *, truncation_psi: float = 1.0,
+             noise_mode: str = "const", noise_key: Optional[Array] = None) -> Array:
+  """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables."""
+  g = nets.generator
+  noise_keys = None if noise_key is None else jax.random.split(noise_key, z.shape[0])
+  return g.apply({"params": params, "buffers": buffers}, z, truncation_psi=truncation_psi,
+                 noise_mode=noise_mode, noise_keys=noise_keys)
