@@ -64,7 +64,22 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.data = pipeline.default_config()
 
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,          # 0: only at the end (and on SIGTERM)
+      max_to_keep=3,
+  ))
+
+  # Transfer source: an Orbax checkpoint directory of this project or of the weight importer.
+  c.transfer = ml_collections.ConfigDict(dict(
+      source="",                 # '' = train from scratch
+  ))
+
   c.parallel = ml_collections.ConfigDict(dict(
       mode="jit",                # 'jit' on a device Mesh, or 'pmap'
+      distributed=False,         # True: jax.distributed.initialize() with auto-detection (TPU pod, SLURM)
+      coordinator_address="",    # 'host:port' of process 0 for an explicit multi-process job
+      num_processes=0,
+      process_id=-1,
+      cpu_collectives="",        # '' = gloo on CPU; set for CPU multi-process jobs if needed
   ))
   return c

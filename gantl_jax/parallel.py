@@ -1,0 +1,147 @@
+"""Data-parallel drivers of the one train step: ``jax.jit`` on a device Mesh (default) or ``pmap``.
+
+``jit``: a global ``Mesh`` with one axis ``data`` over all devices of all processes. The state is
+replicated, the global batch is sharded along ``data``; each process contributes its own rows with
+``jax.make_array_from_process_local_data``. The step sees the global batch and XLA inserts the
+gradient all-reduce. State is created inside ``jax.jit(..., out_shardings=...)`` so every leaf is a
+global array (Orbax cannot save the process-local arrays that eager creation would make).
+
+``pmap``: ``jax.pmap`` over the local devices with the axis name ``data``; the step ``pmean``-s the
+gradients and every cross-device statistic itself. The state carries a leading device axis.
+
+Checkpoints always hold the ``jit`` layout (global, replicated arrays), so a run can be resumed in
+either mode, on any number of devices.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from gantl_jax import state as state_lib
+from gantl_jax import steps
+
+AXIS = "data"
+
+
+def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
+  """Joins a multi-process job when the config or the environment asks for it.
+
+  ``parallel.coordinator_address`` / ``num_processes`` / ``process_id`` (or the environment
+  variables GANTL_COORDINATOR, GANTL_NUM_PROCESSES, GANTL_PROCESS_ID) name the job explicitly;
+  ``parallel.distributed=True`` alone lets JAX detect TPU pods and SLURM itself.
+  """
+  address = parallel.get("coordinator_address") or os.environ.get("GANTL_COORDINATOR", "")
+  num = int(parallel.get("num_processes") or os.environ.get("GANTL_NUM_PROCESSES", 0) or 0)
+  pid = parallel.get("process_id")
+  pid = int(os.environ.get("GANTL_PROCESS_ID", -1)) if pid is None or pid < 0 else int(pid)
+  if not (address or parallel.get("distributed")):
+    return
+  if jax.default_backend() == "cpu" or parallel.get("cpu_collectives"):
+    # CPU devices of several processes talk through gloo (used for tests on one machine).
+    jax.config.update("jax_cpu_collectives_implementation", parallel.get("cpu_collectives") or "gloo")
+  kwargs = {}
+  if address:
+    kwargs = dict(coordinator_address=address, num_processes=num or None,
+                  process_id=pid if pid >= 0 else None)
+  jax.distributed.initialize(**kwargs)
+
+
+def make_mesh(devices: Optional[list] = None) -> Mesh:
+  """A 1-D mesh ``data`` over all devices of all processes (or ``devices``)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def create_state(nets: state_lib.Networks, seed: int, mode: str, mesh: Mesh) -> state_lib.GANState:
+  """A fresh state in the layout of ``mode``, created on the devices (never eagerly on the host)."""
+  state = jax.jit(lambda: state_lib.init_state(nets, seed), out_shardings=replicated(mesh))()
+  return from_global(state, mode)
+
+
+def from_global(state: Any, mode: str) -> Any:
+  """Global replicated arrays (checkpoint / jit layout) -> the layout ``mode`` runs on."""
+  if mode == "jit":
+    return state
+  n = jax.local_device_count()
+  host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
+  return jax.pmap(lambda _, s: s, in_axes=(0, None))(np.arange(n), host)
+
+
+def to_global(state: Any, mode: str, mesh: Mesh) -> Any:
+  """The layout ``mode`` runs on -> global replicated arrays on ``mesh`` (what Orbax saves)."""
+  if mode == "jit":
+    return state
+  sharding = replicated(mesh)
+
+  def one(x):
+    value = np.asarray(x.addressable_data(0))[0]
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+  return jax.tree.map(one, state)
+
+
+def first_replica(tree: Any, mode: str) -> Any:
+  """Host numpy copy of a replicated tree (replica 0 under pmap)."""
+  if mode == "jit":
+    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
+
+
+def place_batch(local_batch: np.ndarray, mode: str, mesh: Mesh) -> jax.Array:
+  """This process's rows of the global batch -> device input of the step."""
+  if mode == "jit":
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+  n = jax.local_device_count()
+  if local_batch.shape[0] % n:
+    raise ValueError(f"local batch {local_batch.shape[0]} does not split over {n} local devices")
+  return local_batch.reshape((n, -1) + local_batch.shape[1:])
+
+
+def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode: str,
+              mesh: Mesh) -> Callable[[Any, Any, int], tuple[Any, dict]]:
+  """``step(state, placed_batch, step_index) -> (state, metrics)``: the compiled train step of
+  ``mode``, one program per lazy-regularisation variant (compiled on first use), state donated."""
+  if mode == "jit":
+    train_step = steps.make_train_step(config, nets)
+    compile_variant = lambda g_reg, d_reg: jax.jit(
+        functools.partial(train_step, do_g_reg=g_reg, do_d_reg=d_reg),
+        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+  elif mode == "pmap":
+    train_step = steps.make_train_step(config, nets, axis_name=AXIS)
+    compile_variant = lambda g_reg, d_reg: jax.pmap(
+        functools.partial(train_step, do_g_reg=g_reg, do_d_reg=d_reg), axis_name=AXIS,
+        donate_argnums=0)
+  else:
+    raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {mode!r}")
+  variants: dict[tuple[bool, bool], Callable] = {}
+
+  def step(state, batch, step_index: int):
+    key = steps.schedule(step_index, config.train)
+    if key not in variants:
+      variants[key] = compile_variant(*key)
+    return variants[key](state, batch)
+
+  return step
+
+
+def make_generate(nets: state_lib.Networks) -> Callable[..., jax.Array]:
+  """Jitted ``generate(params, buffers, z, truncation_psi)`` with constant noise (for sample grids)."""
+  @functools.partial(jax.jit, static_argnames=("truncation_psi",))
+  def generate(params, buffers, z, truncation_psi: float = 1.0):
+    return steps.generate(nets, params, buffers, z, truncation_psi=truncation_psi, noise_mode="const")
+  return generate

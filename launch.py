@@ -1,0 +1,43 @@
+"""Entry point: ``python launch.py --config configs/X.py --workdir DIR [--config.key=value ...]``.
+
+Modes: ``train`` (default; resumes from DIR if it holds a checkpoint) and ``generate`` (writes a
+grid of G-EMA samples from the latest checkpoint in DIR).
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# Config files import `configs.*`; make that work when launched from any directory.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, samples, metrics.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"], "What to do.")
+_SEEDS = flags.DEFINE_string("seeds", "0-15", "generate: latent seeds, e.g. '0-15' or '1,5,9'.")
+_PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from gantl_jax import config as config_lib
+  from gantl_jax import parallel
+  config = _CONFIG.value
+  parallel.maybe_initialize_distributed(config.parallel)
+  try:
+    if _MODE.value == "train":
+      from gantl_jax import train
+      train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      from gantl_jax import generate
+      generate.generate_from_workdir(_WORKDIR.value, _SEEDS.value, _PSI.value)
+  except (config_lib.ConfigError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
