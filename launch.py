@@ -17,15 +17,26 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, che
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"], "What to do.")
 _SEEDS = flags.DEFINE_string("seeds", "0-15", "generate: latent seeds, e.g. '0-15' or '1,5,9'.")
 _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs every save phase at INFO; keep its warnings, drop the chatter."""
+  import logging as std_logging
+  std_logging.getLogger("absl").addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
 
 
 def main(argv):
   del argv
+  _quiet_orbax()
   from gantl_jax import config as config_lib
   from gantl_jax import parallel
   config = _CONFIG.value
-  parallel.maybe_initialize_distributed(config.parallel)
+  if config is None and _MODE.value == "train":
+    raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
+  if config is not None:
+    parallel.maybe_initialize_distributed(config.parallel)
   try:
     if _MODE.value == "train":
       from gantl_jax import train

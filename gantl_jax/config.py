@@ -47,7 +47,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
          f"train.batch_size={b} is not divisible by the {num_devices} devices; use a multiple "
          f"of {num_devices} (for example {num_devices * max(1, round(b / num_devices))})")
   per_device = b // num_devices
-  _check(per_device % min(m.mbstd_group_size, per_device) == 0,
+  # A group larger than the per-device batch would silently shrink to it, and then the statistic
+  # would depend on the device count.
+  _check(m.mbstd_num_channels == 0 or per_device % m.mbstd_group_size == 0,
          f"model.mbstd_group_size={m.mbstd_group_size} must divide the per-device batch "
          f"{per_device} (train.batch_size={b} over {num_devices} devices): minibatch-stddev groups "
          f"never span devices")

@@ -46,10 +46,11 @@ def path_length_penalty(pl_lengths: Array, pl_mean: Array, pl_decay: float,
                         mean_fn: Callable[[Array], Array] = jnp.mean) -> tuple[Array, Array]:
   """Per-example (|J^T y| - a)^2 with the running mean ``a`` updated first, as StyleGAN2.
 
-  ``mean_fn`` averages over the global batch (a ``pmean`` under pmap). Returns (penalty, new a).
+  As in StyleGAN2 the penalty differentiates through the updated mean (its batch-mean part, with
+  weight ``pl_decay``); only the value carried to the next step is detached. ``mean_fn`` averages
+  over the global batch (a ``pmean`` under pmap). Returns (penalty, new a).
   """
   new_mean = pl_mean + pl_decay * (mean_fn(jnp.mean(pl_lengths)) - pl_mean)
-  new_mean = jax.lax.stop_gradient(new_mean)
   return jnp.square(pl_lengths - new_mean), new_mean
 
 

@@ -123,7 +123,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         pl_noise = _normal_per_example(keys, _PL_NOISE, (res, res, g.img_channels)) / math.sqrt(res * res)
         lengths = losses.path_length(synthesize, ws, pl_noise)
         penalty, new_mean = losses.path_length_penalty(lengths, state.pl_mean, t.pl_decay, pmean)
-        return jnp.mean(penalty) * t.pl_weight * t.pl_interval, (new_mean, jnp.mean(penalty))
+        return jnp.mean(penalty) * t.pl_weight * t.pl_interval, (lax.stop_gradient(new_mean), jnp.mean(penalty))
 
       (_, (pl_mean, pl_penalty)), pl_grads = jax.value_and_grad(g_pl_loss, has_aux=True)(g_params)
       updates, g_opt_state = nets.g_tx.update(pmean(pl_grads), g_opt_state, g_params)

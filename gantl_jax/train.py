@@ -108,6 +108,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
+  if config.transfer.source != "":
+    from gantl_jax import transfer  # only runs that transfer need it
+    transfer.preflight(config, workdir)  # a missing or unfitting source fails before any work
   if is_main:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:

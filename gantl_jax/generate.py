@@ -1,0 +1,64 @@
+"""Sampling from a trained run: G-EMA of the latest checkpoint of a workdir -> PNGs."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from PIL import Image
+
+from gantl_jax import checkpoint
+from gantl_jax import parallel
+from gantl_jax import state as state_lib
+from gantl_jax import train
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0-3,7' -> [0, 1, 2, 3, 7]."""
+  seeds = []
+  for part in text.split(","):
+    part = part.strip()
+    if "-" in part:
+      lo, hi = part.split("-")
+      seeds.extend(range(int(lo), int(hi) + 1))
+    elif part:
+      seeds.append(int(part))
+  if not seeds:
+    raise ValueError(f"no seeds in {text!r}")
+  return seeds
+
+
+def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: float = 1.0) -> str:
+  """Writes ``generated/seed{N}.png`` and ``generated/grid.png`` for G-EMA at the latest step.
+
+  The latent of seed N is ``np.random.RandomState(N).randn(z_dim)``, as in StyleGAN2's tools, so
+  a seed names the same latent everywhere.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f"{config_path} not found: --workdir must be a training run directory")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  with checkpoint.make_manager(ckpt_dir, item_names=("g_ema",), async_save=False) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
+    g_ema = manager.restore(step, args=ocp.args.Composite(g_ema=ocp.args.StandardRestore()))["g_ema"]
+  nets = state_lib.build_networks(config)
+  generate = parallel.make_generate(nets)
+  seed_list = parse_seeds(seeds)
+  z = np.stack([np.random.RandomState(s).randn(config.model.z_dim) for s in seed_list]).astype(np.float32)
+  images = np.asarray(jax.device_get(generate(g_ema["params"], g_ema["buffers"], z, truncation_psi=truncation_psi)))
+  out_dir = os.path.join(workdir, "generated")
+  os.makedirs(out_dir, exist_ok=True)
+  pixels = np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
+  for s, img in zip(seed_list, pixels):
+    Image.fromarray(img).save(os.path.join(out_dir, f"seed{s:04d}.png"))
+  train.save_grid(images, min(len(seed_list), 8), os.path.join(out_dir, "grid.png"))
+  print(f"step {step}: wrote {len(seed_list)} images and grid.png to {out_dir}")
+  return out_dir
