@@ -53,9 +53,14 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   # Freezing and lr multipliers: comma-separated regexes (re.search) over parameter paths such as
-  # 'synthesis/b64/conv0/weight' (G) or 'b32/conv1/weight' (D). See the README for the presets.
+  # 'synthesis/b64/conv0/weight' (G) or 'b32/conv1/weight' (D). A preset resolves to regexes that
+  # are merged with the explicit ones (gantl_jax/optim.py: preset_patterns). Frozen parameters get
+  # a zero update and no optimizer state; XLA drops their weight-gradient computation.
   c.freeze = ml_collections.ConfigDict(dict(
-      preset="none",
+      preset="none",             # none | freezed | freezeg | mapping_only | torgb_only (comma-joinable)
+      d_blocks=2,                # freezed: D blocks frozen from the image side (b{R}, b{R/2}, ...)
+      g_blocks=2,                # freezeg: lowest-resolution synthesis blocks frozen (b4, b8, ...)
+      g_mapping=True,            # freezeg: also freeze the mapping network
       g="",
       d="",
       g_lr_mults="",             # 'regex=mult,regex=mult'
@@ -69,9 +74,17 @@ def get_config() -> ml_collections.ConfigDict:
       max_to_keep=3,
   ))
 
-  # Transfer source: an Orbax checkpoint directory of this project or of the weight importer.
+  # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir
+  # or one step dir) or of the weight importer (python -m gantl_jax.tools.import_stylegan2).
+  # Parameters are matched by path and shape and overlaid on the fresh initialisation; optimizer
+  # state and step start fresh. Only used when the workdir holds no checkpoint to resume.
   c.transfer = ml_collections.ConfigDict(dict(
       source="",                 # '' = train from scratch
+      g_from="g_ema",            # source item for G ('g', 'g_ema'; '' = keep G at init)
+      g_ema_from="g_ema",        # source item for G-EMA
+      d_from="d",                # source item for D ('' = keep D at init)
+      on_mismatch="error",       # target leaves missing from the source or of another shape:
+                                 # 'error' (list them) or 'init' (keep the fresh init for them)
   ))
 
   c.parallel = ml_collections.ConfigDict(dict(

@@ -15,7 +15,10 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from gantl_jax.config import ConfigError
+
 FROZEN = "frozen"
+FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
 
 
 def param_paths(params: Any) -> list[str]:
@@ -108,3 +111,55 @@ def frozen_paths(params: Any, freeze: Any = (), lr_mults: Any = ()) -> list[str]
   """Paths that :func:`make_optimizer` would freeze."""
   labels = traverse_util.flatten_dict(label_params(params, as_patterns(freeze), parse_lr_mults(lr_mults)), sep="/")
   return sorted(p for p, l in labels.items() if l == FROZEN)
+
+
+def _block_resolutions(resolution: int) -> list[int]:
+  """4, 8, ..., resolution: the block names b{R} of both networks."""
+  return [2 ** i for i in range(2, resolution.bit_length())]
+
+
+def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(G regexes, D regexes) of ``freeze.preset``, a name or comma-separated names of
+  FREEZE_PRESETS, for a model of ``resolution`` px.
+
+  none          fine-tune everything (TransferGAN)
+  freezed       D's first ``freeze.d_blocks`` blocks from the image side: b{R}, b{R/2}, ... (FreezeD)
+  freezeg       G's mapping network (``freeze.g_mapping``) and its ``freeze.g_blocks`` lowest-resolution
+                synthesis blocks b4, b8, ... (FreezeG)
+  mapping_only  train only G's mapping network (synthesis frozen)
+  torgb_only    train only G's toRGB layers (mapping and all convolutions frozen)
+
+  The G-only presets leave D fully trainable and vice versa.
+  """
+  blocks = _block_resolutions(resolution)
+  g, d = [], []
+  for name in as_patterns(freeze.preset):
+    if name == "none":
+      continue
+    if name == "freezed":
+      k = freeze.d_blocks
+      if not 1 <= k <= len(blocks):
+        raise ConfigError(f"freeze.d_blocks={k}: the {resolution} px discriminator has blocks "
+                         f"b{resolution}..b4, so choose 1..{len(blocks)}")
+      d += [f"^b{r}/" for r in blocks[::-1][:k]]
+    elif name == "freezeg":
+      k = freeze.g_blocks
+      if not 0 <= k <= len(blocks) or (k == 0 and not freeze.g_mapping):
+        raise ConfigError(f"freeze.g_blocks={k}, freeze.g_mapping={freeze.g_mapping}: freezeg needs "
+                         f"0..{len(blocks)} synthesis blocks (b4, b8, ...) and/or the mapping network")
+      g += (["^mapping/"] if freeze.g_mapping else []) + [f"^synthesis/b{r}/" for r in blocks[:k]]
+    elif name == "mapping_only":
+      g += ["^synthesis/"]
+    elif name == "torgb_only":
+      g += ["^mapping/", r"^synthesis/b\d+/(?!torgb/)"]
+    else:
+      raise ConfigError(f"freeze.preset: unknown preset {name!r}; choose from {FREEZE_PRESETS} "
+                       f"(several may be joined with commas)")
+  # Keep the order, drop duplicates (presets may overlap).
+  return tuple(dict.fromkeys(g)), tuple(dict.fromkeys(d))
+
+
+def freeze_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(G regexes, D regexes) to freeze: the preset's, then the explicit ``freeze.g`` / ``freeze.d``."""
+  g, d = preset_patterns(freeze, resolution)
+  return g + as_patterns(freeze.g), d + as_patterns(freeze.d)

@@ -710,24 +710,14 @@ def _copy_tree(tree):
 
 
 def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict) -> str:
-  """Write items g, g_ema, d (pytrees) and meta (JSON) as step 0 of an Orbax manager.
+  """Write items g, g_ema, d (pytrees) and meta (JSON: 'model' hyper-parameters, 'source'
+  details) as step 0 of an Orbax checkpoint, with ``gantl_jax.checkpoint.save_networks``: the
+  layout of a training run's checkpoint, so either can be a transfer source."""
+  from gantl_jax import checkpoint
 
-  TODO(checkpoint.py): switch to gantl_jax.checkpoint's writer once it exists; the item
-  names here follow DESIGN.md (g, g_ema, d, meta with the 'model' hyper-parameters).
-  """
-  import orbax.checkpoint as ocp
-
-  out_dir = os.path.abspath(out_dir)
   meta = dict(model=hparams, source=dict(format=report["format"], hparams=_jsonable(report["source_hparams"]),
                                          notes=report["notes"], dropped=report["dropped"]))
-  items = dict(g=ocp.args.StandardSave(g), g_ema=ocp.args.StandardSave(g_ema),
-               meta=ocp.args.JsonSave(meta))
-  if d is not None:
-    items["d"] = ocp.args.StandardSave(d)
-  with ocp.CheckpointManager(out_dir, item_names=tuple(items)) as mngr:
-    mngr.save(0, args=ocp.args.Composite(**items))
-    mngr.wait_until_finished()
-  return out_dir
+  return checkpoint.save_networks(out_dir, g=g, g_ema=g_ema, d=d, meta=meta, step=0)
 
 
 def _jsonable(x):
