@@ -94,11 +94,14 @@ def locate(source: str) -> tuple[str, int]:
                       f"{HOW_TO_MAKE_A_SOURCE}")
 
 
-def _open(directory: str) -> ocp.CheckpointManager:
+def _open(directory: str, step: int) -> ocp.CheckpointManager:
   """A read-only manager of the source, with its own handlers (a manager binds handler types on
-  first use, so the run's own manager must never touch the source)."""
-  handlers = {k: ocp.PyTreeCheckpointHandler() for k in NETWORKS}
-  handlers["meta"] = ocp.JsonCheckpointHandler()
+  first use, so the run's own manager must never touch the source). Every item of the step gets
+  a handler, so Orbax does not warn about the ones transfer never reads (opt, progress, data)."""
+  step_dir = os.path.join(directory, str(step))
+  items = [n for n in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, n))]
+  handlers = {k: ocp.JsonCheckpointHandler() if k in ("meta", "data") else ocp.PyTreeCheckpointHandler()
+              for k in items}
   options = ocp.CheckpointManagerOptions(read_only=True, create=False)
   return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
 
@@ -112,7 +115,7 @@ def read_source(source: str) -> Source:
   directory, step = locate(source)
   step_dir = os.path.join(directory, str(step))
   present = [k for k in NETWORKS if os.path.isdir(os.path.join(step_dir, k))]
-  with _open(directory) as mngr:
+  with _open(directory, step) as mngr:
     meta = {}
     if os.path.isdir(os.path.join(step_dir, "meta")):
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -272,7 +275,7 @@ def transfer_state(config: ml_collections.ConfigDict, nets: state_lib.Networks, 
         f"of the same shape in the source:\n{lines}\nSet --config.transfer.on_mismatch=init to keep "
         f"the fresh initialisation for these (expected when the resolution differs).")
 
-  with _open(src.directory) as mngr:
+  with _open(src.directory, src.step) as mngr:
     for net in NETWORKS:
       p = plan[net]
       if p["item"] is None:
