@@ -32,6 +32,7 @@ def main(argv):
   _quiet_orbax()
   from gantl_jax import config as config_lib
   from gantl_jax import parallel
+  from gantl_jax.data import DataError
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
@@ -44,7 +45,7 @@ def main(argv):
     else:
       from gantl_jax import generate
       generate.generate_from_workdir(_WORKDIR.value, _SEEDS.value, _PSI.value)
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+  except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
