@@ -12,8 +12,8 @@ chosen per backend (``conv_impl``):
 * ``'auto'``: ``'custom'`` on CPU, ``'xla'`` elsewhere.
 
 All convolutions here are stride 1. Strided and transposed convolutions of StyleGAN2 are written
-as stride-1 convolutions on a space-to-depth input or with a phase-packed kernel (see
-:func:`conv2d_up2` and :func:`conv2d_down2`), which is also the cheaper formulation on CPU.
+as four stride-1 convolutions, one per phase (see :func:`conv2d_up2` and :func:`conv2d_down2`),
+which does the FLOPs of the direct formulation and keeps every gradient on the fast path.
 
 Layouts: activations NHWC, kernels HWIO.
 """
@@ -57,25 +57,32 @@ def _conv_custom(x: jax.Array, w: jax.Array, padding: Padding) -> jax.Array:
 
 
 def _conv_custom_fwd(x, w, padding):
-  return _conv_xla(x, w, padding), (x, w)
+  # The primal goes through _conv_custom again, not _conv_xla: under a second-order gradient
+  # (R1, path length) JAX differentiates this rule's body, and must meet the custom backward
+  # there too, not XLA's slow convolution gradients.
+  return _conv_custom(x, w, padding), (x, w)
 
 
 def _conv_custom_bwd(padding, residuals, dy):
   x, w = residuals
-  kh, kw = w.shape[:2]
+  kh, kw, c_in, c_out = w.shape
   (pt, pb), (pl, pr) = padding
   # Input gradient: a "full" correlation of dy with the spatially flipped, in/out-swapped kernel.
   w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
   dx = _conv_custom(dy, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-  # Weight gradient: one matmul per kernel tap, contracting over N*H*W.
+  # Weight gradient: per kernel row, one matmul contracting over N*H*W. dy is transposed once to
+  # [out, NHW] so that each matmul reads both operands in their natural layout (a contraction
+  # over the leading NHW axis of both would make XLA copy a transposed x for every tap, which
+  # cost as much as the matmuls); the row's kw shifted views of x are concatenated on channels.
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   hy, wy = dy.shape[1], dy.shape[2]
-  if kh == 1 and kw == 1:
-    dw = jnp.einsum("nhwi,nhwo->io", xp, dy)[None, None]
-  else:
-    taps = [[jnp.einsum("nhwi,nhwo->io", xp[:, a:a + hy, b:b + wy], dy) for b in range(kw)]
-            for a in range(kh)]
-    dw = jnp.stack([jnp.stack(row) for row in taps])
+  dy_t = dy.reshape(-1, c_out).T
+  rows = []
+  for a in range(kh):
+    views = [xp[:, a:a + hy, b:b + wy] for b in range(kw)]
+    row = views[0] if kw == 1 else jnp.concatenate(views, axis=-1)
+    rows.append(dy_t @ row.reshape(-1, kw * c_in))  # [out, (kw, in)]
+  dw = jnp.stack(rows).reshape(kh, c_out, kw, c_in).transpose(0, 2, 3, 1)
   return dx, dw.astype(w.dtype)
 
 
@@ -87,9 +94,11 @@ def conv2d(x: jax.Array, w: jax.Array, padding: Padding | int = 0, *, impl: str 
   if isinstance(padding, int):
     padding = ((padding, padding), (padding, padding))
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  if w.shape[0] == 1 and w.shape[1] == 1 and padding == ((0, 0), (0, 0)):
-    # A 1x1 convolution is a matmul; XLA's dot gradients are fast everywhere.
-    return jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
+  if w.shape[0] == 1 and w.shape[1] == 1:
+    # A 1x1 convolution is a matmul (zero padding of the input is zero padding of the output);
+    # XLA's dot gradients are fast everywhere.
+    y = jnp.einsum("nhwi,io->nhwo", x, w[0, 0])
+    return jnp.pad(y, ((0, 0),) + padding + ((0, 0),)) if any(sum(padding, ())) else y
   if resolve_conv_impl(impl) == "custom":
     return _conv_custom(x, w, padding)
   return _conv_xla(x, w, padding)
@@ -143,7 +152,32 @@ def downsample2d(x: jax.Array) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # Resampling convolutions as stride-1 convolutions.
 
-# For a 3-tap kernel along one dimension, the stride-2 transposed convolution gives
+# Both resampling convolutions are split into their four output (up) or input (down) phases.
+# Along one dimension a 3-tap kernel k meets the even phase with two taps and the odd phase with
+# one, so the four 2-D phases use 2x2, 2x1, 1x2 and 1x1 kernels: 9 taps in all, the FLOPs of the
+# direct strided / transposed convolution. (One stride-1 2x2 convolution packing the phases into
+# channels does 16 taps for the 9 useful ones, and measured slower.)
+#
+# Transposed convolution (up), per dimension, on x padded by one each side (xp[j] = x[j-1]):
+#   y[2m] = x[m-1] k2 + x[m] k0   -> 2 taps (k2, k0) over xp[m:m+2]
+#   y[2m+1] = x[m] k1             -> 1 tap  k1 over xp[m+1]
+# for m = 0..h, which gives the 2h+1 outputs plus one trailing zero (y[2h+1], as x[h] is padding).
+_UP_TAPS = ((2, 0), (1,))  # kernel indices of the even / odd output phase
+_UP_START = (0, 1)         # where that phase's window starts in xp
+# Strided correlation (down), per dimension, on u of length 2h+1 with phases ue[j] = u[2j],
+# uo[j] = u[2j+1]:  out[m] = ue[m] k0 + ue[m+1] k2 + uo[m] k1.
+_DOWN_TAPS = ((0, 2), (1,))  # kernel indices meeting the even / odd input phase
+
+
+# Below this many multiply-adds per kernel tap (N*H*W*C_in*C_out of the input), the resampling
+# convolutions use one phase-packed 2x2 convolution instead of four phase convolutions: it does
+# 16 taps for the 9 useful ones, but has fewer ops: with phases everywhere the tiny test model's
+# full train step compiled 1.4x slower. (bench32's smallest resampling conv has 2**22.)
+PHASE_SPLIT_MIN_MACS = 2 ** 21
+
+
+# Phase-packed formulation (small inputs). For a 3-tap kernel along one dimension, the stride-2
+# transposed convolution gives
 #   y[2m] = x[m] k0 + x[m-1] k2,   y[2m+1] = x[m] k1.
 # On the input padded by one pixel each side, a 2-tap correlation at m reads (x[m-1], x[m]), so the
 # per-phase 2-tap kernels are: even phase (k2, k0), odd phase (0, k1). Index -1 means zero.
@@ -188,16 +222,15 @@ def _down_index() -> np.ndarray:
   return idx
 
 
-def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
-  """StyleGAN2's 3x3 up-sampling convolution: transposed conv (stride 2), then FIR (pad 1, gain 4).
+def _phase_kernel(w: jax.Array, py: int, px: int, taps) -> jax.Array:
+  rows = jnp.stack([w[i] for i in taps[py]])
+  return jnp.stack([rows[:, j] for j in taps[px]], axis=1)
 
-  The transposed convolution is computed as one stride-1 2x2 convolution whose output channels
-  pack the four output phases, followed by depth-to-space.
-  """
+
+def _conv2d_up2_packed(x, w, impl):
+  """conv2d_up2 as one stride-1 2x2 convolution whose output channels pack the four phases."""
   n, h, wd, c_in = x.shape
-  kh, kw, _, c_out = w.shape
-  if (kh, kw) != (3, 3):
-    raise ValueError(f"conv2d_up2 expects a 3x3 kernel, got {w.shape}")
+  c_out = w.shape[-1]
   k = _gather_taps(w, _up_index())  # [2, 2, py, px, in, out]
   k = jnp.moveaxis(k, 4, 2).reshape(2, 2, c_in, 4 * c_out)
   y = conv2d(x, k, ((1, 1), (1, 1)), impl=impl)  # [n, h+1, w+1, (py, px, out)]
@@ -208,14 +241,9 @@ def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
   return fir_filter(y, (1, 0), gain=4.0)
 
 
-def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
-  """StyleGAN2's 3x3 down-sampling convolution: FIR (pad 2), then a stride-2 3x3 convolution.
-
-  The strided convolution is computed as a stride-1 2x2 convolution on the space-to-depth input.
-  """
-  kh, kw, c_in, c_out = w.shape
-  if (kh, kw) != (3, 3):
-    raise ValueError(f"conv2d_down2 expects a 3x3 kernel, got {w.shape}")
+def _conv2d_down2_packed(x, w, impl):
+  """conv2d_down2 as one stride-1 2x2 convolution on the space-to-depth input."""
+  c_in, c_out = w.shape[2:]
   u = fir_filter(x, (2, 2))  # [n, h+1, w+1, c]
   u = jnp.pad(u, ((0, 0), (0, 1), (0, 1), (0, 0)))  # even size; the extra zeros meet zero taps
   n, hu, wu, _ = u.shape
@@ -223,6 +251,48 @@ def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array
   u = u.reshape(n, hu // 2, wu // 2, 4 * c_in)  # channels (py, px, in)
   k = _gather_taps(w, _down_index()).reshape(2, 2, 4 * c_in, c_out)
   return conv2d(u, k, 0, impl=impl)
+
+
+def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
+  """StyleGAN2's 3x3 up-sampling convolution: transposed conv (stride 2), then FIR (pad 1, gain 4).
+
+  The transposed convolution is computed as four stride-1 convolutions, one per output phase,
+  whose outputs are interleaved (depth-to-space).
+  """
+  n, h, wd, c_in = x.shape
+  kh, kw, _, c_out = w.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv2d_up2 expects a 3x3 kernel, got {w.shape}")
+  if x.size * c_out < PHASE_SPLIT_MIN_MACS:
+    return _conv2d_up2_packed(x, w, impl)
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  phases = [[conv2d(xp[:, _UP_START[py]:, _UP_START[px]:], _phase_kernel(w, py, px, _UP_TAPS), 0,
+                    impl=impl) for px in range(2)] for py in range(2)]  # each [n, h+1, w+1, out]
+  y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)  # [n, h+1, py, w+1, px, out]
+  y = y.reshape(n, 2 * h + 2, 2 * wd + 2, c_out)
+  # y is the 2h+1 transposed-conv output plus one trailing zero row/column, which stands in for
+  # the FIR's right padding of 1.
+  return fir_filter(y, (1, 0), gain=4.0)
+
+
+def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
+  """StyleGAN2's 3x3 down-sampling convolution: FIR (pad 2), then a stride-2 3x3 convolution.
+
+  The strided convolution is computed as the sum of four stride-1 convolutions, one per phase of
+  the filtered input (space-to-depth).
+  """
+  kh, kw, c_in, c_out = w.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"conv2d_down2 expects a 3x3 kernel, got {w.shape}")
+  if x.size * c_out < PHASE_SPLIT_MIN_MACS:
+    return _conv2d_down2_packed(x, w, impl)
+  u = fir_filter(x, (2, 2))  # [n, 2h+1, 2w+1, c]
+  out = None
+  for py in range(2):
+    for px in range(2):
+      y = conv2d(u[:, py::2, px::2], _phase_kernel(w, py, px, _DOWN_TAPS), 0, impl=impl)
+      out = y if out is None else out + y
+  return out
 
 
 def bias_act(x: jax.Array, bias: jax.Array | None, act: str = "linear", gain: float = 1.0,

@@ -1,0 +1,139 @@
+"""Tests of the low-level ops: FIR resampling against the numpy reference, the phase-split
+resampling convolutions against direct lax formulations, and the custom-VJP convolution's first-
+and second-order gradients against XLA's. All tiny: they run in seconds."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from gantl_jax.models import ops
+
+DIMS = ("NHWC", "HWIO", "NHWC")
+FIR_2D = np.outer(ops.FIR_TAPS, ops.FIR_TAPS) / np.sum(ops.FIR_TAPS) ** 2
+
+
+def _rand(shape, seed):
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _ref_upfirdn_2d(x, up, down, pad, gain):
+  """The 2-D separable reference: the 1-D numpy reference along H, then along W."""
+  x = np.asarray(x, np.float64).transpose(1, 2, 0, 3)  # [H, W, N, C]
+  x = ops.reference_upfirdn_1d(x, up, down, pad, np.sqrt(gain))
+  x = ops.reference_upfirdn_1d(x.transpose(1, 0, 2, 3), up, down, pad, np.sqrt(gain))
+  return x.transpose(2, 1, 0, 3)
+
+
+def _fir_conv(x, pad, gain):
+  """The FIR as a depthwise lax convolution, for the resampling convs' direct references."""
+  c = x.shape[-1]
+  k = jnp.tile(jnp.asarray(FIR_2D * gain, jnp.float32)[:, :, None, None], (1, 1, 1, c))
+  return lax.conv_general_dilated(x, k, (1, 1), (pad, pad), dimension_numbers=DIMS,
+                                  feature_group_count=c, precision=lax.Precision.HIGHEST)
+
+
+def test_fir_filter_matches_reference():
+  x = _rand((2, 7, 6, 3), 0)
+  np.testing.assert_allclose(ops.fir_filter(x, (2, 1), gain=2.0),
+                             _ref_upfirdn_2d(x, 1, 1, (2, 1), 2.0), atol=1e-5)
+
+
+def test_upsample2d_matches_reference():
+  x = _rand((2, 5, 4, 3), 1)
+  np.testing.assert_allclose(ops.upsample2d(x), _ref_upfirdn_2d(x, 2, 1, (2, 1), 4.0), atol=1e-5)
+
+
+def test_downsample2d_matches_reference():
+  x = _rand((2, 8, 6, 3), 2)
+  np.testing.assert_allclose(ops.downsample2d(x), _ref_upfirdn_2d(x, 1, 2, (1, 1), 1.0), atol=1e-5)
+
+
+@pytest.fixture(params=["packed", "phases"])
+def resample_form(request, monkeypatch):
+  """Runs a test with both formulations of the resampling convs (chosen by input size)."""
+  monkeypatch.setattr(ops, "PHASE_SPLIT_MIN_MACS", 2 ** 40 if request.param == "packed" else 0)
+  return request.param
+
+
+@pytest.mark.parametrize("impl", ["xla", "custom"])
+@pytest.mark.parametrize("size", [4, 5])
+def test_conv2d_up2_matches_transposed_conv(impl, size, resample_form):
+  """Transposed conv (stride 2) as an lhs-dilated conv with the flipped kernel, then the FIR."""
+  x, w = _rand((2, size, size, 3), 3), _rand((3, 3, 3, 4), 4)
+  t = lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                               dimension_numbers=DIMS, precision=lax.Precision.HIGHEST)
+  want = _fir_conv(t, (1, 1), 4.0)
+  assert want.shape == (2, 2 * size, 2 * size, 4)
+  np.testing.assert_allclose(ops.conv2d_up2(x, w, impl=impl), want, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "custom"])
+@pytest.mark.parametrize("size", [8, 6])
+def test_conv2d_down2_matches_strided_conv(impl, size, resample_form):
+  x, w = _rand((2, size, size, 3), 5), _rand((3, 3, 3, 4), 6)
+  want = lax.conv_general_dilated(_fir_conv(x, (2, 2), 1.0), w, (2, 2), "VALID",
+                                  dimension_numbers=DIMS, precision=lax.Precision.HIGHEST)
+  assert want.shape == (2, size // 2, size // 2, 4)
+  np.testing.assert_allclose(ops.conv2d_down2(x, w, impl=impl), want, atol=1e-4)
+
+
+def _loss_fns():
+  """(name, f(x, w, impl), x shape): every conv path the models use."""
+  return [
+      ("conv3x3", lambda x, w, impl: ops.conv2d(x, w, 1, impl=impl), (2, 6, 6, 3)),
+      ("conv3x3_asym_pad", lambda x, w, impl: ops.conv2d(x, w, ((2, 0), (0, 1)), impl=impl), (2, 5, 6, 3)),
+      ("up2", lambda x, w, impl: ops.conv2d_up2(x, w, impl=impl), (2, 4, 4, 3)),
+      ("down2", lambda x, w, impl: ops.conv2d_down2(x, w, impl=impl), (2, 8, 8, 3)),
+  ]
+
+
+@pytest.mark.parametrize("name,f,shape", _loss_fns(), ids=[n for n, _, _ in _loss_fns()])
+def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form):
+  x, w = _rand(shape, 7), _rand((3, 3, 3, 4), 8)
+  loss = lambda x, w, impl: jnp.sum(jnp.sin(f(x, w, impl)))
+  got = jax.grad(loss, (0, 1))(x, w, "custom")
+  want = jax.grad(loss, (0, 1))(x, w, "xla")
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
+
+  # Second order, as R1 (grad w.r.t. weights of a squared input-gradient norm) and path length
+  # (the same with the roles swapped).
+  r1 = lambda w, impl: jnp.sum(jnp.square(jax.grad(loss, 0)(x, w, impl)))
+  pl = lambda x, impl: jnp.sum(jnp.square(jax.grad(loss, 1)(x, w, impl)))
+  np.testing.assert_allclose(jax.grad(r1)(w, "custom"), jax.grad(r1)(w, "xla"), atol=1e-3, rtol=1e-4)
+  np.testing.assert_allclose(jax.grad(pl)(x, "custom"), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
+
+
+def test_second_order_stays_on_custom_path(resample_form):
+  """Under grad-of-grad every convolution must be a plain NHWC x HWIO forward one: XLA's own
+  gradient rules (other dimension numbers) were 5-10x slower on CPU, and a forward rule that
+  called them made R1 and path length 2-5x slower."""
+  x, w = _rand((2, 8, 8, 3), 9), _rand((3, 3, 3, 3), 10)
+
+  def loss(x, w):
+    y = ops.conv2d(x, w, 1, impl="custom")
+    return jnp.sum(jnp.sin(ops.conv2d_down2(ops.conv2d_up2(y, w, impl="custom"), w, impl="custom")))
+
+  r1 = jax.grad(lambda w: jnp.sum(jnp.square(jax.grad(loss, 0)(x, w))))
+  pl = jax.grad(lambda x: jnp.sum(jnp.square(jax.grad(loss, 1)(x, w))))
+  for fn, arg in ((r1, w), (pl, x)):
+    convs = [line for line in jax.jit(fn).lower(arg).as_text().splitlines()
+             if "stablehlo.convolution" in line]
+    assert convs
+    for line in convs:
+      assert "dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in line, line
+      assert "lhs_dilate" not in line or "lhs_dilate = [1, 1]," in line, line
+
+
+def test_conv2d_1x1_with_padding():
+  x, w = _rand((2, 4, 5, 3), 11), _rand((1, 1, 3, 4), 12)
+  want = lax.conv_general_dilated(x, w, (1, 1), ((0, 1), (2, 0)), dimension_numbers=DIMS,
+                                  precision=lax.Precision.HIGHEST)
+  np.testing.assert_allclose(ops.conv2d(x, w, ((0, 1), (2, 0))), want, atol=1e-5)
+
+
+def test_resolve_conv_impl():
+  assert ops.resolve_conv_impl("auto") == ("custom" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ValueError):
+    ops.resolve_conv_impl("fast")
