@@ -43,9 +43,11 @@ def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
   pid = int(os.environ.get("GANTL_PROCESS_ID", -1)) if pid is None or pid < 0 else int(pid)
   if not (address or parallel.get("distributed")):
     return
-  if jax.default_backend() == "cpu" or parallel.get("cpu_collectives"):
-    # CPU devices of several processes talk through gloo (used for tests on one machine).
-    jax.config.update("jax_cpu_collectives_implementation", parallel.get("cpu_collectives") or "gloo")
+  # CPU devices of several processes talk through gloo, JAX's default (tests on one machine).
+  # Never ask for the backend here (jax.default_backend() and the like): that starts the XLA
+  # backend, after which jax.distributed.initialize refuses to run.
+  if parallel.get("cpu_collectives"):
+    jax.config.update("jax_cpu_collectives_implementation", parallel.cpu_collectives)
   kwargs = {}
   if address:
     kwargs = dict(coordinator_address=address, num_processes=num or None,
@@ -78,7 +80,9 @@ def from_global(state: Any, mode: str) -> Any:
     return state
   n = jax.local_device_count()
   host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state)
-  return jax.pmap(lambda _, s: s, in_axes=(0, None))(np.arange(n), host)
+  # The same axis name as the step's pmap: its outputs then carry the same sharding as these
+  # inputs, and the step compiles once (with another name the second step compiles again).
+  return jax.pmap(lambda _, s: s, in_axes=(0, None), axis_name=AXIS)(np.arange(n), host)
 
 
 def to_global(state: Any, mode: str, mesh: Mesh) -> Any:
@@ -130,12 +134,17 @@ def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode:
     raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {mode!r}")
   variants: dict[tuple[bool, bool], Callable] = {}
 
-  def step(state, batch, step_index: int):
+  def variant(step_index: int) -> Callable:
+    """The jitted (pmapped) program of this step's variant, e.g. to ``.lower(...)`` it."""
     key = steps.schedule(step_index, config.train)
     if key not in variants:
       variants[key] = compile_variant(*key)
-    return variants[key](state, batch)
+    return variants[key]
 
+  def step(state, batch, step_index: int):
+    return variant(step_index)(state, batch)
+
+  step.variant = variant
   return step
 
 

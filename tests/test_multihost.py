@@ -1,0 +1,155 @@
+"""Two real processes on this machine: ``jax.distributed`` on 127.0.0.1, gloo CPU collectives,
+2 simulated devices each (4 global devices).
+
+* ``tests/multihost_worker.py`` in ``pmap`` mode: its own rows of fixed global batches, Orbax
+  save and restore in the middle; parameters equal across processes, unchanged by the restore,
+  and equal to a single-process ``jit`` run on 4 devices of the same global batches.
+* ``launch.py`` (the user path) in ``jit`` mode with the data pipeline: only process 0 writes the
+  logs and images, both take part in the checkpoint, which equals a single-process run on the
+  same global batches.
+
+Subprocesses inherit the persistent compilation cache of conftest.py (the two processes of a
+job compile the same program, so a second session reads it from the cache); every subprocess has
+a timeout, and all processes of a job are killed when one fails or times out.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import portpicker
+import pytest
+
+import parallel_common as common
+from gantl_jax import checkpoint
+from gantl_jax import parallel
+from gantl_jax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 1200  # seconds per job: two compiles of the reg step on 2 loaded cores can take minutes
+TOL = 2e-5      # global relative L2 difference (measured <= 3.2e-8); see test_parallel.py
+
+
+def _env() -> dict[str, str]:
+  """The test environment (conftest: compilation cache, backend opt level) with 2 devices."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+  env.update(XLA_FLAGS=" ".join(flags + ["--xla_force_host_platform_device_count=2"]),
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  return env
+
+
+def _run_all(commands: list[list[str]], env: dict[str, str], logdir: str) -> list[str]:
+  """Starts the processes of one job, waits for all with a timeout, kills them all on failure;
+  returns their combined outputs."""
+  procs, logs = [], []
+  for i, cmd in enumerate(commands):
+    log = open(os.path.join(logdir, f"process_{i}.log"), "w+")
+    logs.append(log)
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+  deadline = time.time() + TIMEOUT
+  try:
+    # Poll rather than wait on each in turn: when one process fails, the others would block in
+    # a collective until the coordinator's heartbeat timeout; stop them at once instead.
+    while any(p.poll() is None for p in procs) and time.time() < deadline:
+      if any(p.poll() not in (None, 0) for p in procs):
+        break
+      time.sleep(1)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
+  report = "\n".join(f"--- process {i} exited with {p.returncode} (-9: killed after a sibling failed "
+                      f"or the {TIMEOUT} s timeout):\n{out[:2000]}\n...\n{out[-2000:]}" for i, (p, out) in enumerate(zip(procs, outputs)))
+  assert all(p.returncode == 0 for p in procs), report
+  return outputs
+
+
+def test_two_processes_pmap_with_checkpoint(tmp_path):
+  port = portpicker.pick_unused_port()
+  commands = [[sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
+               "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
+               "--mode", "pmap", "--workdir", str(tmp_path), "--out", str(tmp_path / f"params_{i}.npz")]
+              for i in range(2)]
+  _run_all(commands, _env(), str(tmp_path))
+  outs = [dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2)]
+  for out in outs:
+    assert list(out["devices"]) == [4, 2]
+  ref = common.reference("jit", 4)  # one process, 4 devices, the same global batches
+  for tag, ref_params in (("saved", None), ("restored", None), ("step3", ref.snapshots[3])):
+    per_process = [{k.split("|", 1)[1]: v for k, v in out.items() if k.startswith(tag + "|")}
+                   for out in outs]
+    # The processes hold identical replicas (the same program on the same all-reduced values).
+    diff, leaf = common.max_rel_diff(per_process[1], per_process[0])
+    assert diff == 0.0, (tag, leaf, diff)
+    if ref_params is not None:
+      diff, leaf = common.max_rel_diff(per_process[0], ref_params)
+      total = common.global_rel_diff(per_process[0], ref_params)
+      print(f"2 processes x 2 devices (pmap) vs 1 process x 4 devices (jit), {tag}: "
+            f"global {total:.2e}, max per leaf {diff:.2e} at {leaf}")
+      assert total < TOL, (tag, total, leaf, diff)
+  # The checkpoint round trip is exact.
+  saved = {k: v for k, v in outs[0].items() if k.startswith("saved|")}
+  restored = {k.replace("restored|", "saved|"): v for k, v in outs[0].items() if k.startswith("restored|")}
+  assert common.max_rel_diff(restored, saved)[0] == 0.0
+
+
+def test_launch_two_processes_jit(tmp_path):
+  """``python launch.py`` as a user runs it on two hosts (here: two processes, one workdir)."""
+  steps = 2
+  overrides = [f"--config.train.batch_size={common.GLOBAL_BATCH}", "--config.model.mbstd_group_size=2",
+               "--config.train.r1_interval=1", "--config.train.pl_interval=1",
+               f"--config.train.total_kimg={steps * common.GLOBAL_BATCH / 1000}",
+               "--config.train.log_every=1", "--config.checkpoint.every_steps=0",
+               f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.parallel.mode=jit"]
+  config = common.test_config()
+  config.data.data_dir = str(tmp_path / "tfds")
+  # Prepare the dataset once before the job: two hosts building it into one shared directory
+  # at the same time would race (on real hosts each has its own data_dir, or it is prepared once).
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=False)
+
+  workdir = tmp_path / "run"
+  port = portpicker.pick_unused_port()
+  commands = [[sys.executable, os.path.join(REPO, "launch.py"), "--config", "configs/tiny.py",
+               "--workdir", str(workdir), f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+               "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"] + overrides
+              for i in range(2)]
+  _run_all(commands, _env(), str(tmp_path))
+
+  # Only process 0 writes logs and images: one metrics line per step (two writers would double them).
+  with open(workdir / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == list(range(1, steps + 1))
+  for name in ("config.json", "reals.png", "samples_init.png", "samples_final.png"):
+    assert (workdir / name).exists(), name
+
+  # The checkpoint of the two-process job equals one process on 4 devices fed the same global
+  # batches by the same pipeline (reusing the compiled step of the reference run).
+  ref = common.reference("jit", 4)
+  it = pipeline.make_iterator(prepared, global_batch=common.GLOBAL_BATCH, seed=ref.config.seed)
+  state = parallel.create_state(ref.nets, ref.config.seed, "jit", ref.mesh)
+  for i in range(steps):
+    state, _ = ref.step(state, parallel.place_batch(next(it), "jit", ref.mesh), i)
+  it.close()
+  manager = checkpoint.make_manager(str(workdir / "checkpoints"))
+  assert manager.latest_step() == steps
+  restored, data_state, meta = checkpoint.restore(manager, state)
+  manager.close()
+  assert data_state["step"] == steps
+  got, want = common.params_of(restored, "jit"), common.params_of(state, "jit")
+  diff, leaf = common.max_rel_diff(got, want)
+  total = common.global_rel_diff(got, want)
+  print(f"launch.py 2 processes x 2 devices (jit) vs 1 process x 4 devices: global {total:.2e}, "
+        f"max per leaf {diff:.2e} at {leaf}")
+  assert total < TOL, (total, leaf, diff)
