@@ -22,6 +22,7 @@ from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
+from gantl_jax import transfer
 from gantl_jax.data import pipeline
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
@@ -108,8 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
-  if config.transfer.source != "":
-    from gantl_jax import transfer  # only runs that transfer need it
+  if config.transfer.source:
     transfer.preflight(config, workdir)  # a missing or unfitting source fails before any work
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -128,7 +128,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, data_state, _ = checkpoint.restore(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.transfer.source:
-    from gantl_jax import transfer  # only runs that transfer need it
     state, transfer_report = transfer.transfer_state(config, nets, state, workdir=workdir)
   state = parallel.from_global(state, mode)
 
