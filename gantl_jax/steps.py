@@ -108,8 +108,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     metrics["g_loss"] = pmean(g_loss)
 
     # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network).
-    w_avg = state.g_buffers["mapping"]["w_avg"]
-    w_avg = pmean(jnp.mean(w_batch, axis=0)) + t.w_avg_beta * (w_avg - pmean(jnp.mean(w_batch, axis=0)))
+    w_mean = pmean(jnp.mean(w_batch, axis=0))
+    w_avg = w_mean + t.w_avg_beta * (state.g_buffers["mapping"]["w_avg"] - w_mean)
     g_buffers = {**state.g_buffers, "mapping": {**state.g_buffers["mapping"], "w_avg": w_avg}}
 
     # Phase 2, G regularisation: path length, every pl_interval steps, scaled by the interval.
