@@ -109,7 +109,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
-  if config.transfer.source:
+  # '' means "from scratch"; anything else, including a required-but-unset placeholder (None, as in
+  # configs/ffhq_to_anime.py), goes through the preflight, which explains what to provide.
+  if config.transfer.source != "":
     transfer.preflight(config, workdir)  # a missing or unfitting source fails before any work
   if is_main:
     os.makedirs(workdir, exist_ok=True)
