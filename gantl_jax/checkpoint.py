@@ -30,9 +30,14 @@ STATE_ITEMS = NETWORK_ITEMS + ("opt", "progress", "data", "meta")
 def make_manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,
                  item_names: tuple[str, ...] = STATE_ITEMS) -> ocp.CheckpointManager:
   """A CheckpointManager over ``directory`` (created if missing)."""
+  # Every process creates the directory itself (idempotent) instead of Orbax's create=True, which
+  # adds a cross-process barrier at start-up, where processes of one job arrive furthest apart
+  # (gloo's collectives time out after 30 s on CPU jobs).
+  directory = os.path.abspath(directory)
+  os.makedirs(directory, exist_ok=True)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), item_names=item_names, options=options)
+      max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, item_names=item_names, options=options)
 
 
 def _split(state: GANState) -> dict[str, Any]:
