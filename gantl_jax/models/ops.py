@@ -196,30 +196,29 @@ def _gather_taps(w: jax.Array, index: np.ndarray) -> jax.Array:
   return jnp.where(valid.reshape(valid.shape + (1,) * (w.ndim - 2)), picked, 0)
 
 
-@functools.lru_cache(maxsize=None)
-def _up_index() -> np.ndarray:
-  # [a, b, py, px, 2]: kernel position used by tap (a, b) of phase (py, px).
+def _phase_index(tap_of) -> np.ndarray:
+  """[a, b, py, px, 2]: kernel position that tap (a, b) meets on phase (py, px), -1 for none.
+
+  ``tap_of(phase, tap)`` is the 1-D kernel index of that (phase, tap) pair, or -1.
+  """
   idx = np.zeros((2, 2, 2, 2, 2), np.int64)
   for a in range(2):
     for b in range(2):
       for py in range(2):
         for px in range(2):
-          kh, kw = _UP_PHASE_TAPS[py][a], _UP_PHASE_TAPS[px][b]
+          kh, kw = tap_of(py, a), tap_of(px, b)
           idx[a, b, py, px] = (kh, kw) if kh >= 0 and kw >= 0 else (-1, -1)
   return idx
+
+
+@functools.lru_cache(maxsize=None)
+def _up_index() -> np.ndarray:
+  return _phase_index(lambda phase, tap: _UP_PHASE_TAPS[phase][tap])
 
 
 @functools.lru_cache(maxsize=None)
 def _down_index() -> np.ndarray:
-  # [a, b, py, px, 2]: kernel position met by tap (a, b) on phase (py, px) of the input.
-  idx = np.zeros((2, 2, 2, 2, 2), np.int64)
-  for a in range(2):
-    for b in range(2):
-      for py in range(2):
-        for px in range(2):
-          kh, kw = _DOWN_PHASE_TAPS[a][py], _DOWN_PHASE_TAPS[b][px]
-          idx[a, b, py, px] = (kh, kw) if kh >= 0 and kw >= 0 else (-1, -1)
-  return idx
+  return _phase_index(lambda phase, tap: _DOWN_PHASE_TAPS[tap][phase])
 
 
 def _phase_kernel(w: jax.Array, py: int, px: int, taps) -> jax.Array:
