@@ -30,8 +30,10 @@ def _quiet_orbax() -> None:
 def main(argv):
   del argv
   _quiet_orbax()
+  from gantl_jax import checkpoint
   from gantl_jax import config as config_lib
   from gantl_jax import parallel
+  from gantl_jax import train
   from gantl_jax.data import DataError
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
@@ -40,7 +42,6 @@ def main(argv):
     parallel.maybe_initialize_distributed(config.parallel)
   try:
     if _MODE.value == "train":
-      from gantl_jax import train
       train.train_and_evaluate(config, _WORKDIR.value)
     else:
       from gantl_jax import generate
@@ -49,6 +50,12 @@ def main(argv):
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (train.TrainingError, checkpoint.CheckpointError) as e:
+    # The run started and cannot go on (diverged, or its files cannot be written); what it
+    # saved before is intact.
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

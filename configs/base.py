@@ -26,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
       mbstd_group_size=4,        # must divide the per-device batch
       mbstd_num_channels=1,
       conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients)
+      compute_dtype="float32",   # 'float32' | 'bfloat16': the convolutions' dtype (parameters,
+                                 # optimizer, losses and demodulation stay float32)
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -70,8 +72,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = pipeline.default_config()
 
   c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000,          # 0: only at the end (and on SIGTERM)
+      every_steps=1000,          # 0: only at the end (and on SIGTERM / Ctrl-C)
       max_to_keep=3,
+      keep_best="",              # a metric of eval.metrics: also keep the best checkpoint by it in DIR/best
+  ))
+
+  # Evaluation during training: every eval.every_kimg, the metrics named in eval.metrics run on
+  # eval.num_fake G-EMA samples (generated sharded over all devices) against up to eval.num_real
+  # training images; values go to DIR/eval.jsonl.
+  c.eval = ml_collections.ConfigDict(dict(
+      every_kimg=0.0,            # 0: no evaluation during training
+      metrics="",                # comma-separated names of gantl_jax.metrics.EVALUATORS
+      num_fake=1000,
+      num_real=1000,
+      batch_size=64,             # samples generated per call (rounded to a multiple of the devices)
+      seed=123,                  # latents of the evaluation samples: z_i from (seed, i)
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

@@ -1,17 +1,24 @@
 """Orbax checkpoints of the whole training state, as separate items.
 
-Items of a step directory (each readable alone, e.g. ``g_ema`` for sampling or transfer):
+Items of a step directory (each readable alone, e.g. ``g_ema`` for sampling or transfer), all
+derived from ``state.NETWORKS``:
 
-  g, g_ema   {'params', 'buffers'} of the generator and its moving average
-  d          {'params'} of the discriminator
-  opt        {'g', 'd'}: optimizer states
-  progress   step, images_seen, pl_mean, rng (and any other scalar training state)
-  data       JSON: the input pipeline's position
-  meta       JSON: 'model' hyper-parameters (what the weights mean), the resolved 'config'
+  g, g_ema, d  {'params'[, 'buffers']}: the variables of each network
+  opt          {'g', 'd'}: the optimizer states of the trained networks
+  progress     step, images_seen, rng
+  extras       the state's training-time statistics (pl_mean, ...)
+  data         JSON: the input pipeline's position
+  meta         JSON: 'format_version', 'model' hyper-parameters (what the weights mean), the
+               resolved 'config'
+
+``FORMAT_VERSION`` 1 is this layout. Version 0 (no 'format_version' in meta; pl_mean inside
+'progress', no 'extras' item) still restores. An extra statistic that a checkpoint lacks, because
+it was written before the statistic existed, keeps its fresh value.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it on
 commit), so a crash during a save never damages the previous checkpoint, and a half-written one
-is never listed.
+is never listed. :func:`save` refuses a state with a non-finite value, so a diverged run never
+replaces its last good checkpoint.
 """
 from __future__ import annotations
 
@@ -19,81 +26,183 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gantl_jax import state as state_lib
 from gantl_jax.state import GANState
 
-NETWORK_ITEMS = ("g", "g_ema", "d")
-STATE_ITEMS = NETWORK_ITEMS + ("opt", "progress", "data", "meta")
+FORMAT_VERSION = 1
+ARRAY_ITEMS = tuple(state_lib.NETWORKS) + ("opt", "progress", "extras")
+STATE_ITEMS = ARRAY_ITEMS + ("data", "meta")
+JSON_ITEMS = ("data", "meta")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be written or read; the message names the directory and the cause."""
 
 
 def make_manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,
-                 item_names: tuple[str, ...] = STATE_ITEMS) -> ocp.CheckpointManager:
-  """A CheckpointManager over ``directory`` (created if missing)."""
+                 item_names: tuple[str, ...] = STATE_ITEMS, read_only: bool = False,
+                 **options) -> ocp.CheckpointManager:
+  """A CheckpointManager over ``directory`` (created if missing, unless ``read_only``).
+
+  Every item gets its handler up front (JSON for ``data`` and ``meta``), so a manager can read
+  any subset of a step's items, those of older formats included. ``options`` go to
+  ``CheckpointManagerOptions`` (e.g. ``best_fn``).
+  """
   # Every process creates the directory itself (idempotent) instead of Orbax's create=True, which
   # adds a cross-process barrier at start-up, where processes of one job arrive furthest apart
   # (gloo's collectives time out after 30 s on CPU jobs).
   directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(directory, item_names=item_names, options=options)
+  if not read_only:
+    os.makedirs(directory, exist_ok=True)
+  # PyTree handlers (not Standard) for the array items: they read checkpoints written with either,
+  # and can read a subset of an item (transfer).
+  handlers = {k: ocp.JsonCheckpointHandler() if k in JSON_ITEMS else ocp.PyTreeCheckpointHandler()
+              for k in item_names}
+  opts = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save,
+      read_only=read_only, **options)
+  return ocp.CheckpointManager(directory, item_handlers=handlers, options=opts)
+
+
+def committed_steps(directory: str) -> list[int]:
+  """Committed Orbax steps in a manager directory (temporary, uncommitted dirs are not digits),
+  read from the file system without opening a manager."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
 def _split(state: GANState) -> dict[str, Any]:
-  return dict(
-      g={"params": state.g_params, "buffers": state.g_buffers},
-      g_ema={"params": state.g_ema_params, "buffers": state.g_ema_buffers},
-      d={"params": state.d_params},
-      opt={"g": state.g_opt_state, "d": state.d_opt_state},
-      progress={"step": state.step, "images_seen": state.images_seen, "pl_mean": state.pl_mean,
-                "rng": state.rng},
-  )
+  """The array items of ``state``."""
+  items = {name: state_lib.network(state, name).variables for name in state_lib.NETWORKS}
+  items["opt"] = {name: state_lib.network(state, name).opt_state for name in state_lib.TRAINED}
+  items["progress"] = {"step": state.step, "images_seen": state.images_seen, "rng": state.rng}
+  items["extras"] = dict(state.extras)
+  return items
 
 
-def _join(items: dict[str, Any]) -> GANState:
+def _join(template: GANState, items: dict[str, Any]) -> GANState:
+  subs = {}
+  for name in state_lib.NETWORKS:
+    v = items[name]
+    opt_state = items["opt"][name] if name in state_lib.TRAINED else None
+    subs[name] = state_lib.NetState(params=v["params"], buffers=v.get("buffers", {}), opt_state=opt_state)
   p = items["progress"]
-  return GANState(
-      step=p["step"], images_seen=p["images_seen"], pl_mean=p["pl_mean"], rng=p["rng"],
-      g_params=items["g"]["params"], g_buffers=items["g"]["buffers"],
-      g_ema_params=items["g_ema"]["params"], g_ema_buffers=items["g_ema"]["buffers"],
-      d_params=items["d"]["params"], g_opt_state=items["opt"]["g"], d_opt_state=items["opt"]["d"])
+  return template.replace(step=p["step"], images_seen=p["images_seen"], rng=p["rng"],
+                          extras=items["extras"], **subs)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """One device bool: every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def save(manager: ocp.CheckpointManager, state: GANState, *, data_state: dict, meta: dict,
-         force: bool = False) -> bool:
-  """Saves ``state`` (global arrays) at its step, asynchronously. Returns whether it saved."""
+         force: bool = False, metrics: Optional[dict] = None) -> bool:
+  """Saves ``state`` (global arrays) at its step, asynchronously; returns whether it saved.
+
+  Raises ``CheckpointError`` (and saves nothing) if the state holds a NaN or an infinity, or if
+  the save itself fails; the previous checkpoint is then intact. ``metrics`` go to Orbax's
+  ``best_fn`` where the manager keeps the best checkpoints.
+  """
   step = int(jax.device_get(state.step))
-  args = {k: ocp.args.StandardSave(v) for k, v in _split(state).items()}
+  if not bool(jax.device_get(jax.jit(all_finite)(state))):
+    raise CheckpointError(f"the state at step {step} holds NaN or infinite values; not saving it "
+                          f"to {manager.directory} (the previous checkpoint is kept)")
+  args = {k: ocp.args.PyTreeSave(v) for k, v in _split(state).items()}
   args["data"] = ocp.args.JsonSave(data_state)
-  args["meta"] = ocp.args.JsonSave(meta)
-  return manager.save(step, args=ocp.args.Composite(**args), force=force)
+  args["meta"] = ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})
+  try:
+    return manager.save(step, args=ocp.args.Composite(**args), force=force, metrics=metrics)
+  except Exception as e:  # Orbax raises many kinds (OSError, ValueError from tensorstore, ...)
+    raise CheckpointError(f"saving step {step} to {manager.directory} failed: {root_cause(e)}") from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the asynchronous save in flight; a failure becomes one ``CheckpointError``."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise CheckpointError(f"saving to {manager.directory} failed: {root_cause(e)}") from e
+
+
+def root_cause(e: BaseException) -> str:
+  """The innermost exception of a chain, as one line (Orbax wraps I/O errors several times)."""
+  while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+    e = e.__cause__ or e.__context__
+  return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def restore_args(target: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Orbax arguments that read an array item into the shapes, dtypes and shardings of ``target``
+  (a pytree of ``jax.ShapeDtypeStruct``); ``partial``: ``target`` may hold a subset of the
+  item's leaves."""
+  return ocp.args.PyTreeRestore(item=target, partial_restore=partial,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The JSON ``meta`` item of ``step`` (format 0 and later)."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: GANState,
             step: Optional[int] = None) -> tuple[GANState, dict, dict]:
   """Restores (state, data_state, meta) at ``step`` (default: latest) into the shardings and
-  structure of ``abstract_state`` (e.g. a freshly created state, or its ``jax.eval_shape``)."""
+  structure of ``abstract_state`` (a freshly created state: its values fill statistics the
+  checkpoint lacks)."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _split(abstract_state))
-  args = {k: ocp.args.StandardRestore(v) for k, v in target.items()}
+  meta = read_meta(manager, step)
+  version = meta.get("format_version", 0)
+  if version > FORMAT_VERSION:
+    raise CheckpointError(f"{manager.directory}/{step} has checkpoint format {version}; this "
+                          f"gantl_jax reads up to {FORMAT_VERSION}: update gantl_jax")
+  fresh = _split(abstract_state)
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh)
+  stored_extras = _stored_keys(manager, step, "extras") if version >= 1 else set()
+  if version == 0:  # pl_mean lived in 'progress', and there was no 'extras' item
+    target["progress"]["pl_mean"] = target["extras"]["pl_mean"]
+  target["extras"] = {k: v for k, v in target["extras"].items() if k in stored_extras}
+  names = [k for k in ARRAY_ITEMS if k != "extras" or target["extras"]]
+  args = {k: restore_args(target[k]) for k in names}
   args["data"] = ocp.args.JsonRestore()
-  args["meta"] = ocp.args.JsonRestore()
   out = manager.restore(step, args=ocp.args.Composite(**args))
-  return _join({k: out[k] for k in target}), out["data"], out["meta"]
+  items = {k: out[k] for k in names}
+  extras = dict(fresh["extras"])
+  if version == 0:
+    extras["pl_mean"] = items["progress"].pop("pl_mean")
+  extras.update(items.get("extras", {}))
+  items["extras"] = extras
+  return _join(abstract_state, items), out["data"], meta
+
+
+def _stored_keys(manager: ocp.CheckpointManager, step: int, item: str) -> set[str]:
+  """Top-level keys of an array item of ``step``, from its metadata (no data read)."""
+  metadata = manager.item_metadata(step)[item]
+  tree = getattr(metadata, "tree", metadata)
+  return set(tree or {})
 
 
 def save_networks(directory: str, *, g: Any, g_ema: Any, d: Optional[Any], meta: dict, step: int = 0) -> str:
   """Writes network items only (no optimizer or progress), e.g. imported weights, as a transfer
-  source. Blocks until the checkpoint is committed."""
+  source. Blocks until the checkpoint is committed; raises ``CheckpointError`` if ``directory``
+  already holds that step (Orbax would keep the old one and only return False)."""
   items = {"g": g, "g_ema": g_ema}
   if d is not None:
     items["d"] = d
-  args = {k: ocp.args.StandardSave(v) for k, v in items.items()}
-  args["meta"] = ocp.args.JsonSave(meta)
+  args = {k: ocp.args.PyTreeSave(v) for k, v in items.items()}
+  args["meta"] = ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})
   with make_manager(directory, max_to_keep=None, async_save=False, item_names=tuple(args)) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**args))
+    if not mngr.save(step, args=ocp.args.Composite(**args)):
+      raise CheckpointError(f"{directory} already holds step {step}; nothing was written")
     mngr.wait_until_finished()
   return os.path.abspath(directory)
+

@@ -8,12 +8,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from PIL import Image
 
 from gantl_jax import checkpoint
+from gantl_jax import images as image_io
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
-from gantl_jax import train
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -37,6 +36,7 @@ def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: flo
   The latent of seed N is ``np.random.RandomState(N).randn(z_dim)``, as in StyleGAN2's tools, so
   a seed names the same latent everywhere.
   """
+  seed_list = parse_seeds(seeds)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
@@ -44,21 +44,19 @@ def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: flo
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  with checkpoint.make_manager(ckpt_dir, item_names=("g_ema",), async_save=False) as manager:
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-    g_ema = manager.restore(step, args=ocp.args.Composite(g_ema=ocp.args.StandardRestore()))["g_ema"]
+  step = (checkpoint.committed_steps(ckpt_dir) or [None])[-1]
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
+  with checkpoint.make_manager(ckpt_dir, item_names=("g_ema",), read_only=True, max_to_keep=None) as manager:
+    g_ema = manager.restore(step, args=ocp.args.Composite(g_ema=ocp.args.PyTreeRestore()))["g_ema"]
   nets = state_lib.build_networks(config)
   generate = parallel.make_generate(nets)
-  seed_list = parse_seeds(seeds)
   z = np.stack([np.random.RandomState(s).randn(config.model.z_dim) for s in seed_list]).astype(np.float32)
-  images = np.asarray(jax.device_get(generate(g_ema["params"], g_ema["buffers"], z, truncation_psi=truncation_psi)))
+  pixels = image_io.to_uint8(np.asarray(jax.device_get(generate(g_ema, z, truncation_psi=truncation_psi))))
   out_dir = os.path.join(workdir, "generated")
   os.makedirs(out_dir, exist_ok=True)
-  pixels = np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
   for s, img in zip(seed_list, pixels):
-    Image.fromarray(img).save(os.path.join(out_dir, f"seed{s:04d}.png"))
-  train.save_grid(images, min(len(seed_list), 8), os.path.join(out_dir, "grid.png"))
+    image_io.save_png(img, os.path.join(out_dir, f"seed{s:04d}.png"))
+  image_io.save_grid(pixels, min(len(seed_list), 8), os.path.join(out_dir, "grid.png"))
   print(f"step {step}: wrote {len(seed_list)} images and grid.png to {out_dir}")
   return out_dir

@@ -1,7 +1,7 @@
 """StyleGAN2 losses as pure functions: non-saturating logistic, R1, path length, style mixing."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

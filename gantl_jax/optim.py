@@ -16,6 +16,7 @@ import optax
 from flax import traverse_util
 
 from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
 
 FROZEN = "frozen"
 FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
@@ -113,11 +114,6 @@ def frozen_paths(params: Any, freeze: Any = (), lr_mults: Any = ()) -> list[str]
   return sorted(p for p, l in labels.items() if l == FROZEN)
 
 
-def _block_resolutions(resolution: int) -> list[int]:
-  """4, 8, ..., resolution: the block names b{R} of both networks."""
-  return [2 ** i for i in range(2, resolution.bit_length())]
-
-
 def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(G regexes, D regexes) of ``freeze.preset``, a name or comma-separated names of
   FREEZE_PRESETS, for a model of ``resolution`` px.
@@ -131,7 +127,7 @@ def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple
 
   The G-only presets leave D fully trainable and vice versa.
   """
-  blocks = _block_resolutions(resolution)
+  blocks = stylegan2.block_resolutions(resolution)
   g, d = [], []
   for name in as_patterns(freeze.preset):
     if name == "none":

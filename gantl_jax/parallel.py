@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gantl_jax import images as image_io
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 
@@ -116,41 +117,88 @@ def place_batch(local_batch: np.ndarray, mode: str, mesh: Mesh) -> jax.Array:
 
 
 def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode: str,
-              mesh: Mesh) -> Callable[[Any, Any, int], tuple[Any, dict]]:
-  """``step(state, placed_batch, step_index) -> (state, metrics)``: the compiled train step of
-  ``mode``, one program per lazy-regularisation variant (compiled on first use), state donated."""
+              mesh: Mesh) -> Callable[..., tuple[Any, dict]]:
+  """``step(state, placed_batch, step_index, frozen=None) -> (state, metrics)``: the compiled
+  train step of ``mode``, one program per ``steps.StepFlags`` value (compiled on first use).
+
+  The state is donated; ``frozen`` (source-network variables for the few-shot regularisers, in
+  the ``jit`` layout: global replicated arrays, see :func:`replicate`) is replicated and never
+  donated, so the same arrays serve every step.
+  """
   if mode == "jit":
     train_step = steps.make_train_step(config, nets)
-    compile_variant = lambda g_reg, d_reg: jax.jit(
-        functools.partial(train_step, do_g_reg=g_reg, do_d_reg=d_reg),
-        in_shardings=(replicated(mesh), batch_sharding(mesh)),
+    compile_variant = lambda flags: jax.jit(
+        functools.partial(train_step, flags=flags),
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
   elif mode == "pmap":
     train_step = steps.make_train_step(config, nets, axis_name=AXIS)
-    compile_variant = lambda g_reg, d_reg: jax.pmap(
-        functools.partial(train_step, do_g_reg=g_reg, do_d_reg=d_reg), axis_name=AXIS,
+    compile_variant = lambda flags: jax.pmap(
+        functools.partial(train_step, flags=flags), axis_name=AXIS, in_axes=(0, 0, None),
         donate_argnums=0)
   else:
     raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {mode!r}")
-  variants: dict[tuple[bool, bool], Callable] = {}
+  variants: dict[steps.StepFlags, Callable] = {}
 
   def variant(step_index: int) -> Callable:
-    """The jitted (pmapped) program of this step's variant, e.g. to ``.lower(...)`` it."""
-    key = steps.schedule(step_index, config.train)
-    if key not in variants:
-      variants[key] = compile_variant(*key)
-    return variants[key]
+    """The jitted (pmapped) program of this step's flags, e.g. to ``.lower(...)`` it."""
+    flags = steps.schedule(step_index, config.train)
+    if flags not in variants:
+      variants[flags] = compile_variant(flags)
+    return variants[flags]
 
-  def step(state, batch, step_index: int):
-    return variant(step_index)(state, batch)
+  def step(state, batch, step_index: int, frozen: Any = None):
+    return variant(step_index)(state, batch, frozen)
 
   step.variant = variant
   return step
 
 
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Host (or single-device) arrays -> global arrays replicated on every device of ``mesh``, as
+  the steps take ``frozen``. Every process must pass the same values."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda idx, v=np.asarray(x): v[idx]), tree)
+
+
 def make_generate(nets: state_lib.Networks) -> Callable[..., jax.Array]:
-  """Jitted ``generate(params, buffers, z, truncation_psi)`` with constant noise (for sample grids)."""
+  """Jitted ``generate(g_vars, z, truncation_psi)`` with constant noise (for sample grids)."""
   @functools.partial(jax.jit, static_argnames=("truncation_psi",))
-  def generate(params, buffers, z, truncation_psi: float = 1.0):
-    return steps.generate(nets, params, buffers, z, truncation_psi=truncation_psi, noise_mode="const")
+  def generate(g_vars, z, truncation_psi: float = 1.0):
+    return steps.generate(nets, g_vars, z, truncation_psi=truncation_psi, noise_mode="const")
   return generate
+
+
+def latents(seed: int, start: int, count: int, z_dim: int) -> jax.Array:
+  """The latents of sample indices ``start .. start+count-1`` of stream ``seed``: z_i depends
+  only on (seed, i), so a set of samples is the same on any number of devices and hosts."""
+  key = jax.random.fold_in(jax.random.key(seed), 0)
+  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(
+      start + jnp.arange(count))
+
+
+def sample_batches(nets: state_lib.Networks, g_vars: Any, mesh: Mesh, *, num: int, batch_size: int,
+                   seed: int, truncation_psi: float = 1.0, noise_mode: str = "const"):
+  """Yields ``num`` generator samples as uint8 NHWC numpy batches of at most ``batch_size``.
+
+  Each batch is generated sharded over every device of every process (``g_vars`` in the ``jit``
+  layout, e.g. ``to_global(state, mode, mesh).g_ema.variables``) and all-gathered, so every
+  process yields the same batches and all of them must iterate together; memory is one batch,
+  whatever ``num``. Pixels are quantised on the devices by ``images.to_uint8``.
+  """
+  n_dev = mesh.devices.size
+  batch_size = max(n_dev, batch_size // n_dev * n_dev)  # a multiple of the device count
+  z_dim = nets.generator.z_dim
+
+  @functools.partial(jax.jit, out_shardings=replicated(mesh))
+  def one_batch(g_vars, start):
+    z = jax.lax.with_sharding_constraint(latents(seed, start, batch_size, z_dim), batch_sharding(mesh))
+    noise_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), start)
+    images = steps.generate(nets, g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                            noise_key=noise_key)
+    return image_io.to_uint8(images)
+
+  for start in range(0, num, batch_size):
+    images = one_batch(g_vars, jnp.int32(start))
+    yield np.asarray(images.addressable_data(0))[:min(batch_size, num - start)]

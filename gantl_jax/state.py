@@ -1,4 +1,18 @@
-"""The whole GAN training state as one ``flax.struct`` dataclass, and its creation."""
+"""The GAN training state (``flax.struct`` dataclasses), the networks it is built from, and its
+creation.
+
+Layout::
+
+  GANState
+    step, images_seen, rng     progress (int32, int32, raw uint32 key data)
+    g, g_ema, d                NetState each: params, buffers, opt_state
+    extras                     {name: array}: training-time statistics (pl_mean; later the
+                               augmentation probability and its accumulators, ...)
+
+``NETWORKS`` is the one table of the networks a state holds: checkpoint items, transfer and its
+report iterate over it and reach a network with :func:`network` / :func:`replace_network`, never
+by field-name arithmetic.
+"""
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -12,6 +26,24 @@ import optax
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
+# name -> which module it is an instance of. G-EMA has no optimizer (its opt_state is None).
+NETWORKS = {"g": "generator", "g_ema": "generator", "d": "discriminator"}
+TRAINED = ("g", "d")
+
+
+@flax.struct.dataclass
+class NetState:
+  """One network: trained parameters, non-trained variables (``buffers``: G's w_avg and noise
+  constants; empty for D) and, for a trained network, its optimizer state."""
+  params: Any
+  buffers: Any
+  opt_state: Any = None
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The Flax variables to ``apply`` the module with."""
+    return {"params": self.params, "buffers": self.buffers} if self.buffers else {"params": self.params}
+
 
 @flax.struct.dataclass
 class GANState:
@@ -19,19 +51,33 @@ class GANState:
   donated, sharded and checkpointed as one pytree."""
   step: jax.Array            # int32, optimizer steps taken
   images_seen: jax.Array     # int32, real images shown to D (drives the G-EMA ramp-up)
-  g_params: Any
-  g_buffers: Any             # non-trained variables of G: mapping/w_avg, noise constants
-  g_ema_params: Any
-  g_ema_buffers: Any
-  d_params: Any
-  g_opt_state: Any
-  d_opt_state: Any
-  pl_mean: jax.Array         # running mean of the path lengths
   rng: jax.Array             # raw uint32 PRNG key data (portable through checkpoints)
+  g: NetState
+  g_ema: NetState
+  d: NetState
+  extras: dict[str, jax.Array]
 
   @property
   def key(self) -> jax.Array:
     return jax.random.wrap_key_data(self.rng)
+
+
+def network(state: GANState, name: str) -> NetState:
+  """The sub-state of network ``name`` (a key of ``NETWORKS``)."""
+  if name not in NETWORKS:
+    raise KeyError(f"unknown network {name!r}; the state holds {tuple(NETWORKS)}")
+  return getattr(state, name)
+
+
+def replace_network(state: GANState, name: str, net: NetState) -> GANState:
+  network(state, name)  # validates the name
+  return state.replace(**{name: net})
+
+
+def initial_extras() -> dict[str, jax.Array]:
+  """Fresh training-time statistics. A checkpoint that lacks one of them (written before it
+  existed) restores the others and keeps this value for it."""
+  return {"pl_mean": jnp.zeros((), jnp.float32)}
 
 
 class Networks(NamedTuple):
@@ -40,6 +86,13 @@ class Networks(NamedTuple):
   discriminator: stylegan2.Discriminator
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
+
+  def module(self, name: str):
+    """The Flax module of network ``name`` (a key of ``NETWORKS``)."""
+    return self.generator if NETWORKS[name] == "generator" else self.discriminator
+
+  def optimizer(self, name: str) -> optax.GradientTransformation:
+    return {"g": self.g_tx, "d": self.d_tx}[name]
 
 
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
@@ -67,21 +120,16 @@ def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
   k_g, k_d, k_run = jax.random.split(key, 3)
   g_vars = stylegan2.init_generator(nets.generator, k_g)
   d_vars = stylegan2.init_discriminator(nets.discriminator, k_d)
-  return state_from_variables(nets, g_vars, g_vars, d_vars, jax.random.key_data(k_run))
+  return state_from_variables(nets, {"g": g_vars, "g_ema": g_vars, "d": d_vars}, jax.random.key_data(k_run))
 
 
-def state_from_variables(nets: Networks, g_vars: Any, g_ema_vars: Any, d_vars: Any, rng: jax.Array) -> GANState:
-  """A step-0 state around given network variables (fresh optimizer moments)."""
-  return GANState(
-      step=jnp.zeros((), jnp.int32),
-      images_seen=jnp.zeros((), jnp.int32),
-      g_params=g_vars["params"],
-      g_buffers=g_vars["buffers"],
-      g_ema_params=g_ema_vars["params"],
-      g_ema_buffers=g_ema_vars["buffers"],
-      d_params=d_vars["params"],
-      g_opt_state=nets.g_tx.init(g_vars["params"]),
-      d_opt_state=nets.d_tx.init(d_vars["params"]),
-      pl_mean=jnp.zeros((), jnp.float32),
-      rng=rng,
-  )
+def state_from_variables(nets: Networks, variables: dict[str, Any], rng: jax.Array) -> GANState:
+  """A step-0 state around given network variables ``{name: {'params', ['buffers']}}`` for every
+  name of ``NETWORKS``, with fresh optimizer moments and statistics."""
+  subs = {}
+  for name in NETWORKS:
+    v = variables[name]
+    opt_state = nets.optimizer(name).init(v["params"]) if name in TRAINED else None
+    subs[name] = NetState(params=v["params"], buffers=v.get("buffers", {}), opt_state=opt_state)
+  return GANState(step=jnp.zeros((), jnp.int32), images_seen=jnp.zeros((), jnp.int32), rng=rng,
+                  extras=initial_extras(), **subs)

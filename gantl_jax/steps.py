@@ -1,11 +1,15 @@
 """The pure training step of StyleGAN2 (the phases of stylegan2-ada-pytorch) and generation.
 
-``make_train_step`` returns ``train_step(state, real_images, *, do_g_reg, do_d_reg)``, a pure
+``make_train_step`` returns ``train_step(state, real_images, frozen=None, *, flags)``, a pure
 function of the state and one batch of real images. It runs the four phases of StyleGAN2 in order,
 each its own optimizer step: G main (non-saturating loss), G regularisation (path length, lazy),
-D main (logistic loss), D regularisation (R1, lazy); then the G-EMA update. ``do_g_reg`` and
-``do_d_reg`` are static: each combination compiles to its own program with no dead branches, and
-:func:`schedule` says which one a step needs.
+D main (logistic loss), D regularisation (R1, lazy); then the G-EMA update. ``flags`` (a
+:class:`StepFlags`) is static: each value compiles to its own program with no dead branches, and
+:func:`schedule` says which one a step needs. Drivers pass it through unchanged.
+
+``frozen`` holds variables of source networks that the few-shot regularisers compare against
+(``{'g': {'params', 'buffers'}}`` of the transfer source's G-EMA, say). It is an ordinary input:
+replicated, never donated and never part of the state, so never checkpointed.
 
 Randomness is a pure function of (state.rng, step, phase, *global* example index): the same global
 batch gives the same update on 1 or 8 devices, under ``jit`` or ``pmap``.
@@ -17,7 +21,7 @@ and XLA inserts the collectives itself.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,11 +41,31 @@ _Z, _Z_MIX, _NOISE, _PL_NOISE = 0, 1, 2, 3
 _G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
 
 
-def schedule(step: int, train: ml_collections.ConfigDict) -> tuple[bool, bool]:
-  """(do_g_reg, do_d_reg) for a step: lazy regularisation every ``pl_interval`` / ``r1_interval``."""
-  do_g_reg = train.pl_weight > 0 and step % train.pl_interval == 0
-  do_d_reg = train.r1_gamma > 0 and step % train.r1_interval == 0
-  return bool(do_g_reg), bool(do_d_reg)
+class StepFlags(NamedTuple):
+  """The lazy phases one step runs. Static: each value is its own compiled program."""
+  g_reg: bool = False  # path-length regularisation of G
+  d_reg: bool = False  # R1 regularisation of D
+
+
+def _lazy_phases(train: ml_collections.ConfigDict) -> dict[str, Optional[int]]:
+  """StepFlags field -> its interval in steps, or None where the phase is off. Adding a lazy
+  phase means a field above and an entry here."""
+  return dict(g_reg=train.pl_interval if train.pl_weight > 0 else None,
+              d_reg=train.r1_interval if train.r1_gamma > 0 else None)
+
+
+def schedule(step: int, train: ml_collections.ConfigDict) -> StepFlags:
+  """The flags of step ``step``: each lazy phase runs every ``interval`` steps, from step 0."""
+  return StepFlags(**{name: bool(interval is not None and step % interval == 0)
+                      for name, interval in _lazy_phases(train).items()})
+
+
+def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The source networks the step's regularisers read from ``frozen``, as {name in ``frozen``:
+  transfer-source item}. Empty: the step needs no ``frozen`` (the loop then passes None). The
+  few-shot regularisers that compare with the source G add ``'g': 'g_ema'`` here."""
+  del config  # no regulariser of this step reads a source network yet
+  return {}
 
 
 def ema_beta(images_seen: Array, global_batch: int, ema_kimg: float, ema_rampup: Optional[float]) -> Array:
@@ -64,10 +88,11 @@ def _normal_per_example(keys: Array, stream: int, shape: tuple[int, ...]) -> Arr
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                     axis_name: Optional[str] = None) -> TrainStep:
-  """Builds ``train_step(state, real_images, *, do_g_reg, do_d_reg) -> (state, metrics)``.
+  """Builds ``train_step(state, real_images, frozen=None, *, flags) -> (state, metrics)``.
 
   ``config`` must be resolved (``gantl_jax.config.resolve``). ``real_images`` are NHWC floats in
-  [-1, 1]: the global batch, or under ``pmap`` this device's share. Metrics are device scalars.
+  [-1, 1]: the global batch, or under ``pmap`` this device's share. Metrics are device scalars;
+  the loss of a phase that did not run is NaN.
   """
   t = config.train
   g, d = nets.generator, nets.discriminator
@@ -89,32 +114,34 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   def d_logits(d_params, images):
     return d.apply({"params": d_params}, images)
 
-  def train_step(state: GANState, real_images: Array, *, do_g_reg: bool = False,
-                 do_d_reg: bool = False) -> tuple[GANState, dict[str, Array]]:
+  def train_step(state: GANState, real_images: Array, frozen: Any = None, *,
+                 flags: StepFlags = StepFlags()) -> tuple[GANState, dict[str, Array]]:
+    del frozen  # no regulariser of this step reads the source networks yet
     n = real_images.shape[0]
     global_batch = n * (lax.psum(1, axis_name) if axis_name else 1)
     key = jax.random.fold_in(state.key, state.step)
     metrics = {}
+    g_state, d_state = state.g, state.d
 
     # Phase 1, G main: make D call the fakes real.
     def g_main_loss(g_params):
-      synthesize, ws, _ = run_g(g_params, state.g_buffers, key, n, _G_MAIN)
-      logits = d_logits(state.d_params, synthesize(ws))
+      synthesize, ws, _ = run_g(g_params, g_state.buffers, key, n, _G_MAIN)
+      logits = d_logits(d_state.params, synthesize(ws))
       return jnp.mean(losses.g_logistic_ns(logits)), (ws[:, 0], logits)
 
-    (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(state.g_params)
-    updates, g_opt_state = nets.g_tx.update(pmean(g_grads), state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, updates)
+    (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
+    updates, g_opt_state = nets.g_tx.update(pmean(g_grads), g_state.opt_state, g_state.params)
+    g_params = optax.apply_updates(g_state.params, updates)
     metrics["g_loss"] = pmean(g_loss)
 
     # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network).
     w_mean = pmean(jnp.mean(w_batch, axis=0))
-    w_avg = w_mean + t.w_avg_beta * (state.g_buffers["mapping"]["w_avg"] - w_mean)
-    g_buffers = {**state.g_buffers, "mapping": {**state.g_buffers["mapping"], "w_avg": w_avg}}
+    w_avg = w_mean + t.w_avg_beta * (g_state.buffers["mapping"]["w_avg"] - w_mean)
+    g_buffers = {**g_state.buffers, "mapping": {**g_state.buffers["mapping"], "w_avg": w_avg}}
 
     # Phase 2, G regularisation: path length, every pl_interval steps, scaled by the interval.
-    pl_mean = state.pl_mean
-    if do_g_reg:
+    pl_mean = state.extras["pl_mean"]
+    if flags.g_reg:
       n_pl = n // t.pl_batch_shrink
 
       def g_pl_loss(g_params):
@@ -122,7 +149,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
         res = g.resolution
         pl_noise = _normal_per_example(keys, _PL_NOISE, (res, res, g.img_channels)) / math.sqrt(res * res)
         lengths = losses.path_length(synthesize, ws, pl_noise)
-        penalty, new_mean = losses.path_length_penalty(lengths, state.pl_mean, t.pl_decay, pmean)
+        penalty, new_mean = losses.path_length_penalty(lengths, pl_mean, t.pl_decay, pmean)
         return jnp.mean(penalty) * t.pl_weight * t.pl_interval, (lax.stop_gradient(new_mean), jnp.mean(penalty))
 
       (_, (pl_mean, pl_penalty)), pl_grads = jax.value_and_grad(g_pl_loss, has_aux=True)(g_params)
@@ -143,15 +170,15 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       loss_real, loss_fake = losses.d_logistic(real_logits, fake_logits)
       return jnp.mean(loss_real + loss_fake), (real_logits, fake_logits)
 
-    (d_loss, (real_logits, d_fake_logits)), d_grads = jax.value_and_grad(d_main_loss, has_aux=True)(state.d_params)
-    updates, d_opt_state = nets.d_tx.update(pmean(d_grads), state.d_opt_state, state.d_params)
-    d_params = optax.apply_updates(state.d_params, updates)
+    (d_loss, (real_logits, d_fake_logits)), d_grads = jax.value_and_grad(d_main_loss, has_aux=True)(d_state.params)
+    updates, d_opt_state = nets.d_tx.update(pmean(d_grads), d_state.opt_state, d_state.params)
+    d_params = optax.apply_updates(d_state.params, updates)
     metrics.update(d_loss=pmean(d_loss), real_logits=pmean(jnp.mean(real_logits)),
                    fake_logits=pmean(jnp.mean(d_fake_logits)),
                    real_sign=pmean(jnp.mean(jnp.sign(real_logits))))
 
     # Phase 4, D regularisation: R1 on reals, every r1_interval steps, scaled by the interval.
-    if do_d_reg:
+    if flags.d_reg:
       def d_r1_loss(d_params):
         penalty, _ = losses.r1_penalty(lambda x: d_logits(d_params, x), real_images)
         return jnp.mean(penalty) * (t.r1_gamma / 2) * t.r1_interval, jnp.mean(penalty)
@@ -165,22 +192,25 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
     # G-EMA: a half-life in images, ramped up early in training; buffers are copied.
     beta = ema_beta(state.images_seen, global_batch, t.ema_kimg, t.ema_rampup)
-    g_ema_params = jax.tree.map(lambda e, p: p + beta * (e - p), state.g_ema_params, g_params)
+    g_ema_params = jax.tree.map(lambda e, p: p + beta * (e - p), state.g_ema.params, g_params)
     metrics["ema_beta"] = beta
 
     new_state = state.replace(
         step=state.step + 1, images_seen=state.images_seen + global_batch,
-        g_params=g_params, g_buffers=g_buffers, g_ema_params=g_ema_params, g_ema_buffers=g_buffers,
-        d_params=d_params, g_opt_state=g_opt_state, d_opt_state=d_opt_state, pl_mean=pl_mean)
+        g=g_state.replace(params=g_params, buffers=g_buffers, opt_state=g_opt_state),
+        g_ema=state.g_ema.replace(params=g_ema_params, buffers=g_buffers),
+        d=d_state.replace(params=d_params, opt_state=d_opt_state),
+        extras={**state.extras, "pl_mean": pl_mean})
     return new_state, metrics
 
   return train_step
 
 
-def generate(nets: Networks, params: Any, buffers: Any, z: Array, *, truncation_psi: float = 1.0,
+def generate(nets: Networks, g_vars: Any, z: Array, *, truncation_psi: float = 1.0,
              noise_mode: str = "const", noise_key: Optional[Array] = None) -> Array:
-  """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables."""
+  """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables
+  (``{'params', 'buffers'}``, e.g. ``state.g_ema.variables``)."""
   g = nets.generator
   noise_keys = None if noise_key is None else jax.random.split(noise_key, z.shape[0])
-  return g.apply({"params": params, "buffers": buffers}, z, truncation_psi=truncation_psi,
-                 noise_mode=noise_mode, noise_keys=noise_keys)
+  return g.apply(g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                 noise_keys=noise_keys)

@@ -3,31 +3,47 @@
 A user can write this loop themselves from the importable pieces: ``state.build_networks``,
 ``parallel.create_state`` / ``make_step`` / ``place_batch`` (or ``steps.make_train_step`` with
 their own ``jax.jit``), ``data.prepare`` / ``make_iterator`` and ``checkpoint.save`` / ``restore``.
+
+Order of a launch: every check that can fail (config, workdir, transfer source, data, checkpoint
+directory) runs before anything is written to the workdir, so a failed start never blocks the
+corrected command. Then the workdir is locked against a second launch, and the loop runs.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
+from gantl_jax import images as image_io
+from gantl_jax import metrics as metrics_lib
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
+from gantl_jax import steps
 from gantl_jax import transfer
 from gantl_jax.data import pipeline
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
-                     "checkpoint.every_steps", "checkpoint.max_to_keep", "parallel.")
+                     "checkpoint.every_steps", "checkpoint.max_to_keep", "parallel.", "eval.")
+# Which phase of the step each loss metric belongs to, in the order the step runs them.
+PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
+                   "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (diverged, cannot write its files); the message says where and why."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -40,100 +56,255 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Refuses to reuse a workdir that holds a different run (nothing already written is lost)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = _flat(json.load(f))
+def _config_differences(old: dict, config: ml_collections.ConfigDict) -> list[str]:
   new = _flat(json.loads(config_lib.to_json(config)))
+  old = _flat(old)
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
+  return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+
+
+def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir that is not a directory, or that holds a different run: its
+  ``config.json`` or, without one, the config stored in its latest checkpoint differs in more
+  than the resumable keys. Reads only."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+  path = os.path.join(workdir, "config.json")
+  where = path
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+  else:
+    old = _checkpoint_config(os.path.join(workdir, "checkpoints"))
+    where = f"the latest checkpoint in {workdir}/checkpoints"
+  if old is None:
+    return
+  changed = _config_differences(old, config)
   if changed:
-    details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:10])
     raise config_lib.ConfigError(
-        f"workdir {workdir} holds another run (config.json differs in {details}). Resume with the "
-        f"same config, or choose a new --workdir.")
+        f"workdir {workdir} holds another run ({where} differs in {'; '.join(changed[:10])}). "
+        f"Resume with the same config, or choose a new --workdir.")
 
 
-def save_grid(images: np.ndarray, cols: int, path: str) -> None:
-  """Writes NHWC images in [-1, 1] as one PNG grid, ``cols`` images per row (atomically)."""
-  n, h, w, c = images.shape
-  rows = -(-n // cols)
-  grid = np.zeros((rows * h, cols * w, c), np.uint8)
-  pixels = np.clip(np.rint((images + 1) * 127.5), 0, 255).astype(np.uint8)
-  for i in range(n):
-    r, k = divmod(i, cols)
-    grid[r * h:(r + 1) * h, k * w:(k + 1) * w] = pixels[i]
-  tmp = path + ".tmp.png"
-  Image.fromarray(grid[..., 0] if c == 1 else grid).save(tmp)
-  os.replace(tmp, path)
+def _checkpoint_config(directory: str) -> Optional[dict]:
+  """The resolved config stored with the latest checkpoint of ``directory``, if any."""
+  if not checkpoint.committed_steps(directory):
+    return None
+  with checkpoint.make_manager(directory, item_names=("meta",), read_only=True, max_to_keep=None) as m:
+    return checkpoint.read_meta(m, m.latest_step()).get("config")
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag that the loop checks between steps."""
+def _check_writable(directory: str, what: str) -> None:
+  """Creates ``directory`` and proves a file can be written in it, or fails with one line."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise TrainingError(f"cannot write {what} {directory}: {e.strerror or e}; make it writable "
+                        f"or choose another --workdir") from None
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive lock on ``workdir/.lock`` (flock: released by the kernel if the process
+  dies, so a killed run never leaves a stale lock). A second launch on the same workdir is
+  refused with the holder's pid."""
+  path = os.path.join(workdir, ".lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+      raise config_lib.ConfigError(
+          f"workdir {workdir} is in use by another launch (pid {holder}, lock {path}); wait for "
+          f"it to finish or stop it, or choose another --workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
+
+
+def append_record(path: str, record: dict) -> None:
+  """Appends one JSON line with a single write; if the write fails (a full disk), the file is cut
+  back to its previous length, so it only ever holds whole lines."""
+  data = (json.dumps(record) + "\n").encode()
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      written = os.write(fd, data)
+      if written != len(data):
+        raise OSError(28, "short write")
+    except OSError as e:
+      os.ftruncate(fd, size)
+      raise TrainingError(f"cannot append to {path}: {e.strerror or e}") from None
+  finally:
+    os.close(fd)
+
+
+def trim_records(path: str, last_step: int) -> int:
+  """Keeps the whole, parsable lines of a JSON-lines log whose ``step`` is at most ``last_step``
+  (the step a run resumes from: later records are re-run and would appear twice; a torn last
+  line from a crash is dropped). Rewrites the file atomically; returns the number dropped."""
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        ok = line.endswith(b"\n") and record.get("step", 0) <= last_step
+      except ValueError:
+        ok = False
+      if ok:
+        keep.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return dropped
+
+
+class _StopSignals:
+  """Turns SIGTERM and the first Ctrl-C (SIGINT) into a flag that the loop checks between steps:
+  it then saves a checkpoint and exits cleanly. A second Ctrl-C interrupts at once."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
     return self
 
   def _handle(self, signum, frame):
-    logging.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning("%s: saving a checkpoint at the end of this step, then exiting (Ctrl-C again "
+                    "to interrupt now)", signal.Signals(signum).name)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def _any_process(flag: bool) -> bool:
+  """Whether any process has ``flag`` set (a host allgather, so only called at sync points)."""
   if jax.process_count() == 1:
     return flag
   from jax.experimental import multihost_utils
   return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) the run of ``config`` in ``workdir``. Returns the final summary."""
-  t_launch = time.time()
-  mode = config.parallel.mode
+def _first_non_finite(fetched: list[dict], first_step: int) -> Optional[str]:
+  """'step N, phase P (metric=value)' of the first non-finite loss among fetched step metrics."""
+  for i, m in enumerate(fetched):
+    for name, phase in PHASE_OF_METRIC.items():
+      value = float(m[name])
+      # NaN marks a lazy phase that did not run; a phase that ran and diverged gives NaN too,
+      # but then the main losses of the step after it are non-finite as well.
+      if math.isinf(value) or (math.isnan(value) and name in ("g_loss", "d_loss")):
+        return f"step {first_step + i + 1}, phase {phase} ({name}={value})"
+  return None
+
+
+def _summarise(fetched: list[dict]) -> dict:
+  """The mean of each metric over the fetched steps (lazy phases: over the steps that ran them)."""
+  out = {}
+  for k in fetched[0]:
+    values = np.asarray([f[k] for f in fetched], np.float64)
+    mean = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
+    out[k] = mean if math.isfinite(mean) else None  # JSON has no NaN or infinity
+  return out
+
+
+def prepare_run(config: ml_collections.ConfigDict, workdir: str):
+  """Every check of a launch, in the order that fails fastest; writes nothing to ``workdir``.
+  Returns (resolved config, absolute workdir, prepared data)."""
   config = config_lib.resolve(config, num_devices=jax.device_count())
-  is_main = jax.process_index() == 0
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
   # '' means "from scratch"; anything else, including a required-but-unset placeholder (None, as in
   # configs/ffhq_to_anime.py), goes through the preflight, which explains what to provide.
   if config.transfer.source != "":
-    transfer.preflight(config, workdir)  # a missing or unfitting source fails before any work
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+    transfer.preflight(config, workdir)
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
+                              verbose=jax.process_index() == 0)
+  return config, workdir, prepared
 
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final summary.
+
+  Raises ``config.ConfigError`` / ``data.DataError`` / ``transfer.TransferError`` before writing
+  anything, and ``TrainingError`` / ``checkpoint.CheckpointError`` when the run diverges or its
+  files cannot be written (its last good checkpoint is kept).
+  """
+  t_launch = time.time()
+  config, workdir, prepared = prepare_run(config, workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    _check_writable(workdir, "the workdir")
+  _check_writable(os.path.join(workdir, "checkpoints"), "the checkpoint directory")
+  with workdir_lock(workdir) if is_main else contextlib.nullcontext():
+    check_workdir(workdir, config)  # again, now that no other launch can be writing
+    return _train(config, workdir, prepared, t_launch)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: float) -> dict[str, Any]:
+  mode = config.parallel.mode
+  is_main = jax.process_index() == 0
   nets = state_lib.build_networks(config)
   mesh = parallel.make_mesh()
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=is_main)
+  evaluators = metrics_lib.get_evaluators(config.eval)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
+  best_manager = None
+  if config.checkpoint.keep_best:
+    metric = config.checkpoint.keep_best
+    best_manager = checkpoint.make_manager(
+        os.path.join(workdir, "best"), max_to_keep=1, best_fn=lambda m: m[metric], best_mode="min")
   state = parallel.create_state(nets, config.seed, "jit", mesh)
-  data_state = None
-  transfer_report = None
+  data_state, transfer_report = None, None
   if manager.latest_step() is not None:
     state, data_state, _ = checkpoint.restore(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.transfer.source:
-    state, transfer_report = transfer.transfer_state(config, nets, state, workdir=workdir)
+    state, transfer_report = transfer.transfer_state(config, state)
+  frozen_items = steps.frozen_networks(config)
+  frozen = transfer.read_frozen(config, state, frozen_items) if frozen_items else None
+  start_step = int(jax.device_get(state.step))
+
+  # From here on the run writes to its workdir.
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  eval_path = os.path.join(workdir, "eval.jsonl")
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config_lib.to_json(config))
+    for path in (metrics_path, eval_path):
+      dropped = trim_records(path, start_step)
+      if dropped:
+        logging.info("%s: dropped %d records past step %d (re-run after the resume)", path, dropped, start_step)
+    if transfer_report is not None:
+      with open(os.path.join(workdir, "transfer_report.json"), "w") as f:
+        json.dump(transfer_report, f, indent=1)
+      print(transfer.summary(transfer_report), flush=True)
   state = parallel.from_global(state, mode)
 
-  start_step = int(parallel.first_replica(state.step, mode))
   total_steps = config_lib.num_steps(config)
   batch = config.train.batch_size
   data_iter = pipeline.make_iterator(
@@ -144,69 +315,121 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   cols, rows = config.train.sample_grid
   grid_z = np.random.default_rng(config.seed).standard_normal((cols * rows, config.model.z_dim)).astype(np.float32)
   meta = {"model": config_lib.model_hparams(config), "config": json.loads(config_lib.to_json(config))}
+  step = start_step
+  pending: list[dict] = []
 
   def write_samples(tag: str) -> None:
     if not is_main:
       return
-    g_ema = parallel.first_replica({"p": state.g_ema_params, "b": state.g_ema_buffers}, mode)
-    images = np.asarray(generate(g_ema["p"], g_ema["b"], grid_z, truncation_psi=config.train.sample_psi))
-    save_grid(images, cols, os.path.join(workdir, f"samples_{tag}.png"))
+    g_ema = parallel.first_replica(state.g_ema.variables, mode)
+    images = np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi))
+    image_io.save_grid(images, cols, os.path.join(workdir, f"samples_{tag}.png"))
 
-  def save_checkpoint(force: bool) -> None:
+  def fail_if_diverged(fetched: list[dict], first_step: int) -> None:
+    where = _first_non_finite(fetched, first_step)
+    if where:
+      last = manager.latest_step()
+      kept = (f"the last good one (step {last}) is in {manager.directory}" if last is not None
+              else "none was written before")
+      raise TrainingError(
+          f"training diverged at {where}; no checkpoint of a non-finite state was written, {kept}. "
+          f"Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a new --workdir")
+
+  def save_checkpoint(force: bool, manager=manager, metrics=None) -> None:
     if force and manager.latest_step() == step:
       return  # this step was just saved by the periodic save
-    checkpoint.save(manager, parallel.to_global(state, mode, mesh), data_state=data_iter.get_state(),
-                    meta=meta, force=force)
+    global_state = parallel.to_global(state, mode, mesh)
+    try:
+      checkpoint.save(manager, global_state, data_state=data_iter.get_state(), meta=meta,
+                      force=force, metrics=metrics)
+    except checkpoint.CheckpointError:
+      # A non-finite state: name the step and phase where it happened, if the metrics show it.
+      fail_if_diverged([parallel.first_replica(m, mode) for m in pending], step - len(pending))
+      raise
+
+  def evaluate() -> None:
+    g_ema = parallel.to_global(state, mode, mesh).g_ema.variables
+    t0 = time.time()
+    values = metrics_lib.run_evaluators(
+        evaluators, lambda num: parallel.sample_batches(
+            nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
+        prepared, config.eval)
+    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
+    if is_main:
+      append_record(eval_path, record)
+      logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    if best_manager is not None:
+      save_checkpoint(force=True, manager=best_manager, metrics=values)
 
   if is_main and start_step == 0:
-    reals = np.concatenate([prepared.data_source[i][None] for i in range(min(cols * rows, prepared.num_examples))])
-    save_grid(reals.astype(np.float32) / 127.5 - 1, cols, os.path.join(workdir, "reals.png"))
+    reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
+    image_io.save_grid(reals, cols, os.path.join(workdir, "reals.png"))
     write_samples("init")
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  pending: list[dict] = []
+  eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
   t_log, step_log = time.time(), start_step
   first_step_seconds = None
-  step = start_step
-  with _Preemption() as preemption:
-    while step < total_steps:
-      state, metrics = step_fn(state, parallel.place_batch(next(data_iter), mode, mesh), step)
-      step += 1
-      pending.append(metrics)
-      if first_step_seconds is None:
-        jax.block_until_ready(metrics)
-        first_step_seconds = time.time() - t_launch
-      if step % config.train.log_every == 0 or step == total_steps:
-        # The only host sync of the loop: fetch the metrics of the last log_every steps at once.
-        fetched = [parallel.first_replica(m, mode) for m in pending]
-        pending = []
-        now = time.time()
-        record = {k: float(np.nanmean([f[k] for f in fetched])) if not all(np.isnan(f[k]) for f in fetched) else None
-                  for k in fetched[0]}
-        images_per_s = (step - step_log) * batch / max(now - t_log, 1e-9)
-        record.update(step=step, kimg=step * batch / 1000, images_per_s=images_per_s,
-                      sec_per_kimg=1000 / max(images_per_s, 1e-9))
-        t_log, step_log = now, step
-        if is_main:
-          with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-          logging.info("step %d kimg %.1f  g %.3f  d %.3f  r1 %s  pl %s  %.1f img/s", step,
-                       record["kimg"], record["g_loss"], record["d_loss"], record["r1_penalty"],
-                       record["pl_penalty"], images_per_s)
-      if config.train.sample_every and step % config.train.sample_every == 0:
-        write_samples(f"{step:07d}")
-      if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-        save_checkpoint(force=False)
-      if _any_process(preemption.requested):
+  try:
+    with _StopSignals() as stop:
+      while step < total_steps:
+        state, metrics = step_fn(state, parallel.place_batch(next(data_iter), mode, mesh), step, frozen)
+        step += 1
+        pending.append(metrics)
+        if first_step_seconds is None:
+          jax.block_until_ready(metrics)
+          first_step_seconds = time.time() - t_launch
+        at_log = step % config.train.log_every == 0 or step == total_steps
+        if at_log:
+          # The loop's host sync: fetch the metrics of the last log_every steps at once, and ask
+          # the other processes whether they were told to stop.
+          fetched = [parallel.first_replica(m, mode) for m in pending]
+          first = step - len(pending)
+          pending = []
+          now = time.time()
+          record = _summarise(fetched)
+          images_per_s = (step - step_log) * batch / max(now - t_log, 1e-9)
+          record.update(step=step, kimg=step * batch / 1000, images_per_s=images_per_s,
+                        sec_per_kimg=1000 / max(images_per_s, 1e-9))
+          t_log, step_log = now, step
+          if is_main:
+            append_record(metrics_path, record)
+            logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s  %.1f img/s", step,
+                         record["kimg"], _fmt(record["g_loss"]), _fmt(record["d_loss"]),
+                         _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), images_per_s)
+          fail_if_diverged(fetched, first)
+        if config.train.sample_every and step % config.train.sample_every == 0:
+          write_samples(f"{step:07d}")
+        if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+          save_checkpoint(force=False)
+        if eval_every and step % eval_every == 0:
+          evaluate()
+        # One process alone sees its signal; agreeing needs a host allgather, so a job of several
+        # processes agrees at the log steps only (single-process jobs stop at the next step).
+        if (at_log or jax.process_count() == 1) and _any_process(stop.requested):
+          save_checkpoint(force=True)
+          break
+      else:
         save_checkpoint(force=True)
-        break
-    else:
-      save_checkpoint(force=True)
-      write_samples("final")
-  manager.wait_until_finished()
+        if eval_every and step % eval_every:
+          evaluate()
+        write_samples("final")
+    checkpoint.wait(manager)
+    if best_manager is not None:
+      checkpoint.wait(best_manager)
+  finally:
+    data_iter.close()
   manager.close()
-  data_iter.close()
+  if best_manager is not None:
+    best_manager.close()
   summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
              "first_step_seconds": first_step_seconds, "transfer_report": transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
+
+
+def _steps_per_kimg(kimg: float, batch: int) -> int:
+  return max(1, int(round(kimg * 1000 / batch))) if kimg > 0 else 0
+
+
+def _fmt(value: Optional[float]) -> str:
+  return "-" if value is None else f"{value:.4g}"

@@ -15,32 +15,32 @@ target config and overlays on it the source's weights:
    initialisation (``'init'``).
 4. The matched leaves are read with a partial restore straight into the target's shardings and
    replace the fresh ones. Optimizer moments, step and counters stay fresh (step 0).
-5. ``transfer_report.json`` in the workdir lists what was restored, kept at init, present only in
-   the source, frozen and trainable; a summary is printed.
+5. The report (the loop writes it as ``transfer_report.json``) lists what was restored, kept at
+   init, present only in the source, frozen and trainable; :func:`summary` prints it.
 
-``step_flops`` measures XLA's cost analysis of the compiled train step, which shows that frozen
-parameters cost no weight-gradient FLOPs (``python -m gantl_jax.transfer --config ...``).
+``read_frozen`` reads a source network's variables for the steps' ``frozen`` argument (the
+few-shot regularisers compare the adapted G with the source G).
+
+What freezing saves in FLOPs: ``python -m gantl_jax.bench --config ... --freeze_flops``.
 """
 from __future__ import annotations
 
-import functools
-import json
 import os
 from typing import Any, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import optim
 from gantl_jax import state as state_lib
 
-NETWORKS = ("g", "g_ema", "d")
+NETWORKS = tuple(state_lib.NETWORKS)
 # Model hyper-parameters whose change makes the source weights meaningless for the target.
 # (resolution may differ; conv_clamp only clips activations and is reported, not enforced.)
 MUST_MATCH = ("img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",
@@ -68,22 +68,14 @@ class Source(NamedTuple):
 # Locating and reading the source.
 
 
-def _steps_in(directory: str) -> list[int]:
-  """Committed Orbax steps in a manager directory (temporary, uncommitted dirs are not digits)."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
-
-
 def locate(source: str) -> tuple[str, int]:
   """(manager directory, step) of ``source``: a run workdir, its checkpoints dir or a step dir."""
   path = os.path.abspath(os.path.expanduser(source))
   if not os.path.exists(path):
     raise TransferError(f"transfer.source {source!r} does not exist. {HOW_TO_MAKE_A_SOURCE}")
-  if _steps_in(os.path.join(path, "checkpoints")):
+  if checkpoint.committed_steps(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")  # a run's workdir
-  steps = _steps_in(path)
+  steps = checkpoint.committed_steps(path)
   if steps:
     return path, steps[-1]
   name = os.path.basename(path)
@@ -95,15 +87,12 @@ def locate(source: str) -> tuple[str, int]:
 
 
 def _open(directory: str, step: int) -> ocp.CheckpointManager:
-  """A read-only manager of the source, with its own handlers (a manager binds handler types on
-  first use, so the run's own manager must never touch the source). Every item of the step gets
-  a handler, so Orbax does not warn about the ones transfer never reads (opt, progress, data)."""
+  """A read-only manager of the source, of its own (the run's manager never touches the source).
+  Every item of the step gets a handler, so Orbax does not warn about the ones transfer never
+  reads (opt, progress, data)."""
   step_dir = os.path.join(directory, str(step))
-  items = [n for n in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, n))]
-  handlers = {k: ocp.JsonCheckpointHandler() if k in ("meta", "data") else ocp.PyTreeCheckpointHandler()
-              for k in items}
-  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-  return ocp.CheckpointManager(directory, item_handlers=handlers, options=options)
+  items = tuple(n for n in os.listdir(step_dir) if os.path.isdir(os.path.join(step_dir, n)))
+  return checkpoint.make_manager(directory, max_to_keep=None, item_names=items, read_only=True)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -116,9 +105,7 @@ def read_source(source: str) -> Source:
   step_dir = os.path.join(directory, str(step))
   present = [k for k in NETWORKS if os.path.isdir(os.path.join(step_dir, k))]
   with _open(directory, step) as mngr:
-    meta = {}
-    if os.path.isdir(os.path.join(step_dir, "meta")):
-      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = checkpoint.read_meta(mngr, step) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
     metadata = mngr.item_metadata(step)
     shapes = {}
     for item in present:
@@ -155,7 +142,7 @@ def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDic
 def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Fails at once (before data preparation and compilation) if the run will transfer from a
   source that is missing or does not fit. A run that will resume from its workdir is not checked."""
-  if _steps_in(os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")):
+  if checkpoint.committed_steps(os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")):
     return
   t = config.transfer
   if t.source is None:
@@ -197,24 +184,18 @@ def _restore_leaves(mngr: ocp.CheckpointManager, step: int, item: str, fresh: di
   target = traverse_util.unflatten_dict(
       {p: jax.ShapeDtypeStruct(fresh[p].shape, fresh[p].dtype, sharding=fresh[p].sharding)
        for p in paths}, sep="/")
-  args = ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-  out = mngr.restore(step, args=ocp.args.Composite(**{item: args}))[item]
-  return _flat(out)
+  out = mngr.restore(step, args=ocp.args.Composite(**{item: checkpoint.restore_args(target, partial=True)}))
+  return _flat(out[item])
 
 
 def _variables(state: state_lib.GANState, net: str) -> dict:
-  if net == "d":
-    return {"params": state.d_params}
-  prefix = "g_ema_" if net == "g_ema" else "g_"
-  return {"params": getattr(state, prefix + "params"), "buffers": getattr(state, prefix + "buffers")}
+  return state_lib.network(state, net).variables
 
 
 def _replace(state: state_lib.GANState, net: str, variables: dict) -> state_lib.GANState:
-  if net == "d":
-    return state.replace(d_params=variables["params"])
-  prefix = "g_ema_" if net == "g_ema" else "g_"
-  return state.replace(**{prefix + "params": variables["params"], prefix + "buffers": variables["buffers"]})
+  sub = state_lib.network(state, net)
+  return state_lib.replace_network(state, net, sub.replace(
+      params=variables["params"], buffers=variables.get("buffers", sub.buffers)))
 
 
 def _count(flat: dict[str, Any], paths) -> int:
@@ -226,8 +207,8 @@ def freeze_report(config: ml_collections.ConfigDict, state: state_lib.GANState) 
   f = config.freeze
   g_patterns, d_patterns = optim.freeze_patterns(f, config.model.resolution)
   out = dict(preset=f.preset, g_patterns=list(g_patterns), d_patterns=list(d_patterns))
-  for net, params, patterns, mults in (("g", state.g_params, g_patterns, f.g_lr_mults),
-                                       ("d", state.d_params, d_patterns, f.d_lr_mults)):
+  for net, params, patterns, mults in (("g", state.g.params, g_patterns, f.g_lr_mults),
+                                       ("d", state.d.params, d_patterns, f.d_lr_mults)):
     flat = _flat(params)
     frozen = optim.frozen_paths(params, patterns, mults)
     trainable = sorted(p for p in flat if p not in frozen)
@@ -236,15 +217,14 @@ def freeze_report(config: ml_collections.ConfigDict, state: state_lib.GANState) 
   return out
 
 
-def transfer_state(config: ml_collections.ConfigDict, nets: state_lib.Networks, state: state_lib.GANState,
-                   *, workdir: Optional[str] = None) -> tuple[state_lib.GANState, dict]:
+def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState
+                   ) -> tuple[state_lib.GANState, dict]:
   """Overlays the source weights of ``config.transfer`` on the fresh ``state`` (global arrays,
-  the ``jit`` layout) and returns (state, report). Writes ``transfer_report.json`` to ``workdir``.
+  the ``jit`` layout) and returns (state, report). Writes no file.
 
   The optimizer state, step and counters of ``state`` are kept: they are fresh (Adam moments are
   zeros whatever the weights), so the run starts at step 0.
   """
-  del nets  # the state already has the target's structure; kept for a uniform signature
   t = config.transfer
   if t.on_mismatch not in ("error", "init"):
     raise TransferError(f"transfer.on_mismatch must be 'error' or 'init', got {t.on_mismatch!r}")
@@ -294,14 +274,33 @@ def transfer_state(config: ml_collections.ConfigDict, nets: state_lib.Networks, 
         source_item=p["item"], restored=p["restored"], kept_at_init=kept,
         mismatched=p["mismatched"], source_only=p["source_only"],
         restored_count=_count(p["fresh"], p["restored"]), kept_at_init_count=_count(p["fresh"], kept))
-  if workdir is not None and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "transfer_report.json"), "w") as f:
-      json.dump(report, f, indent=1)
-  if jax.process_index() == 0:
-    print(summary(report), flush=True)
   logging.info("transfer from %s done", where)
   return state, report
+
+
+def read_frozen(config: ml_collections.ConfigDict, state: state_lib.GANState,
+                networks: dict[str, str]) -> dict[str, dict]:
+  """Variables of source networks for the steps' ``frozen`` argument: ``networks`` maps a name
+  of the frozen tree to the source item it is read from (e.g. ``{'g': 'g_ema'}``), into the
+  structure, dtypes and shardings of the same-named network of ``state`` (global arrays). Every
+  leaf must exist in the source with the target's shape."""
+  src = read_source(config.transfer.source)
+  out = {}
+  with _open(src.directory, src.step) as mngr:
+    for name, item in networks.items():
+      fresh = _flat(_variables(state, name))
+      if item not in src.shapes:
+        raise TransferError(f"the few-shot regularisers need the source's {item!r}, but "
+                            f"{src.directory}/{src.step} has only {sorted(src.shapes)}")
+      m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
+      if m["mismatched"]:
+        raise TransferError(f"the few-shot regularisers need the whole source {item!r} with the "
+                            f"target's shapes; {len(m['mismatched'])} leaves differ, e.g. "
+                            f"{m['mismatched'][0]['path']}: keep model.resolution and the "
+                            f"channels of the source")
+      out[name] = traverse_util.unflatten_dict(
+          _restore_leaves(mngr, src.step, item, fresh, m["restored"]), sep="/")
+  return out
 
 
 def summary(report: dict) -> str:
@@ -323,51 +322,3 @@ def summary(report: dict) -> str:
     lines.append(f"  {net}: frozen {len(f[net]['frozen'])} ({f[net]['frozen_count']:,} values), "
                  f"trainable {len(f[net]['trainable'])} ({f[net]['trainable_count']:,} values)")
   return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
-# What freezing saves: XLA's cost analysis of the compiled step.
-
-
-def compile_step(config: ml_collections.ConfigDict, *, do_g_reg: bool = False, do_d_reg: bool = False,
-                 nets: Optional[state_lib.Networks] = None):
-  """The train step of ``config`` (resolved) compiled for one device, from abstract shapes."""
-  from gantl_jax import steps  # the loop's modules; this file needs them only here
-  nets = nets or state_lib.build_networks(config)
-  step = functools.partial(steps.make_train_step(config, nets), do_g_reg=do_g_reg, do_d_reg=do_d_reg)
-  m = config.model
-  abstract_state = jax.eval_shape(lambda: state_lib.init_state(nets, 0))
-  batch = jax.ShapeDtypeStruct((config.train.batch_size, m.resolution, m.resolution, m.img_channels), jnp.float32)
-  return jax.jit(step).lower(abstract_state, batch).compile()
-
-
-def flops(compiled) -> float:
-  """FLOPs of a compiled function by XLA's cost analysis."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
-    cost = cost[0]
-  return float(cost["flops"])
-
-
-def step_flops(config: ml_collections.ConfigDict, **kwargs) -> float:
-  """FLOPs of one train step (the variant given by ``do_g_reg`` / ``do_d_reg``)."""
-  return flops(compile_step(config, **kwargs))
-
-
-def main(argv):
-  """CLI: FLOPs of the config's train step with its freezing and with nothing frozen."""
-  del argv
-  config = config_lib.resolve(_CONFIG.value)
-  unfrozen = ml_collections.ConfigDict(config.to_dict())
-  unfrozen.freeze.update(preset="none", g="", d="")
-  with_freeze, without = step_flops(config), step_flops(unfrozen)
-  print(json.dumps(dict(preset=config.freeze.preset, resolution=config.model.resolution,
-                        batch_size=config.train.batch_size, flops_frozen=with_freeze,
-                        flops_unfrozen=without, ratio=with_freeze / without)))
-
-
-if __name__ == "__main__":
-  from absl import app
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
-  app.run(main)

@@ -54,8 +54,8 @@ def local_rows(batch: np.ndarray, process_index: int, process_count: int) -> np.
 def params_of(state: Any, mode: str) -> dict[str, np.ndarray]:
   """Host copies of the trained variables (G, G-EMA, D, w_avg, pl_mean, step) of a state."""
   s = parallel.first_replica(state, mode)
-  tree = {"g": s.g_params, "g_ema": s.g_ema_params, "d": s.d_params, "g_buffers": s.g_buffers,
-          "pl_mean": s.pl_mean, "step": s.step}
+  tree = {"g": s.g.params, "g_ema": s.g_ema.params, "d": s.d.params, "g_buffers": s.g.buffers,
+          "pl_mean": s.extras["pl_mean"], "step": s.step}
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

@@ -10,7 +10,7 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import optim, transfer
+from gantl_jax import bench, optim, transfer
 from gantl_jax import state as state_lib
 from gantl_jax.models import stylegan2
 
@@ -138,9 +138,8 @@ def test_preset_optimizer_keeps_frozen_leaves(preset):
 
 def _fake_state(g_params, d_params):
   """Just enough of a GANState for freeze_report."""
-  return state_lib.GANState(step=None, images_seen=None, g_params=g_params, g_buffers=None,
-                            g_ema_params=None, g_ema_buffers=None, d_params=d_params, g_opt_state=None,
-                            d_opt_state=None, pl_mean=None, rng=None)
+  return state_lib.GANState(step=None, images_seen=None, rng=None, g=state_lib.NetState(g_params, {}),
+                            g_ema=None, d=state_lib.NetState(d_params, {}), extras={})
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +160,9 @@ def trained():
          "buffers": random_like(jax.eval_shape(lambda: stylegan2.init_generator(
              nets.generator, jax.random.key(0)))["buffers"], 2)}
     d = {"params": random_like(d_abs, 3)}
-    state0 = state_lib.state_from_variables(nets, g, g, d, jax.random.key_data(jax.random.key(4)))
-    compiled = transfer.compile_step(config, nets=nets)
+    state0 = state_lib.state_from_variables(nets, {"g": g, "g_ema": g, "d": d},
+                                            jax.random.key_data(jax.random.key(4)))
+    compiled = bench.compile_step(config, nets=nets)
     images = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (config.train.batch_size, 16, 16, 3)), jnp.float32)
     state = state0
     for _ in range(NUM_STEPS):
@@ -177,26 +177,26 @@ def test_real_step_frozen_leaves_bit_identical(trained):
   g_frozen, _ = expected_frozen("freezeg", paths(g_abs), paths(d_abs))
   _, d_frozen = expected_frozen("freezed", paths(g_abs), paths(d_abs))
   assert g_frozen and d_frozen
-  for name, frozen in (("g_params", g_frozen), ("d_params", d_frozen)):
-    b = traverse_util.flatten_dict(getattr(before, name), sep="/")
-    a = traverse_util.flatten_dict(getattr(after, name), sep="/")
+  for name, frozen in (("g", g_frozen), ("d", d_frozen)):
+    b = traverse_util.flatten_dict(getattr(before, name).params, sep="/")
+    a = traverse_util.flatten_dict(getattr(after, name).params, sep="/")
     for p in b:
       assert np.array_equal(a[p], b[p]) == (p in frozen), (name, p)
-  assert opt_state_paths(after.g_opt_state) == paths(g_abs) - g_frozen
-  assert opt_state_paths(after.d_opt_state) == paths(d_abs) - d_frozen
+  assert opt_state_paths(after.g.opt_state) == paths(g_abs) - g_frozen
+  assert opt_state_paths(after.d.opt_state) == paths(d_abs) - d_frozen
 
 
 def test_real_step_without_freezing_changes_everything(trained):
   _, before, after, _ = trained["none"]
-  for name in ("g_params", "d_params"):
-    b = traverse_util.flatten_dict(getattr(before, name), sep="/")
-    a = traverse_util.flatten_dict(getattr(after, name), sep="/")
+  for name in ("g", "d"):
+    b = traverse_util.flatten_dict(getattr(before, name).params, sep="/")
+    a = traverse_util.flatten_dict(getattr(after, name).params, sep="/")
     assert all(not np.array_equal(a[p], b[p]) for p in b), name
 
 
 def test_frozen_layers_cost_no_weight_gradient_flops(trained):
-  full = transfer.flops(trained["none"][3])
-  frozen = transfer.flops(trained["freezed,freezeg"][3])
+  full = bench.flops(trained["none"][3])
+  frozen = bench.flops(trained["freezed,freezeg"][3])
   print(f"train step FLOPs at 16 px, batch 8: none {full:.4g}, freezed+freezeg {frozen:.4g} "
         f"({frozen / full:.3f})")
   assert frozen < 0.97 * full

@@ -87,7 +87,7 @@ def test_jit_step_all_reduces_gradients_and_never_gathers_the_batch():
   all_reduces = _hlo_ops(text, "all-reduce")
   assert all_reduces, "no cross-device all-reduce in the jit step"
   # Every parameter gradient is reduced: the all-reduced elements cover at least G and D once.
-  n_params = sum(x.size for x in jax.tree.leaves((run.state.g_params, run.state.d_params)))
+  n_params = sum(x.size for x in jax.tree.leaves((run.state.g.params, run.state.d.params)))
   reduced = sum(int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
                 for ty, _ in all_reduces for dims in re.findall(r"f32\[([0-9,]*)\]", ty))
   assert reduced >= n_params, (reduced, n_params)

@@ -31,7 +31,7 @@ def setup():
   config = tiny_config(r1_interval=1000, pl_interval=1000, style_mixing_prob=0.9)
   nets = state_lib.build_networks(config)
   init = jax.jit(lambda seed: state_lib.init_state(nets, jax.random.key(seed)))
-  train_step = jax.jit(steps.make_train_step(config, nets), static_argnames=("do_g_reg", "do_d_reg"))
+  train_step = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",))
   reals = synthetic.render("anime", range(4), resolution=16, seed=0).astype(np.float32) / 127.5 - 1
   return config, nets, init, train_step, jnp.asarray(np.concatenate([reals, reals]))
 
@@ -41,7 +41,8 @@ def run(setup, seed, n_steps, start_reg=True):
   state = init(seed)
   for i in range(n_steps):
     # Step 0 runs both regularisers, later steps neither (intervals are 1000 here).
-    state, metrics = train_step(state, batch, do_g_reg=(i == 0 and start_reg), do_d_reg=(i == 0 and start_reg))
+    reg = i == 0 and start_reg
+    state, metrics = train_step(state, batch, flags=steps.StepFlags(g_reg=reg, d_reg=reg))
   return state, metrics
 
 
@@ -52,7 +53,7 @@ def test_same_seed_same_result_bitwise(setup):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   c, _ = run(setup, 1, 3)
   differs = [not np.array_equal(np.asarray(x), np.asarray(y))
-             for x, y in zip(jax.tree.leaves(a.g_params), jax.tree.leaves(c.g_params))]
+             for x, y in zip(jax.tree.leaves(a.g.params), jax.tree.leaves(c.g.params))]
   assert all(differs)
 
 
@@ -62,16 +63,16 @@ def test_state_invariants_after_steps(setup):
   s, metrics = run(setup, 0, 3)
   assert int(s.step) == 3 and int(s.images_seen) == 3 * config.train.batch_size
   assert all(np.isfinite(float(v)) or k in ("pl_penalty", "r1_penalty") for k, v in metrics.items())
-  assert float(s.pl_mean) > 0  # the path-length regulariser ran at step 0
+  assert float(s.extras["pl_mean"]) > 0  # the path-length regulariser ran at step 0
   # w_avg moves towards the batch mean of w; noise constants are buffers and never change.
-  assert not np.array_equal(s.g_buffers["mapping"]["w_avg"], s0.g_buffers["mapping"]["w_avg"])
-  np.testing.assert_array_equal(s.g_buffers["synthesis"]["b16"]["conv1"]["noise_const"],
-                                s0.g_buffers["synthesis"]["b16"]["conv1"]["noise_const"])
+  assert not np.array_equal(s.g.buffers["mapping"]["w_avg"], s0.g.buffers["mapping"]["w_avg"])
+  np.testing.assert_array_equal(s.g.buffers["synthesis"]["b16"]["conv1"]["noise_const"],
+                                s0.g.buffers["synthesis"]["b16"]["conv1"]["noise_const"])
   # G-EMA lags G: the ramp-up (half-life 5% of the images seen) gives beta = 0.5 ** (8 / 0.8)
   # at the third step.
   np.testing.assert_allclose(float(metrics["ema_beta"]), 0.5 ** 10, rtol=1e-5)
-  assert not np.array_equal(s.g_ema_params["synthesis"]["b16"]["conv1"]["weight"],
-                            s.g_params["synthesis"]["b16"]["conv1"]["weight"])
+  assert not np.array_equal(s.g_ema.params["synthesis"]["b16"]["conv1"]["weight"],
+                            s.g.params["synthesis"]["b16"]["conv1"]["weight"])
 
 
 def _nearest_real_error(images, reals):
@@ -86,12 +87,12 @@ def test_overfit_a_handful_of_images(setup):
   config, nets, init, train_step, batch = setup
   reals = np.asarray(batch[:4])
   z = jax.random.normal(jax.random.key(123), (16, config.model.z_dim))
-  sample = jax.jit(lambda s: steps.generate(nets, s.g_ema_params, s.g_ema_buffers, z))
+  sample = jax.jit(lambda s: steps.generate(nets, s.g_ema.variables, z))
   state = init(0)
   err0 = _nearest_real_error(np.asarray(sample(state)), reals)
   gaps = []
   for i in range(240):
-    state, metrics = train_step(state, batch, do_g_reg=False, do_d_reg=(i % 16 == 0))
+    state, metrics = train_step(state, batch, flags=steps.StepFlags(d_reg=i % 16 == 0))
     if i < 40:
       gaps.append(metrics["real_logits"] - metrics["fake_logits"])
   err1 = _nearest_real_error(np.asarray(sample(state)), reals)

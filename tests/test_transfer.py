@@ -41,7 +41,7 @@ def random_state(nets, seed, mesh):
   g = jax.tree.map(fill, jax.eval_shape(lambda: stylegan2.init_generator(nets.generator, jax.random.key(0))))
   g_ema = jax.tree.map(fill, g)
   d = jax.tree.map(fill, jax.eval_shape(lambda: stylegan2.init_discriminator(nets.discriminator, jax.random.key(0))))
-  state = state_lib.state_from_variables(nets, g, g_ema, d, np.zeros((2,), np.uint32))
+  state = state_lib.state_from_variables(nets, {"g": g, "g_ema": g_ema, "d": d}, np.zeros((2,), np.uint32))
   return jax.device_put(state, NamedSharding(mesh, P()))
 
 
@@ -50,9 +50,7 @@ def flat(tree):
 
 
 def networks(state):
-  return dict(g=flat({"params": state.g_params, "buffers": state.g_buffers}),
-              g_ema=flat({"params": state.g_ema_params, "buffers": state.g_ema_buffers}),
-              d=flat({"params": state.d_params}))
+  return {name: flat(state_lib.network(state, name).variables) for name in state_lib.NETWORKS}
 
 
 def save_run_checkpoint(config, state, directory, step=7):
@@ -90,8 +88,8 @@ def check_overlay(target_config, source_dir, source_nets, mesh, workdir):
   nets = state_lib.build_networks(target_config)
   fresh = random_state(nets, 3, mesh)
   fresh_nets = networks(fresh)
-  fresh_opt = jax.tree.map(np.asarray, (fresh.g_opt_state, fresh.d_opt_state))
-  state, report = transfer.transfer_state(target_config, nets, fresh, workdir=str(workdir))
+  fresh_opt = jax.tree.map(np.asarray, (fresh.g.opt_state, fresh.d.opt_state))
+  state, report = transfer.transfer_state(target_config, fresh)
   got = networks(state)
   for net, item in (("g", "g_ema"), ("g_ema", "g_ema"), ("d", "d")):
     src = source_nets[item]
@@ -103,13 +101,12 @@ def check_overlay(target_config, source_dir, source_nets, mesh, workdir):
     for p, v in got[net].items():
       np.testing.assert_array_equal(v, src[p] if p in restored else fresh_nets[net][p], err_msg=f"{net} {p}")
   # G and G-EMA are separate buffers (the train step donates the state).
-  assert state.g_params["mapping"]["fc0"]["weight"] is not state.g_ema_params["mapping"]["fc0"]["weight"]
+  assert state.g.params["mapping"]["fc0"]["weight"] is not state.g_ema.params["mapping"]["fc0"]["weight"]
   # Fresh optimizer and counters: nothing of the source's step 7 comes along.
   assert int(state.step) == 0
-  for a, b in zip(jax.tree.leaves(fresh_opt), jax.tree.leaves((state.g_opt_state, state.d_opt_state))):
+  for a, b in zip(jax.tree.leaves(fresh_opt), jax.tree.leaves((state.g.opt_state, state.d.opt_state))):
     np.testing.assert_array_equal(a, np.asarray(b))
-  with open(workdir / "transfer_report.json") as f:
-    assert json.load(f) == json.loads(json.dumps(report))
+  assert json.loads(json.dumps(report)) == report  # the loop writes it as transfer_report.json
   return report
 
 
@@ -125,7 +122,7 @@ def test_16_to_32_restores_shared_blocks_and_keeps_new_ones_at_init(sources, mes
   assert sorted({p.split("/")[1] for p in d["kept_at_init"]}) == ["b32"]
   assert d["source_only"] == ["params/b16/fromrgb/bias", "params/b16/fromrgb/weight"]
   assert report["source"]["step"] == 7 and report["notes"] == ["model.resolution: source 16, target 32"]
-  out = capsys.readouterr().out
+  out = transfer.summary(report)
   assert "g_ema <- g_ema  restored" in out and "init: params/b32/fromrgb/weight" in out
 
 
@@ -144,7 +141,7 @@ def test_step_dir_and_item_choice(sources, mesh, tmp_path):
   config = make_config(16, source=os.path.join(source_dir, "checkpoints", "7"), g_from="g", d_from="")
   nets = state_lib.build_networks(config)
   fresh = random_state(nets, 3, mesh)
-  state, report = transfer.transfer_state(config, nets, fresh, workdir=str(tmp_path))
+  state, report = transfer.transfer_state(config, fresh)
   got, before = networks(state), networks(fresh)
   for p, v in got["g"].items():
     np.testing.assert_array_equal(v, source_nets["g"][p])
@@ -157,7 +154,7 @@ def test_on_mismatch_error_lists_every_path(sources, mesh):
   config = make_config(32, source=sources[16][0])
   nets = state_lib.build_networks(config)
   with pytest.raises(transfer.TransferError) as e:
-    transfer.transfer_state(config, nets, random_state(nets, 3, mesh))
+    transfer.transfer_state(config, random_state(nets, 3, mesh))
   msg = str(e.value)
   fresh = networks(random_state(nets, 3, mesh))
   missing = [(net, p) for net, item in (("g", "g_ema"), ("g_ema", "g_ema"), ("d", "d"))
@@ -180,7 +177,7 @@ def test_shape_mismatch_shows_both_shapes(tmp_path, mesh):
                            d=unflat(src["d"]), meta={"model": config_lib.model_hparams(config)})
   config = make_config(16, source=str(tmp_path / "src"))
   with pytest.raises(transfer.TransferError, match=r"params/b4/out/weight  target \(32, 1\), source \(5, 1\)"):
-    transfer.transfer_state(config, nets, random_state(nets, 3, mesh))
+    transfer.transfer_state(config, random_state(nets, 3, mesh))
 
 
 def test_importer_output_is_a_source(tmp_path, mesh):
@@ -189,14 +186,14 @@ def test_importer_output_is_a_source(tmp_path, mesh):
   nets = state_lib.build_networks(config)
   src = random_state(nets, 5, mesh)
   to_np = lambda t: jax.tree.map(np.asarray, t)
-  g = to_np({"params": src.g_params, "buffers": src.g_buffers})
-  d = to_np({"params": src.d_params})
+  g = to_np(src.g.variables)
+  d = to_np(src.d.variables)
   hp = dict(config_lib.model_hparams(config), mbstd_group_size=4)
   report = dict(format="ada-pytorch", source_hparams={}, notes=[], dropped=[])
   import_stylegan2.save_checkpoint(str(tmp_path / "imported"), hp, g, g, d, report)
-  state, rep = transfer.transfer_state(make_config(16, source=str(tmp_path / "imported")), nets,
+  state, rep = transfer.transfer_state(make_config(16, source=str(tmp_path / "imported")),
                                        random_state(nets, 3, mesh))
-  np.testing.assert_array_equal(np.asarray(state.d_params["b4"]["out"]["weight"]), d["params"]["b4"]["out"]["weight"])
+  np.testing.assert_array_equal(np.asarray(state.d.params["b4"]["out"]["weight"]), d["params"]["b4"]["out"]["weight"])
   assert all(not r["kept_at_init"] for r in rep["networks"].values())
 
 

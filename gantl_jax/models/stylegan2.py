@@ -32,15 +32,18 @@ import math
 from typing import Any, Optional
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from gantl_jax.models import ops
 
 Array = jax.Array
+Dtype = Any
 NOISE_MODES = ("random", "const", "none")
+# The Flax collection that blocks ``sow`` their outputs into (see :func:`apply_with_features`).
+FEATURES = "intermediates"
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -117,6 +120,7 @@ class SynthesisLayer(nn.Module):
   up: bool = False
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, w: Array, noise_mode: str, noise_keys: Optional[Array]) -> Array:
@@ -131,24 +135,28 @@ class SynthesisLayer(nn.Module):
     # Modulate the activations instead of the weights: the convolution then shares one kernel
     # across the batch (a plain conv, not a grouped one), and demodulation is a per-sample,
     # per-output-channel scale computed from the squared kernel.
+    # Styles and demodulation coefficients stay float32 whatever the compute dtype: they are
+    # per-sample scales whose error would be multiplied into every activation.
     dcoefs = jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(weight), axis=(0, 1)) + 1e-8)
-    x = x * styles[:, None, None, :]
+    x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
+    kernel = weight.astype(self.dtype)
     if self.up:
-      x = ops.conv2d_up2(x, weight, impl=self.conv_impl)
+      x = ops.conv2d_up2(x, kernel, impl=self.conv_impl)
     else:
-      x = ops.conv2d(x, weight, 1, impl=self.conv_impl)
-    x = x * dcoefs[:, None, None, :]
+      x = ops.conv2d(x, kernel, 1, impl=self.conv_impl)
+    x = x * dcoefs[:, None, None, :].astype(self.dtype)
     noise = _noise(noise_mode, noise_keys, self.layer_id, (self.resolution, self.resolution),
                    noise_const.value)
     if noise is not None:
-      x = x + noise * noise_strength
-    return ops.bias_act(x, bias, "lrelu", clamp=self.conv_clamp)
+      x = x + (noise * noise_strength).astype(self.dtype)
+    return ops.bias_act(x, bias.astype(self.dtype), "lrelu", clamp=self.conv_clamp)
 
 
 class ToRGB(nn.Module):
   """Modulated 1x1 convolution to RGB, without demodulation."""
   out_channels: int
   conv_clamp: Optional[float] = None
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, w: Array) -> Array:
@@ -156,8 +164,10 @@ class ToRGB(nn.Module):
     styles = Dense(in_channels, bias_init=1.0, name="affine")(w) / math.sqrt(in_channels)
     weight = self.param("weight", _normal(1.0), (1, 1, in_channels, self.out_channels))
     bias = self.param("bias", nn.initializers.zeros, (self.out_channels,))
-    x = jnp.einsum("nhwi,io->nhwo", x * styles[:, None, None, :], weight[0, 0])
-    return ops.bias_act(x, bias, clamp=self.conv_clamp)
+    x = jnp.einsum("nhwi,io->nhwo", x * styles[:, None, None, :].astype(x.dtype),
+                   weight[0, 0].astype(x.dtype))
+    # The RGB skip sum accumulates over all blocks: keep it float32.
+    return ops.bias_act(x.astype(jnp.float32), bias, clamp=self.conv_clamp)
 
 
 class SynthesisBlock(nn.Module):
@@ -170,13 +180,15 @@ class SynthesisBlock(nn.Module):
   first_layer_id: int = 0
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Optional[Array], img: Optional[Array], ws: Array, noise_mode: str,
                noise_keys: Optional[Array]) -> tuple[Array, Array]:
     layer = lambda up, layer_id, name: SynthesisLayer(
-        self.out_channels, self.w_dim, self.resolution, layer_id, up=up,
-        conv_clamp=self.conv_clamp, conv_impl=self.conv_impl, name=name)
+        out_channels=self.out_channels, w_dim=self.w_dim, resolution=self.resolution,
+        layer_id=layer_id, up=up, conv_clamp=self.conv_clamp, conv_impl=self.conv_impl,
+        dtype=self.dtype, name=name)
     if self.in_channels == 0:
       const = self.param("const", _normal(1.0), (4, 4, self.out_channels))
       x = jnp.broadcast_to(const[None], (ws.shape[0],) + const.shape)
@@ -187,7 +199,9 @@ class SynthesisBlock(nn.Module):
       names = ["conv0", "conv1"]
     for i, (name, w) in enumerate(zip(names, ws_conv)):
       x = layer(name == "conv0", self.first_layer_id + i, name)(x, w, noise_mode, noise_keys)
-    y = ToRGB(self.img_channels, conv_clamp=self.conv_clamp, name="torgb")(x, w_rgb)
+    self.sow(FEATURES, "features", x)
+    y = ToRGB(out_channels=self.img_channels, conv_clamp=self.conv_clamp, dtype=self.dtype,
+              name="torgb")(x, w_rgb)
     img = y if img is None else ops.upsample2d(img) + y
     return x, img
 
@@ -201,6 +215,7 @@ class SynthesisNetwork(nn.Module):
   channel_max: int = 512
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, ws: Array, noise_mode: str = "random", noise_keys: Optional[Array] = None) -> Array:
@@ -214,15 +229,21 @@ class SynthesisNetwork(nn.Module):
       # A block's toRGB shares its w with the next block's first conv.
       block_ws = ws[:, w_idx:w_idx + num_conv + 1]
       x, img = SynthesisBlock(
-          res, 0 if res == 4 else ch(res // 2), ch(res), self.w_dim, self.img_channels,
-          layer_id, self.conv_clamp, self.conv_impl, name=f"b{res}")(x, img, block_ws, noise_mode, noise_keys)
+          resolution=res, in_channels=0 if res == 4 else ch(res // 2), out_channels=ch(res),
+          w_dim=self.w_dim, img_channels=self.img_channels, first_layer_id=layer_id,
+          conv_clamp=self.conv_clamp, conv_impl=self.conv_impl, dtype=self.dtype,
+          name=f"b{res}")(x, img, block_ws, noise_mode, noise_keys)
       w_idx += num_conv
       layer_id += num_conv
     return img
 
 
 class Generator(nn.Module):
-  """StyleGAN2 generator. ``__call__(z)`` maps and synthesises; ``map``/``synthesize`` do one half."""
+  """StyleGAN2 generator. ``__call__(z)`` maps and synthesises; ``map``/``synthesize`` do one half.
+
+  ``dtype`` is the compute dtype of the synthesis convolutions; parameters, the mapping network,
+  styles, demodulation coefficients and the output image stay float32.
+  """
   resolution: int
   z_dim: int = 512
   w_dim: int = 512
@@ -233,14 +254,17 @@ class Generator(nn.Module):
   channel_max: int = 512
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   def setup(self):
     if self.resolution < 4 or self.resolution & (self.resolution - 1):
       raise ValueError(f"model.resolution must be a power of two >= 4, got {self.resolution}")
-    self.mapping = MappingNetwork(self.z_dim, self.w_dim, self.mapping_layers, self.mapping_lr_mul)
+    self.mapping = MappingNetwork(z_dim=self.z_dim, w_dim=self.w_dim, num_layers=self.mapping_layers,
+                                  lr_mul=self.mapping_lr_mul)
     self.synthesis = SynthesisNetwork(
-        self.resolution, self.w_dim, self.img_channels, self.channel_base, self.channel_max,
-        self.conv_clamp, self.conv_impl)
+        resolution=self.resolution, w_dim=self.w_dim, img_channels=self.img_channels,
+        channel_base=self.channel_base, channel_max=self.channel_max, conv_clamp=self.conv_clamp,
+        conv_impl=self.conv_impl, dtype=self.dtype)
 
   @property
   def num_ws(self) -> int:
@@ -275,6 +299,7 @@ class ConvLayer(nn.Module):
   use_bias: bool = True
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, gain: float = 1.0) -> Array:
@@ -282,7 +307,9 @@ class ConvLayer(nn.Module):
     in_channels = x.shape[-1]
     weight = self.param("weight", _normal(1.0), (k, k, in_channels, self.out_channels))
     bias = self.param("bias", nn.initializers.zeros, (self.out_channels,)) if self.use_bias else None
-    weight = weight * (1.0 / math.sqrt(in_channels * k * k))
+    x = x.astype(self.dtype)
+    weight = (weight * (1.0 / math.sqrt(in_channels * k * k))).astype(self.dtype)
+    bias = None if bias is None else bias.astype(self.dtype)
     if self.down and k == 1:
       x = ops.conv2d(ops.downsample2d(x), weight, impl=self.conv_impl)
     elif self.down:
@@ -321,19 +348,24 @@ class DiscriminatorBlock(nn.Module):
   from_rgb: bool
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl)
+    kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl, dtype=self.dtype)
     if self.from_rgb:
-      x = ConvLayer(self.tmp_channels, 1, name="fromrgb", **kw)(x)
+      x = ConvLayer(out_channels=self.tmp_channels, kernel_size=1, name="fromrgb", **kw)(x)
     # sqrt(0.5) on both branches keeps the residual sum at unit variance.
     # The skip path is linear and unclamped, as in stylegan2-ada-pytorch.
-    y = ConvLayer(self.out_channels, 1, act="linear", down=True, use_bias=False,
-                  conv_impl=self.conv_impl, name="skip")(x, gain=math.sqrt(0.5))
-    x = ConvLayer(self.tmp_channels, 3, name="conv0", **kw)(x)
-    x = ConvLayer(self.out_channels, 3, down=True, name="conv1", **kw)(x, gain=math.sqrt(0.5))
-    return y + x
+    y = ConvLayer(out_channels=self.out_channels, kernel_size=1, act="linear", down=True,
+                  use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
+                  name="skip")(x, gain=math.sqrt(0.5))
+    x = ConvLayer(out_channels=self.tmp_channels, kernel_size=3, name="conv0", **kw)(x)
+    x = ConvLayer(out_channels=self.out_channels, kernel_size=3, down=True, name="conv1",
+                  **kw)(x, gain=math.sqrt(0.5))
+    x = y + x
+    self.sow(FEATURES, "features", x)
+    return x
 
 
 class DiscriminatorEpilogue(nn.Module):
@@ -346,9 +378,12 @@ class DiscriminatorEpilogue(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    # The epilogue runs in float32 whatever the blocks' dtype, as the official mixed precision.
+    x = x.astype(jnp.float32)
     if self.mbstd_num_channels > 0:
       x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
-    x = ConvLayer(self.channels, 3, conv_clamp=self.conv_clamp, conv_impl=self.conv_impl, name="conv")(x)
+    x = ConvLayer(out_channels=self.channels, kernel_size=3, conv_clamp=self.conv_clamp,
+                  conv_impl=self.conv_impl, name="conv")(x)
     # Flatten in (C, H, W) order, as the PyTorch reference does, so imported weights need no permute.
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     x = Dense(self.channels, act="lrelu", name="fc")(x)
@@ -365,6 +400,7 @@ class Discriminator(nn.Module):
   mbstd_num_channels: int = 1
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  dtype: Dtype = jnp.float32  # compute dtype of the blocks; the 4x4 epilogue is float32
 
   @nn.compact
   def __call__(self, img: Array) -> Array:
@@ -372,7 +408,8 @@ class Discriminator(nn.Module):
     kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl)
     x = img
     for res in block_resolutions(self.resolution)[:0:-1]:
-      x = DiscriminatorBlock(ch(res), ch(res // 2), from_rgb=(res == self.resolution),
+      x = DiscriminatorBlock(tmp_channels=ch(res), out_channels=ch(res // 2),
+                             from_rgb=(res == self.resolution), dtype=self.dtype,
                              name=f"b{res}", **kw)(x)
     return DiscriminatorEpilogue(ch(4), self.mbstd_group_size, self.mbstd_num_channels,
                                  name="b4", **kw)(x)
@@ -384,7 +421,8 @@ def generator_from_config(model: ml_collections.ConfigDict) -> Generator:
       resolution=model.resolution, z_dim=model.z_dim, w_dim=model.w_dim,
       mapping_layers=model.mapping_layers, mapping_lr_mul=model.mapping_lr_mul,
       img_channels=model.img_channels, channel_base=model.channel_base,
-      channel_max=model.channel_max, conv_clamp=model.conv_clamp, conv_impl=model.conv_impl)
+      channel_max=model.channel_max, conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
+      dtype=jnp.dtype(model.get("compute_dtype", "float32")))
 
 
 def discriminator_from_config(model: ml_collections.ConfigDict) -> Discriminator:
@@ -393,7 +431,8 @@ def discriminator_from_config(model: ml_collections.ConfigDict) -> Discriminator
       resolution=model.resolution, img_channels=model.img_channels,
       channel_base=model.channel_base, channel_max=model.channel_max,
       mbstd_group_size=model.mbstd_group_size, mbstd_num_channels=model.mbstd_num_channels,
-      conv_clamp=model.conv_clamp, conv_impl=model.conv_impl)
+      conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
+      dtype=jnp.dtype(model.get("compute_dtype", "float32")))
 
 
 def init_generator(g: Generator, rng: Array) -> dict[str, Any]:
@@ -406,3 +445,15 @@ def init_discriminator(d: Discriminator, rng: Array) -> dict[str, Any]:
   """Initial ``{'params'}`` of ``d``."""
   img = jnp.zeros((d.mbstd_group_size, d.resolution, d.resolution, d.img_channels), jnp.float32)
   return dict(d.init({"params": rng}, img))
+
+
+def apply_with_features(module: nn.Module, variables: Any, *args, **kwargs) -> tuple[Any, dict[str, Array]]:
+  """``module.apply`` that also returns the blocks' outputs: ``(output, {block path: features})``.
+
+  Block paths are those of the parameters, e.g. ``'synthesis/b16'`` (G, NHWC after the block's
+  convolutions) or ``'b16'`` (D, the block's residual output at half its resolution). Without
+  this function the blocks' ``sow`` is a no-op and costs nothing.
+  """
+  out, state = module.apply(variables, *args, mutable=[FEATURES], **kwargs)
+  flat = traverse_util.flatten_dict(state.get(FEATURES, {}), sep="/")
+  return out, {path.rsplit("/", 1)[0]: value[-1] for path, value in flat.items()}
