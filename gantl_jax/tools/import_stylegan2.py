@@ -239,27 +239,25 @@ def _rules_ros_d(resolution: int):
 # Mapping a flat {source name: array} onto the model's expected variables.
 
 
+def model_config(hparams: dict, conv_impl: str = "xla") -> "ml_collections.ConfigDict":
+  """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
+  ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
+  import ml_collections
+
+  return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
+
+
 def _expected_shapes(hparams: dict, which: str) -> dict[str, tuple]:
   """{'collection/path': shape} of our model's variables for these hyper-parameters."""
   import jax
-  import jax.numpy as jnp
   from gantl_jax.models import stylegan2 as sg2
 
-  keys = dict(hparams)
-  keys.setdefault("conv_impl", "xla")
+  model = model_config(hparams)
   if which == "g":
-    net = sg2.Generator(
-        resolution=keys["resolution"], z_dim=keys["z_dim"], w_dim=keys["w_dim"],
-        mapping_layers=keys["mapping_layers"], mapping_lr_mul=keys["mapping_lr_mul"],
-        img_channels=keys["img_channels"], channel_base=keys["channel_base"],
-        channel_max=keys["channel_max"], conv_clamp=keys["conv_clamp"], conv_impl=keys["conv_impl"])
+    net = sg2.generator_from_config(model)
     shapes = jax.eval_shape(lambda: sg2.init_generator(net, jax.random.PRNGKey(0)))
   else:
-    net = sg2.Discriminator(
-        resolution=keys["resolution"], img_channels=keys["img_channels"],
-        channel_base=keys["channel_base"], channel_max=keys["channel_max"],
-        mbstd_group_size=keys["mbstd_group_size"], mbstd_num_channels=keys["mbstd_num_channels"],
-        conv_clamp=keys["conv_clamp"], conv_impl=keys["conv_impl"])
+    net = sg2.discriminator_from_config(model)
     shapes = jax.eval_shape(lambda: sg2.init_discriminator(net, jax.random.PRNGKey(0)))
   return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
 
@@ -622,9 +620,10 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
 
   Returns:
     ``(model_hparams, g_vars, g_ema_vars, d_vars, report)``: ``model_hparams`` holds the
-    ``config.model`` keys; ``g_vars``/``g_ema_vars`` are ``{'params', 'buffers'}`` and
-    ``d_vars`` is ``{'params'}`` (None when the source has no discriminator), all nested
-    dicts of float32 numpy arrays; ``report`` lists every mapping, dropped constant and note.
+    ``config.model`` keys (``mbstd_grouping`` is 'strided', the originals' grouping);
+    ``g_vars``/``g_ema_vars`` are ``{'params', 'buffers'}`` and ``d_vars`` is ``{'params'}``
+    (None when the source has no discriminator), all nested dicts of float32 numpy arrays;
+    ``report`` lists every mapping, dropped constant and note.
 
   Raises:
     ConversionError: unsupported network, or any source tensor unmapped or any model
@@ -642,7 +641,6 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
     d_sd = safe_pickle.module_state_dict(source_tree["D"])
     _check_stylegan3(ge_sd)
     hp = _hparams_ada(source_tree["G"], source_tree["D"], report)
-    g_rules = d_rules = None
     g_rules, d_rules = _rules_ada_g(), _rules_ada_d()
     ignored = sorted(set(source_tree) - {"G", "D", "G_ema"})
     if ignored:
@@ -667,6 +665,14 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
     if g_sd is None:
       report["notes"].append("no 'g' in the source: G is a copy of G_ema")
 
+  # All three originals group minibatch-stddev samples with a stride within each GPU's batch
+  # (sample i in group i mod N/G); only that grouping reproduces their D logits on a batch
+  # larger than the group.
+  hp["mbstd_grouping"] = "strided"
+  report["notes"].append(
+      "model.mbstd_grouping='strided': D's minibatch-stddev groups are strided within each "
+      "device's batch, as in the original code, so D reproduces its logits on any batch size; "
+      "'contiguous' (this project's default) makes them independent of the device count instead")
   g_expected = _expected_shapes(hp, "g")
   d_expected = _expected_shapes(hp, "d")
   if fmt == "rosinality":
