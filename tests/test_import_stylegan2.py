@@ -6,6 +6,8 @@ outputs the original implementations computed from them.
 """
 import json
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import ml_collections
@@ -435,3 +437,78 @@ def test_cli_writes_orbax_checkpoint(ros, tmp_path, capsys):
     for k, v in flat.items():
       np.testing.assert_array_equal(np.asarray(got[k]), v, err_msg=k)
   assert json.load(open(tmp_path / "report.json"))["format"] == "rosinality"
+
+
+def _restored_meta_and_g_ema(out):
+  import orbax.checkpoint as ocp
+  with ocp.CheckpointManager(str(out), item_names=("g_ema", "meta")) as mngr:
+    assert mngr.all_steps() == [0]
+    r = mngr.restore(0, args=ocp.args.Composite(g_ema=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  return r["meta"], r["g_ema"]
+
+
+def test_cli_refuses_to_import_over_a_checkpoint_unless_overwrite(ada, ros, tmp_path, capsys):
+  a, b = write_ada_pickle(ada, tmp_path / "A.pkl"), write_rosinality_pt(ros, tmp_path / "B.pt")
+  out = tmp_path / "X"
+  assert imp.main([a, str(out)]) == 0
+  capsys.readouterr()
+  # Orbax skipped the save of an existing step and the CLI still said "wrote X": now refused.
+  assert imp.main([b, str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and f"OUT_DIR {out} is not empty" in err and "--overwrite" in err
+  assert _restored_meta_and_g_ema(out)[0]["source"]["format"] == "ada-pytorch"
+  # A failed replacement leaves the old checkpoint as it was.
+  (tmp_path / "bad.pt").write_bytes(open(b, "rb").read()[:1000])
+  assert imp.main([str(tmp_path / "bad.pt"), str(out), "--overwrite"]) == 1
+  assert _restored_meta_and_g_ema(out)[0]["source"]["format"] == "ada-pytorch"
+  assert imp.main([b, str(out), "--overwrite"]) == 0
+  meta, g_ema = _restored_meta_and_g_ema(out)
+  assert meta["source"]["format"] == "rosinality"
+  np.testing.assert_array_equal(np.asarray(g_ema["params"]["mapping"]["fc0"]["weight"]), ros["g_ema.style.1.weight"].T)
+  assert sorted(os.listdir(tmp_path)) == ["A.pkl", "B.pt", "X", "bad.pt"]  # no temporary left
+
+
+def test_a_save_that_writes_nothing_fails_and_keeps_the_old_checkpoint(ada, ros, tmp_path, monkeypatch, capsys):
+  from gantl_jax import checkpoint
+  out = tmp_path / "X"
+  assert imp.main([write_ada_pickle(ada, tmp_path / "A.pkl"), str(out)]) == 0
+  # What Orbax does when the step exists: returns without writing.
+  monkeypatch.setattr(checkpoint, "save_networks", lambda directory, **kw: os.path.abspath(directory))
+  capsys.readouterr()
+  assert imp.main([write_rosinality_pt(ros, tmp_path / "B.pt"), str(out), "--overwrite"]) == 1
+  assert "holds steps [], not just the new step 0" in capsys.readouterr().err
+  assert _restored_meta_and_g_ema(out)[0]["source"]["format"] == "ada-pytorch"
+  assert sorted(os.listdir(tmp_path)) == ["A.pkl", "B.pt", "X"]
+
+
+@pytest.mark.parametrize("case", ["missing source", "source is a directory", "out_dir is a file",
+                                  "overwrite of a non-checkpoint directory"])
+def test_cli_path_errors_are_one_line_with_exit_code_2(case, tmp_path, capsys):
+  src = tmp_path / "net.pkl"
+  src.write_bytes(dumps({"G_ema": None}))
+  other = tmp_path / "notes"
+  other.mkdir()
+  (other / "todo.txt").write_text("keep me")
+  argv, expected = {
+      "missing source": ([str(tmp_path / "nope.pkl"), str(tmp_path / "out")],
+                         f"SOURCE {tmp_path / 'nope.pkl'} does not exist: give the path of a network file"),
+      "source is a directory": ([str(tmp_path), str(tmp_path / "out")],
+                                f"SOURCE {tmp_path} is a directory: give the network file in it"),
+      "out_dir is a file": ([str(src), str(src)], f"OUT_DIR {src} exists and is not a directory"),
+      "overwrite of a non-checkpoint directory": (
+          [str(src), str(other), "--overwrite"], f"OUT_DIR {other} holds 'todo.txt', which is not a checkpoint step"),
+  }[case]
+  assert imp.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: " + expected) and err.count("\n") == 1, err
+  assert (other / "todo.txt").read_text() == "keep me" and not (tmp_path / "out").exists()
+
+
+def test_cli_error_as_a_command(tmp_path):
+  # The module run as the README shows it: no traceback, exit code 2.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(imp.__file__))))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+  r = subprocess.run([sys.executable, "-m", "gantl_jax.tools.import_stylegan2", str(tmp_path / "nope.pkl"),
+                      str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+  assert r.returncode == 2 and r.stdout == ""
+  assert r.stderr == f"error: SOURCE {tmp_path / 'nope.pkl'} does not exist: give the path of a network file (.pkl or .pt)\n"
