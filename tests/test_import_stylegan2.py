@@ -417,6 +417,18 @@ def test_model_hparams_are_config_model_keys(ada, tmp_path):
   assert set(hp) <= model_keys, set(hp) - model_keys
 
 
+def test_config_validates_mbstd_grouping():
+  from configs import base
+  from gantl_jax import config as config_lib
+  c = base.get_config()
+  assert c.model.mbstd_grouping == "contiguous"
+  c.model.mbstd_grouping = "strided"
+  assert config_lib.model_hparams(config_lib.resolve(c))["mbstd_grouping"] == "strided"
+  c.model.mbstd_grouping = "random"
+  with pytest.raises(config_lib.ConfigError, match="model.mbstd_grouping must be 'contiguous' or 'strided'"):
+    config_lib.resolve(c)
+
+
 def test_cli_writes_orbax_checkpoint(ros, tmp_path, capsys):
   import orbax.checkpoint as ocp
   src = write_rosinality_pt(ros, tmp_path / "r.pt")
