@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
       conv_clamp=config_dict.placeholder(float),  # None: no clamping (fp32 training)
       mbstd_group_size=4,        # must divide the per-device batch
       mbstd_num_channels=1,
+      # Which samples share an mbstd group: 'contiguous' (runs of consecutive samples; the
+      # statistic does not depend on the device count) or 'strided' (as stylegan2-ada-pytorch,
+      # within each device's batch; what imported official weights expect).
+      mbstd_grouping="contiguous",
       conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients)
       compute_dtype="float32",   # 'float32' | 'bfloat16': the convolutions' dtype (parameters,
                                  # optimizer, losses and demodulation stay float32)

@@ -37,6 +37,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
          f"(channels = min(channel_base // res, channel_max)); raise it to at least {m.resolution}")
   _check(m.conv_impl in ("auto", "xla", "custom"),
          f"model.conv_impl must be 'auto', 'xla' or 'custom', got {m.conv_impl!r}")
+  _check(m.mbstd_grouping in ("contiguous", "strided"),
+         f"model.mbstd_grouping must be 'contiguous' or 'strided', got {m.mbstd_grouping!r}")
   c4 = min(m.channel_base // 4, m.channel_max)
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
@@ -83,5 +85,5 @@ def model_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The model hyper-parameters that define what the weights mean (stored with checkpoints)."""
   m = config.model
   keys = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",
-          "channel_base", "channel_max", "conv_clamp", "mbstd_num_channels")
+          "channel_base", "channel_max", "conv_clamp", "mbstd_num_channels", "mbstd_grouping")
   return {k: m[k] for k in keys}

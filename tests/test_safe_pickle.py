@@ -43,6 +43,13 @@ class NewObj:
     self.cls, self.args, self.state, self.items = cls, tuple(args), state, items
 
 
+class Build:
+  """BUILD with ``state`` on ``obj`` as it stands (no call first): what a hostile file may do."""
+
+  def __init__(self, obj, state):
+    self.obj, self.state = obj, state
+
+
 class PersId:
   """A persistent id (BINPERSID), as torch.save uses for storages."""
 
@@ -132,6 +139,10 @@ class PickleWriter:
       self._w(obj.args)
       w(b"\x81")
       self._after(obj)
+    elif isinstance(obj, Build):
+      self._w(obj.obj)
+      self._w(obj.state)
+      w(b"b")
     elif isinstance(obj, PersId):
       self._w(obj.value)
       w(b"Q")
@@ -464,6 +475,46 @@ def test_tf_build_module_src_is_never_executed(tmp_path):
   got = sp.loads_pickle(dumps(node))
   assert isinstance(got, sp.TFNetwork)
   assert not marker.exists()
+
+
+def _clean_float32_zip():
+  zw = TorchZipWriter()
+  return zw.write({"t": zw.tensor(np.array([1.0, 2.0], np.float32))})
+
+
+@pytest.mark.parametrize("module,name,state", [
+    # The reported file: renames the shared FloatStorage tag, so later float32 reads as bfloat16.
+    ("torch", "FloatStorage", {"name": "BFloat16Storage"}),
+    ("torch", "FloatStorage", (None, {"dtype": "x"})),  # slot-state form: setattr
+    ("torch", "float", {"name": "BFloat16Storage"}),
+    ("collections", "OrderedDict", (None, {"__defaults__": (1,)})),  # a function
+    ("torch._utils", "_rebuild_tensor_v2", {"x": 1}),
+    ("dnnlib.tflib.network", "Network", {"__setstate__": None}),  # a class
+    ("argparse", "Namespace", (None, {"__init__": None})),
+    ("dnnlib.util", "EasyDict", {"x": 1}),
+    ("numpy", "ndarray", {"name": "x"}),  # a tag
+    ("builtins", "dict", {"x": 1}),
+])
+def test_build_on_an_allowed_global_is_refused_and_changes_nothing(module, name, state):
+  raw = dumps(Build(Global(module, name), state))
+  assert len(raw) < 100
+  with pytest.raises(sp.UnsafePickleError, match="refusing to set state or attributes on"):
+    sp.loads_pickle(raw)
+  # A clean file read afterwards in the same process is read as written.
+  got = sp.loads_torch(_clean_float32_zip())["t"]
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, [1.0, 2.0])
+
+
+def test_every_allowed_global_is_immutable():
+  # find_class hands the same objects to every load: none of them may be changeable.
+  unpickler = sp._RestrictedUnpickler(io.BytesIO(b""))
+  for module, name in sp._ALLOWED:
+    obj = unpickler.find_class(module, name)
+    with pytest.raises(sp.UnsafePickleError):
+      setattr(obj, "name", "changed")
+    with pytest.raises(sp.UnsafePickleError):
+      obj.__setstate__({"name": "changed"})
 
 
 def test_refuses_object_arrays_and_structured_dtypes():

@@ -320,24 +320,58 @@ class ConvLayer(nn.Module):
     return ops.bias_act(x, bias, self.act, gain=gain, clamp=clamp)
 
 
-def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1) -> Array:
+MBSTD_GROUPINGS = ("contiguous", "strided")
+
+
+def minibatch_stddev(x: Array, group_size: int, num_channels: int = 1, grouping: str = "contiguous",
+                     num_shards: int = 1) -> Array:
   """Appends the per-group feature standard deviation as ``num_channels`` extra channels.
 
-  Groups are runs of ``group_size`` *consecutive* samples, so a group never spans two devices as
-  long as ``group_size`` divides the per-device batch, and the statistic does not depend on how
-  the global batch is split over devices. (stylegan2-ada-pytorch groups strided samples; the two
-  agree when the batch equals the group size.)
+  The batch is first split into ``num_shards`` contiguous shares (one per device when the
+  global batch is sharded over devices under ``jit``), and groups never leave a share. Inside a
+  share of ``m * g`` samples (``g = min(group_size, share)``), ``grouping`` says which samples
+  form a group:
+
+  * ``'contiguous'``: runs of ``g`` consecutive samples. Since ``g`` divides the share, the
+    statistic is the same for any ``num_shards``: it does not depend on the device count.
+  * ``'strided'``: sample ``i`` of the share is in group ``i mod m``, as stylegan2-ada-pytorch's
+    ``x.reshape(G, -1, ...)`` does on each GPU's batch. Needed to reproduce official logits (for
+    imported weights); but the result then depends on the per-device batch, so the same global
+    batch gives different logits on a different number of devices.
+
+  The two agree when the share equals the group size.
+
+  Args:
+    x: features [N, H, W, C].
+    group_size: samples per group (capped at the share size).
+    num_channels: statistics appended; must divide C.
+    grouping: 'contiguous' or 'strided'.
+    num_shards: contiguous shares of the batch that groups stay inside; must divide N.
+
+  Returns:
+    [N, H, W, C + num_channels].
   """
   n, h, w, c = x.shape
-  g = min(group_size, n)
-  if n % g:
-    raise ValueError(f"minibatch-stddev group size {g} does not divide the batch {n}")
-  f = num_channels
-  y = x.reshape(n // g, g, h, w, f, c // f)
-  y = y - jnp.mean(y, axis=1, keepdims=True)
-  y = jnp.sqrt(jnp.mean(jnp.square(y), axis=1) + 1e-8)  # [n/g, h, w, f, c/f]
-  y = jnp.mean(y, axis=(1, 2, 4))  # [n/g, f]
-  y = jnp.repeat(y, g, axis=0)[:, None, None, :]
+  if grouping not in MBSTD_GROUPINGS:
+    raise ValueError(f"minibatch-stddev grouping must be one of {MBSTD_GROUPINGS}, got {grouping!r}")
+  if num_shards < 1 or n % num_shards:
+    raise ValueError(f"minibatch-stddev: {num_shards} shards do not divide the batch {n}")
+  share = n // num_shards
+  g = min(group_size, share)
+  if share % g:
+    raise ValueError(f"minibatch-stddev group size {g} does not divide the per-shard batch {share}")
+  m, f = share // g, num_channels
+  # Axis 1 or 2 of [shards, ., ., H, W, F, C/F] runs over the members of a group.
+  if grouping == "contiguous":
+    y, axis = x.reshape(num_shards, m, g, h, w, f, c // f), 2
+  else:
+    y, axis = x.reshape(num_shards, g, m, h, w, f, c // f), 1
+  y = y - jnp.mean(y, axis=axis, keepdims=True)
+  y = jnp.sqrt(jnp.mean(jnp.square(y), axis=axis) + 1e-8)  # [shards, m, H, W, F, C/F]
+  y = jnp.mean(y, axis=(2, 3, 5))  # [shards, m, F]
+  # Back to one value per sample: group j's members are j*g..j*g+g-1 (contiguous) or j, j+m, ...
+  y = jnp.repeat(y, g, axis=1) if grouping == "contiguous" else jnp.tile(y, (1, g, 1))
+  y = y.reshape(n, 1, 1, f)
   return jnp.concatenate([x, jnp.broadcast_to(y, (n, h, w, f))], axis=-1)
 
 
@@ -375,13 +409,15 @@ class DiscriminatorEpilogue(nn.Module):
   mbstd_num_channels: int = 1
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  mbstd_grouping: str = "contiguous"
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mbstd_num_shards: int = 1) -> Array:
     # The epilogue runs in float32 whatever the blocks' dtype, as the official mixed precision.
     x = x.astype(jnp.float32)
     if self.mbstd_num_channels > 0:
-      x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels)
+      x = minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_channels, self.mbstd_grouping,
+                           mbstd_num_shards)
     x = ConvLayer(out_channels=self.channels, kernel_size=3, conv_clamp=self.conv_clamp,
                   conv_impl=self.conv_impl, name="conv")(x)
     # Flatten in (C, H, W) order, as the PyTorch reference does, so imported weights need no permute.
@@ -391,7 +427,11 @@ class DiscriminatorEpilogue(nn.Module):
 
 
 class Discriminator(nn.Module):
-  """StyleGAN2 residual discriminator: image [N, R, R, C] -> logits [N]."""
+  """StyleGAN2 residual discriminator: image [N, R, R, C] -> logits [N].
+
+  ``mbstd_grouping`` ('contiguous' | 'strided') and the call's ``mbstd_num_shards`` say which
+  samples share a minibatch-stddev group; see :func:`minibatch_stddev`.
+  """
   resolution: int
   img_channels: int = 3
   channel_base: int = 16384
@@ -400,10 +440,11 @@ class Discriminator(nn.Module):
   mbstd_num_channels: int = 1
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
+  mbstd_grouping: str = "contiguous"
   dtype: Dtype = jnp.float32  # compute dtype of the blocks; the 4x4 epilogue is float32
 
   @nn.compact
-  def __call__(self, img: Array) -> Array:
+  def __call__(self, img: Array, *, mbstd_num_shards: int = 1) -> Array:
     ch = lambda r: channels_at(r, self.channel_base, self.channel_max)
     kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl)
     x = img
@@ -411,8 +452,9 @@ class Discriminator(nn.Module):
       x = DiscriminatorBlock(tmp_channels=ch(res), out_channels=ch(res // 2),
                              from_rgb=(res == self.resolution), dtype=self.dtype,
                              name=f"b{res}", **kw)(x)
-    return DiscriminatorEpilogue(ch(4), self.mbstd_group_size, self.mbstd_num_channels,
-                                 name="b4", **kw)(x)
+    return DiscriminatorEpilogue(channels=ch(4), mbstd_group_size=self.mbstd_group_size,
+                                 mbstd_num_channels=self.mbstd_num_channels,
+                                 mbstd_grouping=self.mbstd_grouping, name="b4", **kw)(x, mbstd_num_shards)
 
 
 def generator_from_config(model: ml_collections.ConfigDict) -> Generator:
@@ -432,6 +474,8 @@ def discriminator_from_config(model: ml_collections.ConfigDict) -> Discriminator
       channel_base=model.channel_base, channel_max=model.channel_max,
       mbstd_group_size=model.mbstd_group_size, mbstd_num_channels=model.mbstd_num_channels,
       conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
+      # Configs saved before the key existed used contiguous groups.
+      mbstd_grouping=model.get("mbstd_grouping", "contiguous"),
       dtype=jnp.dtype(model.get("compute_dtype", "float32")))
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-  python -m gantl_jax.tools.import_stylegan2 SOURCE OUT_DIR [--w-avg-samples N]
+  python -m gantl_jax.tools.import_stylegan2 SOURCE OUT_DIR [--overwrite] [--w-avg-samples N]
 
 SOURCE is one of
 
@@ -26,7 +26,9 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -239,27 +241,25 @@ def _rules_ros_d(resolution: int):
 # Mapping a flat {source name: array} onto the model's expected variables.
 
 
+def model_config(hparams: dict, conv_impl: str = "xla") -> "ml_collections.ConfigDict":
+  """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
+  ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
+  import ml_collections
+
+  return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
+
+
 def _expected_shapes(hparams: dict, which: str) -> dict[str, tuple]:
   """{'collection/path': shape} of our model's variables for these hyper-parameters."""
   import jax
-  import jax.numpy as jnp
   from gantl_jax.models import stylegan2 as sg2
 
-  keys = dict(hparams)
-  keys.setdefault("conv_impl", "xla")
+  model = model_config(hparams)
   if which == "g":
-    net = sg2.Generator(
-        resolution=keys["resolution"], z_dim=keys["z_dim"], w_dim=keys["w_dim"],
-        mapping_layers=keys["mapping_layers"], mapping_lr_mul=keys["mapping_lr_mul"],
-        img_channels=keys["img_channels"], channel_base=keys["channel_base"],
-        channel_max=keys["channel_max"], conv_clamp=keys["conv_clamp"], conv_impl=keys["conv_impl"])
+    net = sg2.generator_from_config(model)
     shapes = jax.eval_shape(lambda: sg2.init_generator(net, jax.random.PRNGKey(0)))
   else:
-    net = sg2.Discriminator(
-        resolution=keys["resolution"], img_channels=keys["img_channels"],
-        channel_base=keys["channel_base"], channel_max=keys["channel_max"],
-        mbstd_group_size=keys["mbstd_group_size"], mbstd_num_channels=keys["mbstd_num_channels"],
-        conv_clamp=keys["conv_clamp"], conv_impl=keys["conv_impl"])
+    net = sg2.discriminator_from_config(model)
     shapes = jax.eval_shape(lambda: sg2.init_discriminator(net, jax.random.PRNGKey(0)))
   return {path: tuple(leaf.shape) for path, leaf in _flatten(shapes).items()}
 
@@ -390,6 +390,8 @@ def read_source(path: str):
     _, tree = safe_pickle.load(path)
   except safe_pickle.SourceFormatError as e:
     raise ConversionError(f"cannot read {path}: {e}") from e
+  except OSError as e:  # missing, a directory, unreadable
+    raise ConversionError(f"cannot read {path}: {e.strerror or e}") from e
   return detect_format(tree), tree
 
 
@@ -622,9 +624,10 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
 
   Returns:
     ``(model_hparams, g_vars, g_ema_vars, d_vars, report)``: ``model_hparams`` holds the
-    ``config.model`` keys; ``g_vars``/``g_ema_vars`` are ``{'params', 'buffers'}`` and
-    ``d_vars`` is ``{'params'}`` (None when the source has no discriminator), all nested
-    dicts of float32 numpy arrays; ``report`` lists every mapping, dropped constant and note.
+    ``config.model`` keys (``mbstd_grouping`` is 'strided', the originals' grouping);
+    ``g_vars``/``g_ema_vars`` are ``{'params', 'buffers'}`` and ``d_vars`` is ``{'params'}``
+    (None when the source has no discriminator), all nested dicts of float32 numpy arrays;
+    ``report`` lists every mapping, dropped constant and note.
 
   Raises:
     ConversionError: unsupported network, or any source tensor unmapped or any model
@@ -642,7 +645,6 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
     d_sd = safe_pickle.module_state_dict(source_tree["D"])
     _check_stylegan3(ge_sd)
     hp = _hparams_ada(source_tree["G"], source_tree["D"], report)
-    g_rules = d_rules = None
     g_rules, d_rules = _rules_ada_g(), _rules_ada_d()
     ignored = sorted(set(source_tree) - {"G", "D", "G_ema"})
     if ignored:
@@ -667,6 +669,14 @@ def convert(source_tree, fmt: str, w_avg_samples: int = 0):
     if g_sd is None:
       report["notes"].append("no 'g' in the source: G is a copy of G_ema")
 
+  # All three originals group minibatch-stddev samples with a stride within each GPU's batch
+  # (sample i in group i mod N/G); only that grouping reproduces their D logits on a batch
+  # larger than the group.
+  hp["mbstd_grouping"] = "strided"
+  report["notes"].append(
+      "model.mbstd_grouping='strided': D's minibatch-stddev groups are strided within each "
+      "device's batch, as in the original code, so D reproduces its logits on any batch size; "
+      "'contiguous' (this project's default) makes them independent of the device count instead")
   g_expected = _expected_shapes(hp, "g")
   d_expected = _expected_shapes(hp, "d")
   if fmt == "rosinality":
@@ -709,43 +719,181 @@ def _copy_tree(tree):
 # Writing the checkpoint.
 
 
-def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict) -> str:
-  """Write items g, g_ema, d (pytrees) and meta (JSON: 'model' hyper-parameters, 'source'
-  details) as step 0 of an Orbax checkpoint, with ``gantl_jax.checkpoint.save_networks``: the
-  layout of a training run's checkpoint, so either can be a transfer source."""
+class OutputError(ValueError):
+  """OUT_DIR cannot be written (exists as a file, holds other things); the message says what to do."""
+
+
+class UsageError(ValueError):
+  """A command-line path is unusable; the one-line message names it and says what to do."""
+
+
+# What an Orbax CheckpointManager directory holds at its top level: step directories (and the
+# temporary directories of steps being written).
+_STEP_ENTRY = re.compile(r"\d+(\.orbax-checkpoint-tmp.*)?")
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+  """Raises :class:`OutputError` unless ``out_dir`` may receive a new import.
+
+  It must be missing or an empty directory; with ``overwrite`` it may also be a checkpoint
+  directory (nothing but step directories), which is then replaced. Anything else is refused,
+  so that a mistyped path never deletes unrelated files.
+  """
+  if not os.path.lexists(out_dir):
+    return
+  if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+    raise OutputError(f"OUT_DIR {out_dir} exists and is not a directory: give a new directory "
+                      "name for the checkpoint")
+  entries = sorted(os.listdir(out_dir))
+  if not entries:
+    return
+  if not overwrite:
+    more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+    raise OutputError(f"OUT_DIR {out_dir} is not empty (it holds {entries[0]!r}{more}): choose a "
+                      "new directory, or pass --overwrite to replace the checkpoint in it")
+  others = [e for e in entries if not _STEP_ENTRY.fullmatch(e)]
+  if others:
+    raise OutputError(f"OUT_DIR {out_dir} holds {others[0]!r}, which is not a checkpoint step: "
+                      "--overwrite replaces only checkpoint directories; choose a new directory")
+
+
+def _meta(hparams: dict, report: dict) -> dict:
+  return _jsonable(dict(model=hparams, source=dict(
+      format=report["format"], hparams=report["source_hparams"], notes=report["notes"],
+      dropped=report["dropped"])))
+
+
+def _verify_written(directory: str, meta: dict, items: tuple[str, ...]) -> None:
+  """Raises OutputError unless ``directory`` holds exactly step 0 with ``items`` and ``meta``.
+
+  Orbax's save returns False, writing nothing, when the step already exists, and
+  ``checkpoint.save_networks`` does not check it; so read back what was written.
+  """
+  import orbax.checkpoint as ocp
+
+  with ocp.CheckpointManager(directory, item_names=items + ("meta",)) as mngr:
+    steps = mngr.all_steps()
+    if steps != [0]:
+      raise OutputError(f"the checkpoint written to {directory} holds steps {steps}, not just "
+                        "the new step 0")
+    written = mngr.restore(0, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  missing = [i for i in items if not os.path.isdir(os.path.join(directory, "0", i))]
+  if missing or written != meta:
+    raise OutputError(f"the checkpoint written to {directory} is not this import "
+                      f"(missing items {missing} or other meta)")
+
+
+def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict,
+                    overwrite: bool = False) -> str:
+  """Writes items g, g_ema, d (pytrees) and meta (JSON: 'model' hyper-parameters, 'source'
+  details) as step 0 of an Orbax checkpoint in ``out_dir``, with
+  ``gantl_jax.checkpoint.save_networks``: the layout of a training run's checkpoint, so either
+  can be a transfer source.
+
+  The checkpoint is written to a temporary sibling of ``out_dir``, checked, and only then moved
+  into place (replacing an old checkpoint there when ``overwrite``), so a failed import leaves
+  ``out_dir`` as it was. Returns the absolute path of ``out_dir``.
+
+  Raises:
+    OutputError: ``out_dir`` may not be written (see :func:`check_out_dir`), or the written
+      checkpoint is not the new one.
+  """
   from gantl_jax import checkpoint
 
-  meta = dict(model=hparams, source=dict(format=report["format"], hparams=_jsonable(report["source_hparams"]),
-                                         notes=report["notes"], dropped=report["dropped"]))
-  return checkpoint.save_networks(out_dir, g=g, g_ema=g_ema, d=d, meta=meta, step=0)
+  out_dir = os.path.abspath(out_dir)
+  check_out_dir(out_dir, overwrite)
+  parent, name = os.path.split(out_dir)
+  os.makedirs(parent, exist_ok=True)
+  meta = _meta(hparams, report)
+  items = ("g", "g_ema") + (("d",) if d is not None else ())
+  # A private sibling holds the new checkpoint until it is checked, and then the old one until
+  # the new one is in place; renames within one directory never copy.
+  holder = tempfile.mkdtemp(prefix=f".{name}.import-", dir=parent)
+  try:
+    new = os.path.join(holder, "new")
+    checkpoint.save_networks(new, g=g, g_ema=g_ema, d=d, meta=meta, step=0)
+    _verify_written(new, meta, items)
+    if not os.path.lexists(out_dir):
+      os.rename(new, out_dir)
+    else:
+      # Directories cannot be exchanged atomically: move the old one aside, back on failure.
+      old = os.path.join(holder, "old")
+      os.rename(out_dir, old)
+      try:
+        os.rename(new, out_dir)
+      except BaseException:
+        os.rename(old, out_dir)
+        raise
+  finally:
+    shutil.rmtree(holder, ignore_errors=True)
+  return out_dir
 
 
 def _jsonable(x):
   return json.loads(json.dumps(x, default=lambda o: o.tolist() if hasattr(o, "tolist") else repr(o)))
 
 
+def _check_cli_paths(args) -> None:
+  """One-line UsageError for paths that cannot work, before anything is read or written."""
+  source = args.source
+  if not os.path.exists(source):
+    raise UsageError(f"SOURCE {source} does not exist: give the path of a network file "
+                     "(.pkl or .pt)")
+  if os.path.isdir(source):
+    raise UsageError(f"SOURCE {source} is a directory: give the network file in it "
+                     "(.pkl or .pt), not the directory")
+  if args.report:
+    report_dir = os.path.dirname(os.path.abspath(args.report))
+    if os.path.isdir(args.report) or not os.path.isdir(report_dir):
+      raise UsageError(f"--report {args.report} is a directory or its directory does not exist: "
+                       "give a file path in an existing directory")
+  try:
+    check_out_dir(args.out_dir, args.overwrite)
+  except OutputError as e:
+    raise UsageError(str(e)) from e
+  out = os.path.abspath(args.out_dir)
+  if os.path.isdir(out) and os.path.commonpath([out, os.path.abspath(source)]) == out:
+    # --overwrite would delete it with the old checkpoint.
+    raise UsageError(f"SOURCE {source} is inside OUT_DIR {args.out_dir}: write the checkpoint "
+                     "to another directory")
+
+
 def main(argv=None) -> int:
-  """CLI: read SOURCE safely, convert, write the Orbax checkpoint to OUT_DIR."""
+  """CLI: read SOURCE safely, convert, write the Orbax checkpoint to OUT_DIR.
+
+  Returns 0 on success, 1 when the source cannot be imported, 2 for unusable paths; every
+  error is one line on stderr.
+  """
   parser = argparse.ArgumentParser(
       prog="python -m gantl_jax.tools.import_stylegan2",
       description="Import pretrained StyleGAN2 weights (stylegan2-ada-pytorch .pkl, TF StyleGAN2 "
                   ".pkl or rosinality .pt) into an Orbax checkpoint, without running code from the file.")
   parser.add_argument("source", help="network file to import")
-  parser.add_argument("out_dir", help="checkpoint directory to create")
+  parser.add_argument("out_dir", help="checkpoint directory to create (missing or empty)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace the checkpoint in a non-empty OUT_DIR (only once the new one is written)")
   parser.add_argument("--w-avg-samples", type=int, default=0,
                       help="estimate w_avg from N mapping samples when a rosinality file has no latent_avg")
   parser.add_argument("--report", help="also write the full mapping report as JSON here")
   args = parser.parse_args(argv)
   try:
+    _check_cli_paths(args)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
     fmt, tree = read_source(args.source)
     hp, g, g_ema, d, report = convert(tree, fmt, args.w_avg_samples)
-  except (ConversionError, safe_pickle.UnsafePickleError) as e:
+    out = save_checkpoint(args.out_dir, hp, g, g_ema, d, report, overwrite=args.overwrite)
+    if args.report:
+      with open(args.report, "w") as f:
+        json.dump(_jsonable(report), f, indent=1)
+  except (ConversionError, safe_pickle.UnsafePickleError, OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = save_checkpoint(args.out_dir, hp, g, g_ema, d, report)
-  if args.report:
-    with open(args.report, "w") as f:
-      json.dump(_jsonable(report), f, indent=1)
+  except OSError as e:
+    print(f"error: {e.filename or args.out_dir}: {e.strerror or e}", file=sys.stderr)
+    return 1
   print(f"format: {fmt}\nmodel: {json.dumps(hp)}")
   print(f"mapped {len(report['mapping'])} tensors, dropped {len(report['dropped'])} FIR constants")
   for note in report["notes"]:

@@ -55,6 +55,56 @@ class SourceFormatError(ValueError):
 
 
 # ---------------------------------------------------------------------------
+# What find_class hands out is shared by every load in the process (one allow-list), so a file
+# must not be able to change it: a BUILD on, say, the FloatStorage tag that renamed it to
+# BFloat16Storage would make every later, clean file read float32 tensors as bfloat16. Every
+# handed-out object is therefore frozen: attributes cannot be set or deleted, and BUILD (which
+# calls ``__setstate__`` first) is refused.
+
+
+def _refuse_state(what: str):
+  raise UnsafePickleError(
+    f"refusing to set state or attributes on {what}: it is one of this reader's own "
+    "allow-listed globals, shared by every file it reads (BUILD on a global is never "
+    "written by the supported formats)")
+
+
+class _Frozen:
+  """Base of the allow-listed objects that are not classes: immutable, refuses BUILD."""
+  __slots__ = ()
+
+  def __setattr__(self, name, value):
+    _refuse_state(f"{self!r} (attribute {name!r})")
+
+  def __delattr__(self, name):
+    _refuse_state(f"{self!r} (attribute {name!r})")
+
+  def __setstate__(self, state):
+    _refuse_state(repr(self))
+
+
+class _FrozenClass(type):
+  """Metaclass of the allow-listed stand-in classes: the class itself is immutable.
+
+  Instances keep their own ``__setstate__``; only on the class object does the
+  lookup find the refusing one below (a data descriptor of the metaclass wins
+  over the class's own attribute there).
+  """
+
+  def __setattr__(cls, name, value):
+    _refuse_state(f"class {cls.__name__} (attribute {name!r})")
+
+  def __delattr__(cls, name):
+    _refuse_state(f"class {cls.__name__} (attribute {name!r})")
+
+  @property
+  def __setstate__(cls):
+    def refuse(state):
+      _refuse_state(f"class {cls.__name__}")
+    return refuse
+
+
+# ---------------------------------------------------------------------------
 # Inert stand-ins for the formats' own classes.
 
 
@@ -80,7 +130,7 @@ class PersistentObject:
     return f"PersistentObject({self.class_name!r})"
 
 
-class TFNetwork:
+class TFNetwork(metaclass=_FrozenClass):
   """Stand-in for ``dnnlib.tflib.network.Network``: keeps its pickled state.
 
   ``state`` has 'name', 'static_kwargs', 'components' (dict of TFNetwork),
@@ -99,7 +149,7 @@ class TFNetwork:
     return f"TFNetwork({self.state.get('name')!r})"
 
 
-class Namespace:
+class Namespace(metaclass=_FrozenClass):
   """Stand-in for ``argparse.Namespace`` (rosinality's saved 'args')."""
 
   def __init__(self, *args, **kwargs):
@@ -115,7 +165,7 @@ class Namespace:
     return f"Namespace({self.state!r})"
 
 
-class _EasyDict(dict):
+class _EasyDict(dict, metaclass=_FrozenClass):
   """Stand-in for ``dnnlib.EasyDict``: a dict; turned into a plain dict."""
 
   def __setstate__(self, state):
@@ -127,11 +177,12 @@ class _EasyDict(dict):
 # Array rebuilding: numpy pickles.
 
 
-class _Marker:
+class _Marker(_Frozen):
   """A named placeholder returned for globals used only as tags."""
+  __slots__ = ("name",)
 
   def __init__(self, name):
-    self.name = name
+    object.__setattr__(self, "name", name)
 
   def __repr__(self):
     return f"<{self.name}>"
@@ -271,12 +322,13 @@ _TORCH_DTYPES = {
 }
 
 
-class _StorageType:
+class _StorageType(_Frozen):
   """Tag for ``torch.FloatStorage`` etc. and for torch dtypes."""
+  __slots__ = ("name", "dtype")
 
   def __init__(self, name):
-    self.name = name
-    self.dtype = _STORAGE_DTYPES[name]
+    object.__setattr__(self, "name", name)
+    object.__setattr__(self, "dtype", _STORAGE_DTYPES[name])
 
   def __repr__(self):
     return f"<torch.{self.name}>"
@@ -354,8 +406,9 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *unused):
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
-  # func is whatever find_class returned, so it is one of our own functions.
-  if func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter):
+  # func is whatever find_class returned, so it is one of our own wrapped functions.
+  if not (isinstance(func, _Function)
+          and func.fn in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter)):
     raise UnsafePickleError("_rebuild_from_type_v2 with an unexpected function")
   if new_type not in _TENSOR_TYPES.values():
     raise UnsafePickleError("_rebuild_from_type_v2 with an unexpected type")
@@ -398,9 +451,15 @@ def _codecs_encode(text, encoding="latin1"):
   return text.encode("latin-1")
 
 
+# builtins.object / builtins.dict appear only as the base argument of copyreg._reconstructor;
+# tags stand in for them, so not even a built-in type is handed to the file.
+_OBJECT = _Marker("builtins.object")
+_DICT = _Marker("builtins.dict")
+
+
 def _copyreg_reconstructor(cls, base, state):
   # Protocol 0/1 form of object creation; only for our own stand-in classes.
-  if cls not in (TFNetwork, Namespace, _EasyDict) or base not in (object, dict):
+  if cls not in (TFNetwork, Namespace, _EasyDict) or base not in (_OBJECT, _DICT):
     raise UnsafePickleError("copyreg._reconstructor of a class not allowed")
   return cls.__new__(cls)
 
@@ -414,8 +473,8 @@ _ALLOWED = {
   ("collections", "OrderedDict"): _ordered_dict,
   ("builtins", "set"): _make_set,
   ("builtins", "frozenset"): _make_frozenset,
-  ("builtins", "object"): object,
-  ("builtins", "dict"): dict,
+  ("builtins", "object"): _OBJECT,
+  ("builtins", "dict"): _DICT,
   ("copyreg", "_reconstructor"): _copyreg_reconstructor,
   ("_codecs", "encode"): _codecs_encode,
   ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
@@ -443,6 +502,29 @@ for _name in _STORAGE_DTYPES:
 for _name, _storage in _TORCH_DTYPES.items():
   _ALLOWED[("torch", _name)] = _StorageType(_storage)
 _ALLOWED.update(_TENSOR_TYPES)
+
+
+class _Function(_Frozen):
+  """An allow-listed function as handed to the unpickler: callable, immutable, refuses BUILD.
+
+  A plain function has a writable ``__dict__`` and ``__defaults__``, which BUILD could change
+  for every later load.
+  """
+  __slots__ = ("name", "fn")
+
+  def __init__(self, name, fn):
+    object.__setattr__(self, "name", name)
+    object.__setattr__(self, "fn", fn)
+
+  def __call__(self, *args):
+    return self.fn(*args)
+
+  def __repr__(self):
+    return f"<{self.name}>"
+
+
+_ALLOWED = {key: _Function(".".join(key), v) if callable(v) and not isinstance(v, type) else v
+            for key, v in _ALLOWED.items()}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
