@@ -126,7 +126,7 @@ def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode:
   donated, so the same arrays serve every step.
   """
   if mode == "jit":
-    train_step = steps.make_train_step(config, nets)
+    train_step = steps.make_train_step(config, nets, num_shards=mesh.devices.size)
     compile_variant = lambda flags: jax.jit(
         functools.partial(train_step, flags=flags),
         in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),

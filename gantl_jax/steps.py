@@ -87,12 +87,14 @@ def _normal_per_example(keys: Array, stream: int, shape: tuple[int, ...]) -> Arr
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
-                    axis_name: Optional[str] = None) -> TrainStep:
+                    axis_name: Optional[str] = None, num_shards: int = 1) -> TrainStep:
   """Builds ``train_step(state, real_images, frozen=None, *, flags) -> (state, metrics)``.
 
   ``config`` must be resolved (``gantl_jax.config.resolve``). ``real_images`` are NHWC floats in
   [-1, 1]: the global batch, or under ``pmap`` this device's share. Metrics are device scalars;
-  the loss of a phase that did not run is NaN.
+  the loss of a phase that did not run is NaN. ``num_shards`` is the number of devices a ``jit``
+  step's batch is split over: D's strided minibatch-stddev groups (``model.mbstd_grouping``) stay
+  inside each device's share (under ``pmap`` each call sees one share: leave it at 1).
   """
   t = config.train
   g, d = nets.generator, nets.discriminator
@@ -112,7 +114,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     return synthesize, ws, keys
 
   def d_logits(d_params, images):
-    return d.apply({"params": d_params}, images)
+    return d.apply({"params": d_params}, images, mbstd_num_shards=num_shards)
 
   def train_step(state: GANState, real_images: Array, frozen: Any = None, *,
                  flags: StepFlags = StepFlags()) -> tuple[GANState, dict[str, Array]]:

@@ -36,7 +36,10 @@ from gantl_jax.data import pipeline
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
-                     "checkpoint.every_steps", "checkpoint.max_to_keep", "parallel.", "eval.")
+                     "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
+                     "parallel.", "eval.")
+# Keys added after runs were first written, with the value those runs had without them.
+ADDED_KEYS = {"model.mbstd_grouping": "contiguous", "model.compute_dtype": "float32"}
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
@@ -58,7 +61,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _config_differences(old: dict, config: ml_collections.ConfigDict) -> list[str]:
   new = _flat(json.loads(config_lib.to_json(config)))
-  old = _flat(old)
+  old = {**ADDED_KEYS, **_flat(old)}
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]

@@ -133,7 +133,7 @@ def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDic
                         f"({details}); its weights would be meaningless for this model. "
                         f"Set {flags}")
   notes = []
-  for k in ("resolution", "conv_clamp"):
+  for k in ("resolution", "conv_clamp", "mbstd_grouping"):
     if k in source_model and source_model[k] != target[k]:
       notes.append(f"model.{k}: source {source_model[k]!r}, target {target[k]!r}")
   return notes
