@@ -21,10 +21,13 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def _quiet_orbax() -> None:
-  """Orbax logs every save phase at INFO; keep its warnings, drop the chatter."""
+  """Orbax logs every save phase at INFO: keep its warnings, drop the chatter. A failed
+  asynchronous save makes Orbax's threads and asyncio log hundreds of lines of traces for one
+  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError)."""
   import logging as std_logging
   std_logging.getLogger("absl").addFilter(
-      lambda r: r.levelno >= std_logging.WARNING or "/orbax/" not in r.pathname)
+      lambda r: "/orbax/" not in r.pathname or std_logging.WARNING <= r.levelno < std_logging.ERROR)
+  std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
 
 
 def main(argv):

@@ -23,6 +23,7 @@ replaces its last good checkpoint.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
@@ -115,13 +116,31 @@ def save(manager: ocp.CheckpointManager, state: GANState, *, data_state: dict, m
   if not bool(jax.device_get(jax.jit(all_finite)(state))):
     raise CheckpointError(f"the state at step {step} holds NaN or infinite values; not saving it "
                           f"to {manager.directory} (the previous checkpoint is kept)")
-  args = {k: ocp.args.PyTreeSave(v) for k, v in _split(state).items()}
+  items = _split(state)
+  _check_space(manager.directory, sum(x.nbytes for x in jax.tree.leaves(items)))
+  args = {k: ocp.args.PyTreeSave(v) for k, v in items.items()}
   args["data"] = ocp.args.JsonSave(data_state)
   args["meta"] = ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})
   try:
     return manager.save(step, args=ocp.args.Composite(**args), force=force, metrics=metrics)
   except Exception as e:  # Orbax raises many kinds (OSError, ValueError from tensorstore, ...)
-    raise CheckpointError(f"saving step {step} to {manager.directory} failed: {root_cause(e)}") from e
+    raise CheckpointError(_failed(manager, e)) from e
+
+
+# Room left beyond the arrays' bytes for Orbax's metadata and one more step during rotation.
+SPACE_MARGIN = 1.25
+
+
+def _check_space(directory: os.PathLike, nbytes: int) -> None:
+  """Refuses a save that cannot fit on the disk. Checked before the asynchronous write starts,
+  because a write that runs out of space fails later, in Orbax's threads, with hundreds of lines
+  of traces."""
+  free = shutil.disk_usage(directory).free
+  if free < nbytes * SPACE_MARGIN:
+    raise CheckpointError(
+        f"not enough disk space for a checkpoint in {directory}: it needs about "
+        f"{nbytes * SPACE_MARGIN / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; free some space "
+        f"(the previous checkpoint is kept)")
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -129,14 +148,31 @@ def wait(manager: ocp.CheckpointManager) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:
-    raise CheckpointError(f"saving to {manager.directory} failed: {root_cause(e)}") from e
+    raise CheckpointError(_failed(manager, e)) from e
+
+
+def check(manager: ocp.CheckpointManager) -> None:
+  """Raises ``CheckpointError`` at once if an asynchronous save has failed (a full disk, say),
+  instead of one save interval later. Never blocks: cheap enough to call after every step."""
+  try:
+    manager.check_for_errors()
+  except Exception as e:
+    raise CheckpointError(_failed(manager, e)) from e
+
+
+def _failed(manager: ocp.CheckpointManager, e: BaseException) -> str:
+  committed = committed_steps(manager.directory)
+  kept = f"the last complete checkpoint, step {committed[-1]}, is kept" if committed else "no checkpoint was completed"
+  return f"a checkpoint save to {manager.directory} failed ({root_cause(e)}); {kept}"
 
 
 def root_cause(e: BaseException) -> str:
-  """The innermost exception of a chain, as one line (Orbax wraps I/O errors several times)."""
+  """The innermost exception of a chain, as one short line (Orbax wraps I/O errors several
+  times; tensorstore's messages name every layer, the OS error comes last)."""
   while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
     e = e.__cause__ or e.__context__
-  return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+  text = str(e).splitlines()[0] if str(e) else type(e).__name__
+  return text if len(text) <= 200 else "... " + text[-200:]
 
 
 def restore_args(target: Any, partial: bool = False) -> ocp.args.PyTreeRestore:

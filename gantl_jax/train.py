@@ -377,6 +377,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
       while step < total_steps:
         state, metrics = step_fn(state, parallel.place_batch(next(data_iter), mode, mesh), step, frozen)
         step += 1
+        checkpoint.check(manager)  # a failed asynchronous save stops the run now
         pending.append(metrics)
         if first_step_seconds is None:
           jax.block_until_ready(metrics)
