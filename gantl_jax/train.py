@@ -245,6 +245,7 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   # configs/ffhq_to_anime.py), goes through the preflight, which explains what to provide.
   if config.transfer.source != "":
     transfer.preflight(config, workdir)
+  metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
                               verbose=jax.process_index() == 0)
   return config, workdir, prepared
@@ -273,7 +274,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
   is_main = jax.process_index() == 0
   nets = state_lib.build_networks(config)
   mesh = parallel.make_mesh()
-  evaluators = metrics_lib.get_evaluators(config.eval)
+  evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
   best_manager = None
