@@ -263,9 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main = jax.process_index() == 0
   if is_main:
     _check_writable(workdir, "the workdir")
-  _check_writable(os.path.join(workdir, "checkpoints"), "the checkpoint directory")
   with workdir_lock(workdir) if is_main else contextlib.nullcontext():
     check_workdir(workdir, config)  # again, now that no other launch can be writing
+    _check_writable(os.path.join(workdir, "checkpoints"), "the checkpoint directory")
     return _train(config, workdir, prepared, t_launch)
 
 

@@ -149,17 +149,41 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise TransferError(f"this config needs a transfer source. {HOW_TO_MAKE_A_SOURCE}")
   if not t.source:
     return
-  if t.on_mismatch not in ("error", "init"):
-    raise TransferError(f"transfer.on_mismatch must be 'error' or 'init', got {t.on_mismatch!r}")
   src = read_source(t.source)
   check_hparams(src.meta.get("model"), config, f"{src.directory}/{src.step}")
+  nets = state_lib.build_networks(config)
+  _plan(config, src, jax.eval_shape(lambda: state_lib.init_state(nets, 0)))
+
+
+def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANState) -> dict:
+  """Matches every network of ``state`` (arrays or shapes) with its source item; raises with
+  every problem at once, unless ``transfer.on_mismatch='init'`` accepts the mismatches."""
+  t = config.transfer
+  if t.on_mismatch not in ("error", "init"):
+    raise TransferError(f"transfer.on_mismatch must be 'error' or 'init', got {t.on_mismatch!r}")
+  where = f"{src.directory}/{src.step}"
+  plan = {}
   for net in NETWORKS:
     item = t[f"{net}_from"]
-    if item and item not in src.shapes:
-      raise TransferError(
-          f"transfer.{net}_from={item!r}: the source {src.directory}/{src.step} has no item "
-          f"{item!r} (it has {sorted(src.shapes)}); choose one of those, or set "
-          f"--config.transfer.{net}_from='' to keep {net} at its initialisation")
+    fresh = _flat(_variables(state, net))
+    if not item:
+      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[])
+      continue
+    if item not in src.shapes:
+      raise TransferError(f"transfer.{net}_from={item!r}: the source {where} has no item {item!r} "
+                          f"(it has {sorted(src.shapes)}); set --config.transfer.{net}_from to one "
+                          f"of those, or to '' to keep {net} at its initialisation")
+    plan[net] = dict(item=item, fresh=fresh, **match({p: v.shape for p, v in fresh.items()}, src.shapes[item]))
+  mismatched = [(net, m) for net in NETWORKS for m in plan[net]["mismatched"]]
+  if mismatched and t.on_mismatch == "error":
+    lines = "\n".join(f"  {net} <- {plan[net]['item']}: {m['path']}  target {tuple(m['target'])}, "
+                      f"source {'missing' if m['source'] is None else tuple(m['source'])}"
+                      for net, m in mismatched)
+    raise TransferError(
+        f"transfer.source {where}: {len(mismatched)} target parameters/buffers have no counterpart "
+        f"of the same shape in the source:\n{lines}\nSet --config.transfer.on_mismatch=init to keep "
+        f"the fresh initialisation for these (expected when the resolution differs).")
+  return plan
 
 
 # ---------------------------------------------------------------------------
@@ -226,34 +250,11 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState
   zeros whatever the weights), so the run starts at step 0.
   """
   t = config.transfer
-  if t.on_mismatch not in ("error", "init"):
-    raise TransferError(f"transfer.on_mismatch must be 'error' or 'init', got {t.on_mismatch!r}")
   src = read_source(t.source)
   where = f"{src.directory}/{src.step}"
   notes = check_hparams(src.meta.get("model"), config, where)
 
-  # Match every network first, so an error lists all problems at once.
-  plan = {}
-  for net in NETWORKS:
-    item = t[f"{net}_from"]
-    fresh = _flat(_variables(state, net))
-    if not item:
-      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[])
-      continue
-    if item not in src.shapes:
-      raise TransferError(f"transfer.{net}_from={item!r}: the source {where} has no item {item!r} "
-                          f"(it has {sorted(src.shapes)}); set --config.transfer.{net}_from to one "
-                          f"of those, or to '' to keep {net} at its initialisation")
-    plan[net] = dict(item=item, fresh=fresh, **match({p: v.shape for p, v in fresh.items()}, src.shapes[item]))
-  mismatched = [(net, m) for net in NETWORKS for m in plan[net]["mismatched"]]
-  if mismatched and t.on_mismatch == "error":
-    lines = "\n".join(f"  {net} <- {plan[net]['item']}: {m['path']}  target {tuple(m['target'])}, "
-                      f"source {'missing' if m['source'] is None else tuple(m['source'])}"
-                      for net, m in mismatched)
-    raise TransferError(
-        f"transfer.source {where}: {len(mismatched)} target parameters/buffers have no counterpart "
-        f"of the same shape in the source:\n{lines}\nSet --config.transfer.on_mismatch=init to keep "
-        f"the fresh initialisation for these (expected when the resolution differs).")
+  plan = _plan(config, src, state)
 
   with _open(src.directory, src.step) as mngr:
     for net in NETWORKS:
