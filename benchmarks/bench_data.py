@@ -14,15 +14,20 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
-from gantl_jax import data
-from gantl_jax.data import synthetic
+# The data section's defaults live in configs/, which is not an installed package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import base  # noqa: E402
+from gantl_jax import data  # noqa: E402
+from gantl_jax.data import synthetic  # noqa: E402
 
 
 def bench(resolution: int, args) -> dict:
-    c = data.default_config()
+    c = base.get_config().data
     c.source, c.domain, c.num_images, c.data_dir = "synthetic", "photo", args.num_images, args.data_dir
     c.prefetch, c.num_workers = args.prefetch, args.num_workers
     t = time.perf_counter()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import base
 from gantl_jax import data
 from gantl_jax.data import builders, synthetic
 
@@ -51,7 +52,7 @@ def image_folder(tmp_path_factory):
 
 
 def _cfg(tmp_path, **kw):
-    c = data.default_config()
+    c = base.get_config().data
     c.data_dir = str(tmp_path / "tfds")
     c.prefetch = 0
     c.num_workers = 1

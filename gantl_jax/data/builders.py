@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
 from gantl_jax.data import synthetic
+from gantl_jax.data.checks import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 REPORT_NAME = "prepare_report.json"
@@ -50,10 +51,6 @@ _SPLIT = "train"
 # Files decoded concurrently while preparing; PIL releases the GIL while decoding.
 _DECODE_THREADS = 4
 _BLOCK = 64
-
-
-class DataError(ValueError):
-    """Bad data input: the message names the file or folder at fault."""
 
 
 # ---------------------------------------------------------------------------

@@ -29,27 +29,10 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gantl_jax.data import builders
-from gantl_jax.data.builders import DataError
+from gantl_jax.data import builders, checks
+from gantl_jax.data.checks import DataError
 
 _SPLIT = "train"
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The `data` section of a run config. Resolution comes from the model config."""
-    c = ml_collections.ConfigDict()
-    c.source = "synthetic"  # 'synthetic' (built-in demo domain) or 'folder' (your images)
-    c.domain = "photo"  # synthetic domain: 'photo' (source-like) or 'anime' (target-like)
-    c.num_images = 2000  # synthetic: number of images rendered into the dataset
-    c.folder = ""  # folder: path to the images (recursive; png/jpg/jpeg/webp); required if source=='folder'
-    c.n_shot = 0  # folder: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
-    c.seed = 0  # data identity: synthetic images and the n-shot subset (not the shuffle order)
-    c.mirror_dataset = False  # double the dataset with x-flipped copies (at read time, no extra disk)
-    c.xflip = True  # random x-flip per example in the pipeline, by shuffle seed + stream position
-    c.data_dir = "~/tensorflow_datasets/gantl_jax"  # where tfds prepares array_record files
-    c.prefetch = 2  # batches decoded ahead in a background thread (0 = decode on demand)
-    c.num_workers = 4  # threads decoding PNGs within one batch
-    return c
 
 
 @dataclasses.dataclass
@@ -87,17 +70,20 @@ class PreparedData:
 
 
 def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose: bool = True) -> PreparedData:
-    """Builds the tfds dataset once (reused when already prepared) and opens it."""
+    """Builds the tfds dataset once (reused when already prepared) and opens it.
+
+    `data_config` is the `data` section of a run config (keys and defaults:
+    `configs/base.py`). Raises DataError naming the key, file or folder at fault.
+    """
     c = data_config
+    checks.check_config(c)
     data_dir = str(c.data_dir)
     if c.source == "synthetic":
         make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed), data_dir=data_dir)
-    elif c.source == "folder":
+    else:
         if not c.folder:
             raise DataError("data.folder is required when data.source == 'folder'")
         make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed), data_dir=data_dir)
-    else:
-        raise DataError(f"data.source must be 'synthetic' or 'folder', got {c.source!r}")
     builder, report = builders.prepare_builder(make, verbose=verbose)
     source = builder.as_data_source()[_SPLIT]
     images = ImageSource(source, len(source), bool(c.mirror_dataset))
