@@ -1,4 +1,4 @@
-"""The configs' layering: plain data that every config resolves from."""
+"""config.resolve's validation and the configs' layering."""
 import glob
 import importlib
 import os
@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from ml_collections import config_dict
 
-from configs import base
+from configs import base, tiny
 from gantl_jax import config as config_lib
+from gantl_jax import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -49,3 +51,105 @@ def test_data_defaults_are_documented_in_base():
     lines = f.read().splitlines()
   for key in keys:
     assert any(line.strip().startswith(f"{key}=") and "#" in line for line in lines), key
+
+
+def _with(key: str, value):
+  """tiny's config with one dotted key set (placeholders accept None)."""
+  c = tiny.get_config()
+  section, leaf = key.rsplit(".", 1)
+  node = c
+  for part in section.split("."):
+    node = node[part]
+  node[leaf] = value
+  return c
+
+
+# (key, bad value, words the one-line message must hold besides the key)
+BAD = [
+    ("model.mbstd_group_size", 0, ">= 1"),
+    ("model.mbstd_num_channels", -1, ">= 0"),
+    ("model.img_channels", 1, "only RGB"),
+    ("model.img_channels", 4, "set it to 3"),
+    ("model.z_dim", 0, ">= 1"),
+    ("model.mapping_lr_mul", 0.0, "positive"),
+    ("model.conv_clamp", -1.0, "positive or None"),
+    ("train.pl_batch_shrink", 0, ">= 1"),
+    ("train.log_every", 0, ">= 1"),
+    ("train.log_every", -5, ">= 1"),
+    ("train.r1_interval", 0, ">= 1"),
+    ("train.sample_every", -1, ">= 0"),
+    ("train.sample_grid", (4,), "two positive integers"),
+    ("train.sample_grid", (4, 0), "two positive integers"),
+    ("train.pl_weight", -2.0, ">= 0"),
+    ("train.pl_decay", 1.5, "[0, 1]"),
+    ("train.w_avg_beta", float("nan"), "[0, 1]"),
+    ("train.ema_rampup", -0.1, ">= 0"),
+    ("train.total_kimg", 0.0, "positive"),
+    ("train.style_mixing_prob", 1.1, "[0, 1]"),
+    ("checkpoint.every_steps", -1, ">= 0"),
+    ("checkpoint.max_to_keep", 0, ">= 1"),
+    ("optim.g.lr", -0.002, ">= 0"),
+    ("optim.d.lr", -1.0, ">= 0"),
+    ("optim.g.beta1", 1.0, "[0, 1)"),
+    ("optim.d.beta2", -0.5, "[0, 1)"),
+    ("optim.g.eps", 0.0, "positive"),
+    ("freeze.g", "([", "invalid regular expression '(['"),
+    ("freeze.d", "^b16/,b8/(", "invalid regular expression 'b8/('"),
+    ("freeze.g_lr_mults", "([=2", "invalid regular expression '(['"),
+    ("freeze.d_lr_mults", "^b4/", "must look like 'regex=multiplier'"),
+    ("freeze.d_lr_mults", "^b4/=fast", "is not a number"),
+    ("freeze.g_lr_mults", "^mapping/=-0.1", "finite number >= 0"),
+    ("freeze.g_lr_mults", "^mapping/=nan", "finite number >= 0"),
+    ("freeze.preset", "freezeD", "unknown preset"),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
+def test_bad_value_fails_with_one_line_naming_the_key(key, value, words):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.resolve(_with(key, value))
+  message = str(e.value)
+  assert key in message and words in message and "\n" not in message, message
+
+
+BAD_DATA = [
+    ("data.source", "web", "'synthetic' or 'folder'"),
+    ("data.domain", "cartoon", "unknown synthetic domain"),
+    ("data.num_images", 0, "> 0"),
+    ("data.n_shot", -1, ">= 0"),
+    ("data.prefetch", -1, ">= 0"),
+    ("data.num_workers", -2, ">= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD_DATA, ids=[f"{k}={v}" for k, v, _ in BAD_DATA])
+def test_bad_data_value_fails_at_resolve(key, value, words):
+  """The data section is checked by the data layer's own rules, at start, without tfds."""
+  with pytest.raises(data.DataError) as e:
+    config_lib.resolve(_with(key, value))
+  message = str(e.value)
+  assert key in message and words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("key,value", [
+    ("optim.g.lr", 0.0),                 # holds G fixed: legitimate
+    ("optim.d.beta1", 0.0),
+    ("checkpoint.max_to_keep", None),    # keeps every checkpoint
+    ("checkpoint.every_steps", 0),       # only at the end
+    ("train.sample_every", 0),           # only at the end
+    ("train.ema_rampup", None),
+    ("train.ema_rampup", 0.0),
+    ("train.pl_weight", 0.0),
+    ("model.mbstd_num_channels", 0),
+    ("freeze.g_lr_mults", "^mapping/=0.1,torgb=2,b4=0"),
+    ("freeze.d", "^b16/,^b8/conv\\d"),
+    ("data.source", "folder"),           # the folder itself is checked where it is read
+])
+def test_legitimate_values_pass(key, value):
+  config_lib.resolve(_with(key, value))
+
+
+def test_placeholder_folder_is_left_to_prepare():
+  c = _with("data.source", "folder")
+  c.data.folder = config_dict.placeholder(str)
+  config_lib.resolve(c)
