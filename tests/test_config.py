@@ -1,4 +1,4 @@
-"""config.resolve's validation and the configs' layering."""
+"""config.resolve's validation, the configs' layering, and parse_seeds."""
 import glob
 import importlib
 import os
@@ -11,6 +11,7 @@ from ml_collections import config_dict
 from configs import base, tiny
 from gantl_jax import config as config_lib
 from gantl_jax import data
+from gantl_jax.generate import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -153,3 +154,20 @@ def test_placeholder_folder_is_left_to_prepare():
   c = _with("data.source", "folder")
   c.data.folder = config_dict.placeholder(str)
   config_lib.resolve(c)
+
+
+@pytest.mark.parametrize("text,want", [("0-3,7", [0, 1, 2, 3, 7]), (" 1, 5 ,9 ", [1, 5, 9]),
+                                       ("4", [4]), ("2-2", [2]), ("0-1,", [0, 1])])
+def test_parse_seeds(text, want):
+  assert parse_seeds(text) == want
+
+
+@pytest.mark.parametrize("text,words", [("abc", "is not a seed or a range"), ("5-1", "runs backwards"),
+                                        ("-1", "is not a seed"), ("1-2-3", "is not a seed"),
+                                        ("", "holds no seed"), ("1.5", "is not a seed"),
+                                        ("4294967296", "not below 2**32")])
+def test_parse_seeds_errors_name_the_flag_and_the_form(text, words):
+  with pytest.raises(config_lib.ConfigError) as e:
+    parse_seeds(text)
+  message = str(e.value)
+  assert message.startswith("--seeds=") and words in message and "'0-15'" in message, message
