@@ -1,7 +1,6 @@
 """tfds builders (folder, synthetic), bad input, n-shot subsets, and the input pipeline."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -103,6 +102,44 @@ def test_pipeline_batches(prepared):
         assert b.shape == (8, RES, RES, 3) and b.dtype == np.float32
         assert -1.0 <= b.min() and b.max() <= 1.0 and b.max() > 0.5
     it.close()
+
+
+@pytest.mark.parametrize("xflip", [False, True])
+def test_pipeline_pixels_are_the_source_images(tmp_path, xflip):
+    """Every pixel of an epoch of batches is a source image (already at the resolution, so no
+    resize), or its horizontal mirror exactly where the pipeline says it flipped; each image once."""
+    n, batch = 12, 4
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sources = {}
+    for i in range(n):
+        # Random pixels: no image equals another or its own mirror.
+        im = rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)
+        Image.fromarray(im).save(folder / f"im{i:02d}.png")
+        sources[f"im{i:02d}.png"] = im
+    c = _cfg(tmp_path, source="folder", folder=str(folder), xflip=xflip)
+    p = data.prepare(c, resolution=RES, verbose=False)
+    assert p.report["upscaled"] == [] and p.num_examples == n
+    it = data.make_iterator(p, global_batch=batch, seed=3, prefetch=2, num_workers=2)
+    seen, flips = [], []
+    for step in range(n // batch):  # one epoch
+        out = next(it)
+        pixels = np.rint((out.astype(np.float64) + 1) * 127.5)
+        assert np.abs(pixels - (out.astype(np.float64) + 1) * 127.5).max() < 1e-3  # exact uint8 levels
+        indices, flipped = it.indices(step)
+        for image, index, flip in zip(pixels.astype(np.uint8), indices, flipped):
+            name = p.report["files"][index]
+            want = sources[name][:, ::-1] if flip else sources[name]
+            np.testing.assert_array_equal(image, want, err_msg=f"{name} flip={flip}")
+            seen.append(name)
+            flips.append(bool(flip))
+    it.close()
+    assert sorted(seen) == sorted(sources)  # each image exactly once per epoch
+    if xflip:
+        assert 0 < sum(flips) < n  # both orientations occur (seeded)
+    else:
+        assert not any(flips)
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "only_bad", "not_set"])
