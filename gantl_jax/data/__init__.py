@@ -23,6 +23,6 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"gantl_jax.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'gantl_jax.data' has no attribute {name!r}")
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"gantl_jax.data.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'gantl_jax.data' has no attribute {name!r}")
