@@ -7,6 +7,7 @@ import difflib
 import os
 import re
 import sys
+from typing import NoReturn
 
 import ml_collections
 from absl import app, flags, logging
@@ -23,7 +24,7 @@ _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
   """Exits with ``error: <message>`` and status 2: a usage error, not a crash."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
@@ -36,6 +37,28 @@ def _config_arg(argv: list[str]) -> str | None:
     if m:
       return arg[m.end():] if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
   return None
+
+
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """(flag as written up to '=', dotted config key) of each ``--config.KEY[=VALUE]`` in ``argv``."""
+  out = []
+  for arg in argv[1:]:
+    m = re.match(r"^(--?(?:no)?config\.([^=]+))", arg)
+    if m:
+      out.append((m.group(1), m.group(2)))
+  return out
+
+
+def _load_config(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config of ``--config`` without overrides, to explain a failed override; None if none."""
+  path = _config_arg(argv)
+  if not path:
+    return None
+  try:
+    config = flags.FLAGS["config"].parser.parse(path)
+  except Exception:  # pylint: disable=broad-except  # then absl's own message is all we have
+    return None
+  return config if isinstance(config, ml_collections.ConfigDict) else None
 
 
 def _key_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -62,40 +85,35 @@ def _unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
   return None
 
 
-def _flag_error_message(error: Exception, argv: list[str]) -> str:
-  """One line naming the flag or config key at fault (a config file's own traceback is kept)."""
-  text = str(error)
-  if "Traceback" in text:
-    return text
-  if isinstance(error, OSError):  # the config file did not load; the last line says why
-    return f"--config {_config_arg(argv)}: {text.splitlines()[-1].strip()}"
-  text = " ".join(text.split())
-  overrides = [a for a in argv[1:] if re.match(r"^--?(no)?config\.", a)]
-  path = _config_arg(argv)
-  if not overrides or not path:
-    return text
-  try:
-    config = flags.FLAGS["config"].parser.parse(path)
-  except Exception:  # pylint: disable=broad-except  # keep absl's message then
-    return text
-  if not isinstance(config, ml_collections.ConfigDict):
-    return text
-  for arg in overrides:
-    name = arg.split("=", 1)[0].lstrip("-")
-    key = name.split(".", 1)[1]
+def _unknown_override_message(argv: list[str]) -> str | None:
+  """'--config.KEY: why' for the first override that names no key of the config, or None."""
+  config = _load_config(argv)
+  for flag, key in _overrides(argv) if config is not None else ():
     why = _unknown_key(config, key)
     if why:
-      return f"{arg.split('=', 1)[0]}: {why}"
-    prefix = f"flag --{name}="
-    if text.startswith(prefix):  # a value that does not parse as the key's type
+      return f"{flag}: {why}"
+  return None
+
+
+def _flag_error_message(error: Exception, argv: list[str]) -> str:
+  """absl's message on one line; for a value that does not parse, the key's type is added."""
+  text = " ".join(str(error).split())
+  config = _load_config(argv)
+  for flag, key in _overrides(argv) if config is not None else ():
+    prefix = f"flag {flag.replace('-noconfig.', '-config.')}="
+    if text.startswith(prefix) and not _unknown_key(config, key):
       value, detail = text[len(prefix):].split(": ", 1)
       parent, _, leaf = key.rpartition(".")
       holder = config
       for part in filter(None, parent.split(".")):
         holder = holder[part]
-      return (f"{arg.split('=', 1)[0]}={value}: {key} must be of type "
-              f"{holder.get_type(leaf).__name__} ({detail})")
+      return f"{flag}={value}: {key} must be of type {holder.get_type(leaf).__name__} ({detail})"
   return text
+
+
+def _config_load_message(error: OSError, argv: list[str]) -> str:
+  """'--config PATH: why' from ml_collections' multi-line load error (its last line says why)."""
+  return f"--config {_config_arg(argv)}: {str(error).splitlines()[-1].strip()}"
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -106,14 +124,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     args = flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, OSError) as e:
-    _fail(_flag_error_message(e, argv))
+  except (AttributeError, KeyError):
+    message = _unknown_override_message(argv)
+    if message is None:  # not an override's fault: a bug, shown whole
+      raise
+    _fail(message)
+  except flags.Error as e:
+    # A config file that raised keeps its traceback: it points at the line to fix.
+    _fail(str(e) if "Traceback" in str(e) else _flag_error_message(e, argv))
+  except OSError as e:  # the config file did not load, seen by an override
+    _fail(_config_load_message(e, argv))
   config = _CONFIG.value
   if config is not None and not isinstance(config, ml_collections.ConfigDict):
     try:  # ml_collections defers a config file's load failure to its first use
       config.keys()
     except OSError as e:
-      _fail(_flag_error_message(e, argv))
+      _fail(_config_load_message(e, argv))
   return args
 
 

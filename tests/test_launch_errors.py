@@ -31,6 +31,9 @@ CASES = {
     "missing_config_file": (["--config", "nope/missing.py"],
                             "error: --config nope/missing.py: [Errno 2] No such file or directory: "
                             "'nope/missing.py'"),
+    "missing_config_file_with_override": (["--config", "nope/missing.py", "--config.train.batch_size=8"],
+                                          "error: --config nope/missing.py: [Errno 2] No such file or "
+                                          "directory: 'nope/missing.py'"),
     "seeds_not_a_number": (["--mode", "generate", "--seeds", "abc"],
                            "error: --seeds='abc': 'abc' is not a seed or a range; give comma-separated "
                            "seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"),
