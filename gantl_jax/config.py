@@ -46,6 +46,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
          f"model.conv_impl must be 'auto', 'xla' or 'custom', got {m.conv_impl!r}")
   _check(m.mbstd_grouping in ("contiguous", "strided"),
          f"model.mbstd_grouping must be 'contiguous' or 'strided', got {m.mbstd_grouping!r}")
+  # The models hand the name to jnp.dtype, which would also take 'float16' or 'int8'.
+  _check(m.compute_dtype in ("float32", "bfloat16"),
+         f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
   for key in ("z_dim", "w_dim", "channel_max", "mbstd_group_size"):
     _check(m[key] >= 1, f"model.{key} must be >= 1, got {m[key]}")
   _check(m.mapping_lr_mul > 0, f"model.mapping_lr_mul must be positive, got {m.mapping_lr_mul}")

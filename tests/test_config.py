@@ -74,6 +74,7 @@ BAD = [
     ("model.z_dim", 0, ">= 1"),
     ("model.mapping_lr_mul", 0.0, "positive"),
     ("model.conv_clamp", -1.0, "positive or None"),
+    ("model.compute_dtype", "float16", "'float32' or 'bfloat16'"),
     ("train.pl_batch_shrink", 0, ">= 1"),
     ("train.log_every", 0, ">= 1"),
     ("train.log_every", -5, ">= 1"),
