@@ -3,9 +3,13 @@
 Modes: ``train`` (default; resumes from DIR if it holds a checkpoint) and ``generate`` (writes a
 grid of G-EMA samples from the latest checkpoint in DIR).
 """
+import difflib
 import os
+import re
 import sys
+from typing import NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,6 +22,125 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"], "What to do.")
 _SEEDS = flags.DEFINE_string("seeds", "0-15", "generate: latent seeds, e.g. '0-15' or '1,5,9'.")
 _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
 flags.mark_flags_as_required(["workdir"])
+
+
+def _fail(message: str) -> NoReturn:
+  """Exits with ``error: <message>`` and status 2: a usage error, not a crash."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_arg(argv: list[str]) -> str | None:
+  """The value of --config in ``argv`` (``--config=X`` or ``--config X``), if given."""
+  for i, arg in enumerate(argv):
+    m = re.match(r"^--?config(=|$)", arg)
+    if m:
+      return arg[m.end():] if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+  return None
+
+
+def _overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """(flag as written up to '=', dotted config key) of each ``--config.KEY[=VALUE]`` in ``argv``."""
+  out = []
+  for arg in argv[1:]:
+    m = re.match(r"^(--?(?:no)?config\.([^=]+))", arg)
+    if m:
+      out.append((m.group(1), m.group(2)))
+  return out
+
+
+def _load_config(argv: list[str]) -> ml_collections.ConfigDict | None:
+  """The config of ``--config`` without overrides, to explain a failed override; None if none."""
+  path = _config_arg(argv)
+  if not path:
+    return None
+  try:
+    config = flags.FLAGS["config"].parser.parse(path)
+  except Exception:  # pylint: disable=broad-except  # then absl's own message is all we have
+    return None
+  return config if isinstance(config, ml_collections.ConfigDict) else None
+
+
+def _key_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every dotted key of ``config``, sections and leaves: 'train', 'train.batch_size', ..."""
+  out = []
+  for key, value in config.items():
+    out.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _key_paths(value, f"{prefix}{key}.")
+  return out
+
+
+def _unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """Why the dotted ``key`` names nothing in ``config`` (with the closest key), or None."""
+  node, parts = config, key.split(".")
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{'.'.join(parts[:i])} is a value ({node!r}), not a section"
+    if part not in node:
+      close = difflib.get_close_matches(key, _key_paths(config), n=1, cutoff=0.5)
+      hint = f"did you mean {close[0]}?" if close else "configs/base.py documents every key"
+      return f"the config has no key {'.'.join(parts[:i + 1])}; {hint}"
+    node = node[part]
+  return None
+
+
+def _unknown_override_message(argv: list[str]) -> str | None:
+  """'--config.KEY: why' for the first override that names no key of the config, or None."""
+  config = _load_config(argv)
+  for flag, key in _overrides(argv) if config is not None else ():
+    why = _unknown_key(config, key)
+    if why:
+      return f"{flag}: {why}"
+  return None
+
+
+def _flag_error_message(error: Exception, argv: list[str]) -> str:
+  """absl's message on one line; for a value that does not parse, the key's type is added."""
+  text = " ".join(str(error).split())
+  config = _load_config(argv)
+  for flag, key in _overrides(argv) if config is not None else ():
+    prefix = f"flag {flag.replace('-noconfig.', '-config.')}="
+    if text.startswith(prefix) and not _unknown_key(config, key):
+      value, detail = text[len(prefix):].split(": ", 1)
+      parent, _, leaf = key.rpartition(".")
+      holder = config
+      for part in filter(None, parent.split(".")):
+        holder = holder[part]
+      return f"{flag}={value}: {key} must be of type {holder.get_type(leaf).__name__} ({detail})"
+  return text
+
+
+def _config_load_message(error: OSError, argv: list[str]) -> str:
+  """'--config PATH: why' from ml_collections' multi-line load error (its last line says why)."""
+  return f"--config {_config_arg(argv)}: {str(error).splitlines()[-1].strip()}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad flag or config override is one line and exit status 2.
+
+  ``app.run``'s own parser prints a traceback for an unknown config key (ml_collections raises
+  AttributeError or KeyError, which absl does not catch) and exits 1 for other flag errors.
+  """
+  try:
+    args = flags.FLAGS(argv)
+  except (AttributeError, KeyError):
+    message = _unknown_override_message(argv)
+    if message is None:  # not an override's fault: a bug, shown whole
+      raise
+    _fail(message)
+  except flags.Error as e:
+    # A config file that raised keeps its traceback: it points at the line to fix.
+    _fail(str(e) if "Traceback" in str(e) else _flag_error_message(e, argv))
+  except OSError as e:  # the config file did not load, seen by an override
+    _fail(_config_load_message(e, argv))
+  config = _CONFIG.value
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    try:  # ml_collections defers a config file's load failure to its first use
+      config.keys()
+    except OSError as e:
+      _fail(_config_load_message(e, argv))
+  return args
 
 
 def _quiet_orbax() -> None:
@@ -41,18 +164,19 @@ def main(argv):
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
-  if config is not None:
-    parallel.maybe_initialize_distributed(config.parallel)
   try:
+    if config is not None:
+      # Every value is checked before a backend starts or a coordinator is waited for; one device
+      # is the weakest case (train resolves again with the real count), so no good config fails.
+      config_lib.resolve(config)
+      parallel.maybe_initialize_distributed(config.parallel)
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
     else:
       from gantl_jax import generate
       generate.generate_from_workdir(_WORKDIR.value, _SEEDS.value, _PSI.value)
   except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
   except (train.TrainingError, checkpoint.CheckpointError) as e:
     # The run started and cannot go on (diverged, or its files cannot be written); what it
     # saved before is intact.
@@ -62,4 +186,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

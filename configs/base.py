@@ -6,8 +6,6 @@ values of r1_gamma / ema_kimg mean 'auto' (the StyleGAN2-ADA heuristics), resolv
 import ml_collections
 from ml_collections import config_dict
 
-from gantl_jax.data import pipeline
-
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -73,11 +71,25 @@ def get_config() -> ml_collections.ConfigDict:
       d_lr_mults="",
   ))
 
-  c.data = pipeline.default_config()
+  # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read
+  # by its pipeline. The resolution is model.resolution. Checked by gantl_jax.data.check_config.
+  c.data = ml_collections.ConfigDict(dict(
+      source="synthetic",        # 'synthetic' (built-in demo domain) or 'folder' (your images)
+      domain="photo",            # synthetic domain: 'photo' (source-like) or 'anime' (target-like)
+      num_images=2000,           # synthetic: number of images rendered into the dataset
+      folder="",                 # folder: path to the images (recursive; png/jpg/jpeg/webp); required if source=='folder'
+      n_shot=0,                  # folder: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
+      seed=0,                    # data identity: synthetic images and the n-shot subset (not the shuffle order)
+      mirror_dataset=False,      # double the dataset with x-flipped copies (at read time, no extra disk)
+      xflip=True,                # random x-flip per example in the pipeline, by shuffle seed + stream position
+      data_dir="~/tensorflow_datasets/gantl_jax",  # where tfds prepares array_record files
+      prefetch=2,                # batches decoded ahead in a background thread (0 = decode on demand)
+      num_workers=4,             # threads decoding PNGs within one batch
+  ))
 
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000,          # 0: only at the end (and on SIGTERM / Ctrl-C)
-      max_to_keep=3,
+      max_to_keep=3,             # newest checkpoints kept (>= 1; None keeps every one)
       keep_best="",              # a metric of eval.metrics: also keep the best checkpoint by it in DIR/best
   ))
 

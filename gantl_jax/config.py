@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from gantl_jax.data import checks as data_checks
+
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and says what to set."""
@@ -25,9 +27,14 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   """Returns a copy with the 'auto' values (negative numbers) filled in, after validating it.
 
   ``num_devices`` is the number of devices the global batch is split over (all processes).
+  Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``data.DataError``,
+  also a ValueError); files and folders are checked later, where they are read.
   """
   config = ml_collections.ConfigDict(config.to_dict())
   m, t = config.model, config.train
+  _check(m.img_channels == 3,
+         f"model.img_channels={m.img_channels}: only RGB is supported (the data pipeline converts "
+         f"every image to RGB and samples are written as RGB PNGs); set it to 3")
   _check(m.resolution >= 8 and m.resolution & (m.resolution - 1) == 0,
          f"model.resolution must be a power of two from 8 to 1024, got {m.resolution}")
   _check(m.resolution <= 1024, f"model.resolution must be at most 1024, got {m.resolution}")
@@ -39,10 +46,23 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
          f"model.conv_impl must be 'auto', 'xla' or 'custom', got {m.conv_impl!r}")
   _check(m.mbstd_grouping in ("contiguous", "strided"),
          f"model.mbstd_grouping must be 'contiguous' or 'strided', got {m.mbstd_grouping!r}")
+  # The models hand the name to jnp.dtype, which would also take 'float16' or 'int8'.
+  _check(m.compute_dtype in ("float32", "bfloat16"),
+         f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
+  for key in ("z_dim", "w_dim", "channel_max", "mbstd_group_size"):
+    _check(m[key] >= 1, f"model.{key} must be >= 1, got {m[key]}")
+  _check(m.mapping_lr_mul > 0, f"model.mapping_lr_mul must be positive, got {m.mapping_lr_mul}")
+  _check(m.conv_clamp is None or m.conv_clamp > 0,
+         f"model.conv_clamp must be positive or None (no clamping), got {m.conv_clamp}")
+  _check(m.mbstd_num_channels >= 0, f"model.mbstd_num_channels must be >= 0 (0 disables minibatch "
+         f"stddev), got {m.mbstd_num_channels}")
   c4 = min(m.channel_base // 4, m.channel_max)
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 
+  # Checked before the divisibility tests below, which divide by them.
+  for key in ("r1_interval", "pl_interval", "pl_batch_shrink", "log_every"):
+    _check(t[key] >= 1, f"train.{key} must be >= 1, got {t[key]}")
   b = t.batch_size
   _check(b > 0, f"train.batch_size must be positive, got {b}")
   _check(b % num_devices == 0,
@@ -58,10 +78,34 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   if t.pl_weight > 0:
     _check(per_device % t.pl_batch_shrink == 0 and per_device // t.pl_batch_shrink >= 1,
            f"train.pl_batch_shrink={t.pl_batch_shrink} must divide the per-device batch {per_device}")
-  for key in ("r1_interval", "pl_interval"):
-    _check(t[key] >= 1, f"train.{key} must be >= 1, got {t[key]}")
   _check(t.total_kimg > 0, f"train.total_kimg must be positive, got {t.total_kimg}")
-  _check(0 <= t.style_mixing_prob <= 1, f"train.style_mixing_prob must be in [0, 1], got {t.style_mixing_prob}")
+  for key in ("style_mixing_prob", "pl_decay", "w_avg_beta"):
+    _check(0 <= t[key] <= 1, f"train.{key} must be in [0, 1], got {t[key]}")
+  _check(t.pl_weight >= 0, f"train.pl_weight must be >= 0 (0 disables path-length regularisation), "
+         f"got {t.pl_weight}")
+  _check(t.ema_rampup is None or t.ema_rampup >= 0,
+         f"train.ema_rampup must be >= 0 (0 or None: no ramp-up), got {t.ema_rampup}")
+  _check(t.sample_every >= 0, f"train.sample_every must be >= 0 (0: samples only at the end), "
+         f"got {t.sample_every}")
+  grid = tuple(t.sample_grid) if isinstance(t.sample_grid, (tuple, list)) else ()
+  _check(len(grid) == 2 and all(isinstance(n, int) and n >= 1 for n in grid),
+         f"train.sample_grid must be two positive integers (columns, rows), got {t.sample_grid!r}")
+  ck = config.checkpoint
+  _check(ck.every_steps >= 0, f"checkpoint.every_steps must be >= 0 (0: only at the end and on "
+         f"SIGTERM), got {ck.every_steps}")
+  _check(ck.max_to_keep is None or ck.max_to_keep >= 1,
+         f"checkpoint.max_to_keep must be >= 1 (or None to keep every checkpoint), got {ck.max_to_keep}")
+  for net in ("g", "d"):
+    o = config.optim[net]
+    # lr 0 is a legitimate way to hold a network fixed; a negative lr ascends the loss.
+    _check(o.lr >= 0, f"optim.{net}.lr must be >= 0, got {o.lr}")
+    for key in ("beta1", "beta2"):
+      _check(0 <= o[key] < 1, f"optim.{net}.{key} must be in [0, 1), got {o[key]}")
+    _check(o.eps > 0, f"optim.{net}.eps must be positive, got {o.eps}")
+  # Imported here, not at the top: optim imports this module for ConfigError.
+  from gantl_jax import optim  # pylint: disable=g-import-not-at-top
+  optim.check_freeze(config.freeze, m.resolution)
+  data_checks.check_config(config.data)
 
   if t.r1_gamma < 0:  # StyleGAN2-ADA's heuristic
     t.r1_gamma = 0.0002 * m.resolution ** 2 / b

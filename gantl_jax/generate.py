@@ -16,17 +16,28 @@ from gantl_jax import state as state_lib
 
 
 def parse_seeds(text: str) -> list[int]:
-  """'0-3,7' -> [0, 1, 2, 3, 7]."""
+  """'0-3,7' -> [0, 1, 2, 3, 7]: comma-separated seeds and inclusive ranges LO-HI.
+
+  Raises ConfigError naming ``--seeds`` and the expected form.
+  """
+  from gantl_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
+  form = "comma-separated seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"
   seeds = []
   for part in text.split(","):
     part = part.strip()
-    if "-" in part:
-      lo, hi = part.split("-")
-      seeds.extend(range(int(lo), int(hi) + 1))
-    elif part:
-      seeds.append(int(part))
+    if not part:
+      continue
+    bounds = part.split("-")
+    if len(bounds) > 2 or not all(b.strip().isdecimal() for b in bounds):
+      raise ConfigError(f"--seeds={text!r}: {part!r} is not a seed or a range; give {form}")
+    lo, hi = int(bounds[0]), int(bounds[-1])
+    if lo > hi:
+      raise ConfigError(f"--seeds={text!r}: the range {part!r} runs backwards; give {form}")
+    if hi >= 2 ** 32:  # np.random.RandomState's limit
+      raise ConfigError(f"--seeds={text!r}: {hi} is not below 2**32; give {form}")
+    seeds.extend(range(lo, hi + 1))
   if not seeds:
-    raise ValueError(f"no seeds in {text!r}")
+    raise ConfigError(f"--seeds={text!r} holds no seed; give {form}")
   return seeds
 
 

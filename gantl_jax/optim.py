@@ -7,6 +7,7 @@ would NOT freeze: leaves outside its mask receive the raw gradient as their upda
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Iterable, Sequence
 
@@ -36,17 +37,26 @@ def as_patterns(value: Any) -> tuple[str, ...]:
   return tuple(value)
 
 
-def parse_lr_mults(value: Any) -> tuple[tuple[str, float], ...]:
-  """'regex=mult' entries (tuple, or comma-separated string) -> ((regex, mult), ...)."""
+def parse_lr_mults(value: Any, what: str = "lr multipliers") -> tuple[tuple[str, float], ...]:
+  """'regex=mult' entries (tuple, or comma-separated string) -> ((regex, mult), ...).
+
+  Raises ConfigError, starting with ``what`` (the key, e.g. 'freeze.g_lr_mults'), for an entry
+  without '=', an invalid regex, or a multiplier that is not a finite number >= 0.
+  """
   out = []
   for entry in as_patterns(value):
     if "=" not in entry:
-      raise ValueError(f"lr multiplier entry {entry!r} must look like 'regex=multiplier'")
-    pattern, mult = entry.rsplit("=", 1)
+      raise ConfigError(f"{what}: entry {entry!r} must look like 'regex=multiplier'")
+    pattern, text = entry.rsplit("=", 1)
     try:
-      out.append((pattern, float(mult)))
+      mult = float(text)
     except ValueError:
-      raise ValueError(f"lr multiplier entry {entry!r}: {mult!r} is not a number") from None
+      raise ConfigError(f"{what}: entry {entry!r}: {text!r} is not a number") from None
+    # A negative multiplier would ascend the loss; 0 freezes.
+    if not (math.isfinite(mult) and mult >= 0):
+      raise ConfigError(f"{what}: entry {entry!r}: the multiplier must be a finite number >= 0")
+    _compile([pattern], what)
+    out.append((pattern, mult))
   return tuple(out)
 
 
@@ -56,8 +66,20 @@ def _compile(patterns: Iterable[str], what: str) -> list[re.Pattern]:
     try:
       out.append(re.compile(p))
     except re.error as e:
-      raise ValueError(f"{what}: invalid regular expression {p!r}: {e}") from None
+      raise ConfigError(f"{what}: invalid regular expression {p!r} ({e}); give comma-separated "
+                        f"Python regular expressions") from None
   return out
+
+
+def check_freeze(freeze: ml_collections.ConfigDict, resolution: int) -> None:
+  """Raises ConfigError naming the ``freeze.*`` key whose preset, regex or multiplier cannot work.
+
+  ``config.resolve`` calls it, so a typo stops the run before any work is done.
+  """
+  preset_patterns(freeze, resolution)
+  for net in ("g", "d"):
+    _compile(as_patterns(freeze[net]), f"freeze.{net}")
+    parse_lr_mults(freeze[f"{net}_lr_mults"], f"freeze.{net}_lr_mults")
 
 
 def label_params(params: Any, freeze: Sequence[str] = (), lr_mults: Sequence[tuple[str, float]] = ()) -> Any:

@@ -1,12 +1,12 @@
 """tfds builders (folder, synthetic), bad input, n-shot subsets, and the input pipeline."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from configs import base
 from gantl_jax import data
 from gantl_jax.data import builders, synthetic
 
@@ -19,235 +19,273 @@ SKIPPED = ["odd/truncated.png", "odd/corrupt.jpg", "odd/notimage.png"]
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    ims = synthetic.render("anime", range(GOOD), resolution=32, seed=5)
-    for i, im in enumerate(ims):
-        sub = root / ("a" if i % 2 else "b/deep")
-        sub.mkdir(parents=True, exist_ok=True)
-        # Non-square (crop), PNG and JPEG, upper- and lower-case extensions.
-        img = Image.fromarray(im[:, 2:30])
-        name = f"img{i:02d}." + ["png", "jpg", "JPEG", "webp"][i % 4]
-        img.save(sub / name, quality=95)
-    odd = root / "odd"
-    odd.mkdir()
-    rgb = ims[0]
-    Image.fromarray(rgb).convert("L").save(odd / "gray.png")
-    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
-    rgba[:, :8, 3] = 0  # transparent left strip: must come out white
-    Image.fromarray(rgba, "RGBA").save(odd / "rgba.png")
-    Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(odd / "gray16.png")  # mid-gray in 16 bits
-    Image.fromarray(rgb).convert("CMYK").save(odd / "cmyk.jpg")
-    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(odd / "palette.png")
-    Image.fromarray(rgb[:8, :8]).save(root / "small.png")  # smaller than RES: upscaled
-    good_png = (root / "a" / "img01.jpg").read_bytes()
-    Image.fromarray(rgb).save(odd / "full.png")
-    (odd / "truncated.png").write_bytes((odd / "full.png").read_bytes()[:300])
-    (odd / "full.png").unlink()
-    (odd / "corrupt.jpg").write_bytes(good_png[:20] + bytes(range(256)) * 4)
-    (odd / "notimage.png").write_text("this is not an image")
-    (root / "readme.txt").write_text("ignored: not an image extension")
-    (root / ".hidden.png").write_text("ignored: hidden")
-    return root
+  root = tmp_path_factory.mktemp("images")
+  ims = synthetic.render("anime", range(GOOD), resolution=32, seed=5)
+  for i, im in enumerate(ims):
+    sub = root / ("a" if i % 2 else "b/deep")
+    sub.mkdir(parents=True, exist_ok=True)
+    # Non-square (crop), PNG and JPEG, upper- and lower-case extensions.
+    img = Image.fromarray(im[:, 2:30])
+    name = f"img{i:02d}." + ["png", "jpg", "JPEG", "webp"][i % 4]
+    img.save(sub / name, quality=95)
+  odd = root / "odd"
+  odd.mkdir()
+  rgb = ims[0]
+  Image.fromarray(rgb).convert("L").save(odd / "gray.png")
+  rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], -1)
+  rgba[:, :8, 3] = 0  # transparent left strip: must come out white
+  Image.fromarray(rgba, "RGBA").save(odd / "rgba.png")
+  Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(odd / "gray16.png")  # mid-gray in 16 bits
+  Image.fromarray(rgb).convert("CMYK").save(odd / "cmyk.jpg")
+  Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(odd / "palette.png")
+  Image.fromarray(rgb[:8, :8]).save(root / "small.png")  # smaller than RES: upscaled
+  good_png = (root / "a" / "img01.jpg").read_bytes()
+  Image.fromarray(rgb).save(odd / "full.png")
+  (odd / "truncated.png").write_bytes((odd / "full.png").read_bytes()[:300])
+  (odd / "full.png").unlink()
+  (odd / "corrupt.jpg").write_bytes(good_png[:20] + bytes(range(256)) * 4)
+  (odd / "notimage.png").write_text("this is not an image")
+  (root / "readme.txt").write_text("ignored: not an image extension")
+  (root / ".hidden.png").write_text("ignored: hidden")
+  return root
 
 
 def _cfg(tmp_path, **kw):
-    c = data.default_config()
-    c.data_dir = str(tmp_path / "tfds")
-    c.prefetch = 0
-    c.num_workers = 1
-    for k, v in kw.items():
-        c[k] = v
-    return c
+  c = base.get_config().data
+  c.data_dir = str(tmp_path / "tfds")
+  c.prefetch = 0
+  c.num_workers = 1
+  for k, v in kw.items():
+    c[k] = v
+  return c
 
 
 @pytest.fixture(scope="module")
 def prepared(image_folder, tmp_path_factory):
-    c = _cfg(tmp_path_factory.mktemp("prep"), source="folder", folder=str(image_folder))
-    return data.prepare(c, resolution=RES, verbose=False), c
+  c = _cfg(tmp_path_factory.mktemp("prep"), source="folder", folder=str(image_folder))
+  return data.prepare(c, resolution=RES, verbose=False), c
 
 
 def test_folder_prepares_with_report(prepared, image_folder):
-    p, _ = prepared
-    report = p.report
-    assert p.num_examples == GOOD + len(CONVERTED) + 1
-    assert len(p.data_source) == p.num_examples
-    assert sorted(s["file"] for s in report["skipped"]) == sorted(SKIPPED)
-    assert {c["file"]: c["mode"] for c in report["converted"]} == CONVERTED
-    assert report["upscaled"] == ["small.png"]
-    assert report["ignored_other_files"] == 1
-    on_disk = json.load(open(os.path.join(p.data_path, builders.REPORT_NAME)))
-    assert on_disk["files"] == report["files"] and on_disk["complete"]
-    assert "truncated.png" in builders.summarize(report)
-    for i in (0, p.num_examples - 1):
-        x = p.data_source[i]
-        assert x.shape == (RES, RES, 3) and x.dtype == np.uint8
+  p, _ = prepared
+  report = p.report
+  assert p.num_examples == GOOD + len(CONVERTED) + 1
+  assert len(p.data_source) == p.num_examples
+  assert sorted(s["file"] for s in report["skipped"]) == sorted(SKIPPED)
+  assert {c["file"]: c["mode"] for c in report["converted"]} == CONVERTED
+  assert report["upscaled"] == ["small.png"]
+  assert report["ignored_other_files"] == 1
+  on_disk = json.load(open(os.path.join(p.data_path, builders.REPORT_NAME)))
+  assert on_disk["files"] == report["files"] and on_disk["complete"]
+  assert "truncated.png" in builders.summarize(report)
+  for i in (0, p.num_examples - 1):
+    x = p.data_source[i]
+    assert x.shape == (RES, RES, 3) and x.dtype == np.uint8
 
 
 def test_conversions(prepared):
-    p, _ = prepared
-    files = p.report["files"]
-    rgba = p.data_source[files.index("odd/rgba.png")]
-    assert rgba[:, :3].min() > 240  # transparent strip composited on white
-    gray16 = p.data_source[files.index("odd/gray16.png")]
-    assert np.abs(gray16.astype(int) - 128).max() <= 1  # scaled, not clipped to 255
-    gray = p.data_source[files.index("odd/gray.png")]
-    assert (gray[..., 0] == gray[..., 1]).all()
+  p, _ = prepared
+  files = p.report["files"]
+  rgba = p.data_source[files.index("odd/rgba.png")]
+  assert rgba[:, :3].min() > 240  # transparent strip composited on white
+  gray16 = p.data_source[files.index("odd/gray16.png")]
+  assert np.abs(gray16.astype(int) - 128).max() <= 1  # scaled, not clipped to 255
+  gray = p.data_source[files.index("odd/gray.png")]
+  assert (gray[..., 0] == gray[..., 1]).all()
 
 
 def test_pipeline_batches(prepared):
-    p, _ = prepared
-    it = data.make_iterator(p, global_batch=8, seed=0, prefetch=2, num_workers=2)
-    for _ in range(3):
-        b = next(it)
-        assert b.shape == (8, RES, RES, 3) and b.dtype == np.float32
-        assert -1.0 <= b.min() and b.max() <= 1.0 and b.max() > 0.5
-    it.close()
+  p, _ = prepared
+  it = data.make_iterator(p, global_batch=8, seed=0, prefetch=2, num_workers=2)
+  for _ in range(3):
+    b = next(it)
+    assert b.shape == (8, RES, RES, 3) and b.dtype == np.float32
+    assert -1.0 <= b.min() and b.max() <= 1.0 and b.max() > 0.5
+  it.close()
+
+
+@pytest.mark.parametrize("xflip", [False, True])
+def test_pipeline_pixels_are_the_source_images(tmp_path, xflip):
+  """Every pixel of an epoch of batches is a source image (already at the resolution, so no
+  resize), or its horizontal mirror exactly where the pipeline says it flipped; each image once."""
+  n, batch = 12, 4
+  rng = np.random.default_rng(7)
+  folder = tmp_path / "images"
+  folder.mkdir()
+  sources = {}
+  for i in range(n):
+    # Random pixels: no image equals another or its own mirror.
+    im = rng.integers(0, 256, (RES, RES, 3), dtype=np.uint8)
+    Image.fromarray(im).save(folder / f"im{i:02d}.png")
+    sources[f"im{i:02d}.png"] = im
+  c = _cfg(tmp_path, source="folder", folder=str(folder), xflip=xflip)
+  p = data.prepare(c, resolution=RES, verbose=False)
+  assert p.report["upscaled"] == [] and p.num_examples == n
+  it = data.make_iterator(p, global_batch=batch, seed=3, prefetch=2, num_workers=2)
+  seen, flips = [], []
+  for step in range(n // batch):  # one epoch
+    out = next(it)
+    pixels = np.rint((out.astype(np.float64) + 1) * 127.5)
+    assert np.abs(pixels - (out.astype(np.float64) + 1) * 127.5).max() < 1e-3  # exact uint8 levels
+    indices, flipped = it.indices(step)
+    for image, index, flip in zip(pixels.astype(np.uint8), indices, flipped):
+      name = p.report["files"][index]
+      want = sources[name][:, ::-1] if flip else sources[name]
+      np.testing.assert_array_equal(image, want, err_msg=f"{name} flip={flip}")
+      seen.append(name)
+      flips.append(bool(flip))
+  it.close()
+  assert sorted(seen) == sorted(sources)  # each image exactly once per epoch
+  if xflip:
+    assert 0 < sum(flips) < n  # both orientations occur (seeded)
+  else:
+    assert not any(flips)
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "only_bad", "not_set"])
 def test_folder_errors_name_the_path(tmp_path, kind):
-    folder = tmp_path / "imgs"
-    if kind == "empty":
-        folder.mkdir()
-    if kind == "only_bad":
-        folder.mkdir()
-        (folder / "x.png").write_text("no")
-        (folder / "y.jpg").write_bytes(b"\xff\xd8\xff broken")
-    c = _cfg(tmp_path, source="folder", folder="" if kind == "not_set" else str(folder))
-    with pytest.raises(data.DataError) as e:
-        data.prepare(c, resolution=RES, verbose=False)
-    assert ("data.folder" if kind == "not_set" else str(folder)) in str(e.value)
-    if kind == "only_bad":
-        assert "no valid image" in str(e.value)
+  folder = tmp_path / "imgs"
+  if kind == "empty":
+    folder.mkdir()
+  if kind == "only_bad":
+    folder.mkdir()
+    (folder / "x.png").write_text("no")
+    (folder / "y.jpg").write_bytes(b"\xff\xd8\xff broken")
+  c = _cfg(tmp_path, source="folder", folder="" if kind == "not_set" else str(folder))
+  with pytest.raises(data.DataError) as e:
+    data.prepare(c, resolution=RES, verbose=False)
+  assert ("data.folder" if kind == "not_set" else str(folder)) in str(e.value)
+  if kind == "only_bad":
+    assert "no valid image" in str(e.value)
 
 
 def test_n_shot_subsets(image_folder, tmp_path):
-    def files(n, seed):
-        c = _cfg(tmp_path, source="folder", folder=str(image_folder), n_shot=n, seed=seed)
-        p = data.prepare(c, resolution=8, verbose=False)
-        assert p.num_examples == n
-        return p.report["files"]
+  def files(n, seed):
+    c = _cfg(tmp_path, source="folder", folder=str(image_folder), n_shot=n, seed=seed)
+    p = data.prepare(c, resolution=8, verbose=False)
+    assert p.num_examples == n
+    return p.report["files"]
 
-    a, b, c = files(5, 0), files(5, 0), files(5, 1)
-    assert a == b and len(set(a)) == 5
-    assert set(a) != set(c)
-    every, _ = builders.list_images(str(image_folder))
-    assert set(a) <= set(every) and not set(a) & set(SKIPPED)
-    assert set(a) <= set(files(10, 0))  # one order per seed: nested subsets
-    with pytest.raises(data.DataError, match="n_shot"):
-        files(1000, 0)
+  a, b, c = files(5, 0), files(5, 0), files(5, 1)
+  assert a == b and len(set(a)) == 5
+  assert set(a) != set(c)
+  every, _ = builders.list_images(str(image_folder))
+  assert set(a) <= set(every) and not set(a) & set(SKIPPED)
+  assert set(a) <= set(files(10, 0))  # one order per seed: nested subsets
+  with pytest.raises(data.DataError, match="n_shot"):
+    files(1000, 0)
 
 
 def test_synthetic_source_matches_renderer(tmp_path):
-    c = _cfg(tmp_path, source="synthetic", domain="anime", num_images=12, seed=3)
-    p = data.prepare(c, resolution=RES, verbose=False)
-    assert p.num_examples == 12
-    want = synthetic.render("anime", range(12), resolution=RES, seed=3)
-    got = np.stack([p.data_source[i] for i in range(12)])
-    np.testing.assert_array_equal(got, want)
-    c.mirror_dataset = True
-    m = data.prepare(c, resolution=RES, verbose=False)
-    assert m.num_examples == 24 and m.report["reused"]
-    np.testing.assert_array_equal(m.data_source[12 + 4], want[4][:, ::-1])
+  c = _cfg(tmp_path, source="synthetic", domain="anime", num_images=12, seed=3)
+  p = data.prepare(c, resolution=RES, verbose=False)
+  assert p.num_examples == 12
+  want = synthetic.render("anime", range(12), resolution=RES, seed=3)
+  got = np.stack([p.data_source[i] for i in range(12)])
+  np.testing.assert_array_equal(got, want)
+  c.mirror_dataset = True
+  m = data.prepare(c, resolution=RES, verbose=False)
+  assert m.num_examples == 24 and m.report["reused"]
+  np.testing.assert_array_equal(m.data_source[12 + 4], want[4][:, ::-1])
 
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    c = _cfg(tmp_path_factory.mktemp("synth"), num_images=20)
-    return data.prepare(c, resolution=8, verbose=False)
+  c = _cfg(tmp_path_factory.mktemp("synth"), num_images=20)
+  return data.prepare(c, resolution=8, verbose=False)
 
 
 def test_processes_read_disjoint_shares_of_the_same_global_batch(synth):
-    single = data.make_iterator(synth, global_batch=8, seed=1, prefetch=0)
-    hosts = [data.make_iterator(synth, global_batch=8, process_index=i, process_count=2, seed=1, prefetch=2) for i in range(2)]
-    seen = []
-    for step in range(6):
-        whole = next(single)
-        parts = [next(h) for h in hosts]
-        assert parts[0].shape == (4, 8, 8, 3)
-        np.testing.assert_array_equal(np.concatenate(parts), whole)  # same examples, same flips
-        i0, i1 = hosts[0].indices(step)[0], hosts[1].indices(step)[0]
-        np.testing.assert_array_equal(np.concatenate([i0, i1]), single.indices(step)[0])
-        if (step + 1) * 8 <= 20:  # inside one epoch: no example twice
-            assert not set(i0) & set(i1) and len(set(i0) | set(i1)) == 8
-        seen += list(single.indices(step)[0])
-    # Positions 0..19 are one epoch: every example exactly once.
-    assert sorted(seen[:20]) == list(range(20))
-    for h in hosts:
-        h.close()
+  single = data.make_iterator(synth, global_batch=8, seed=1, prefetch=0)
+  hosts = [data.make_iterator(synth, global_batch=8, process_index=i, process_count=2, seed=1, prefetch=2) for i in range(2)]
+  seen = []
+  for step in range(6):
+    whole = next(single)
+    parts = [next(h) for h in hosts]
+    assert parts[0].shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(np.concatenate(parts), whole)  # same examples, same flips
+    i0, i1 = hosts[0].indices(step)[0], hosts[1].indices(step)[0]
+    np.testing.assert_array_equal(np.concatenate([i0, i1]), single.indices(step)[0])
+    if (step + 1) * 8 <= 20:  # inside one epoch: no example twice
+      assert not set(i0) & set(i1) and len(set(i0) | set(i1)) == 8
+    seen += list(single.indices(step)[0])
+  # Positions 0..19 are one epoch: every example exactly once.
+  assert sorted(seen[:20]) == list(range(20))
+  for h in hosts:
+    h.close()
 
 
 def test_restored_state_continues_the_stream(synth):
-    it = data.make_iterator(synth, global_batch=6, seed=2, prefetch=2)
-    for _ in range(3):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))
-    assert state["step"] == 3
-    want = [next(it) for _ in range(4)]
-    resumed = data.make_iterator(synth, global_batch=6, seed=2, state=state, prefetch=1)
-    for w in want:
-        np.testing.assert_array_equal(next(resumed), w)
-    it.set_state(state)  # rewinding a live iterator (prefetch thread restarted)
-    np.testing.assert_array_equal(next(it), want[0])
-    # Another process count resumes the same global stream.
-    half = data.make_iterator(synth, global_batch=6, process_index=1, process_count=2, seed=2, state=state)
-    np.testing.assert_array_equal(next(half), want[0][3:])
-    with pytest.raises(data.DataError, match="global_batch"):
-        data.make_iterator(synth, global_batch=4, seed=2, state=state)
-    for x in (it, resumed, half):
-        x.close()
+  it = data.make_iterator(synth, global_batch=6, seed=2, prefetch=2)
+  for _ in range(3):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  assert state["step"] == 3
+  want = [next(it) for _ in range(4)]
+  resumed = data.make_iterator(synth, global_batch=6, seed=2, state=state, prefetch=1)
+  for w in want:
+    np.testing.assert_array_equal(next(resumed), w)
+  it.set_state(state)  # rewinding a live iterator (prefetch thread restarted)
+  np.testing.assert_array_equal(next(it), want[0])
+  # Another process count resumes the same global stream.
+  half = data.make_iterator(synth, global_batch=6, process_index=1, process_count=2, seed=2, state=state)
+  np.testing.assert_array_equal(next(half), want[0][3:])
+  with pytest.raises(data.DataError, match="global_batch"):
+    data.make_iterator(synth, global_batch=4, seed=2, state=state)
+  for x in (it, resumed, half):
+    x.close()
 
 
 def test_prepare_reuses_and_separates_options(image_folder, tmp_path, monkeypatch):
-    c = _cfg(tmp_path, source="folder", folder=str(image_folder))
-    first = data.prepare(c, resolution=8, verbose=False)
-    assert not first.report["reused"]
+  c = _cfg(tmp_path, source="folder", folder=str(image_folder))
+  first = data.prepare(c, resolution=8, verbose=False)
+  assert not first.report["reused"]
 
-    def no_decode(*a, **k):
-        raise AssertionError("re-decoded a prepared dataset")
+  def no_decode(*a, **k):
+    raise AssertionError("re-decoded a prepared dataset")
 
-    monkeypatch.setattr(builders, "load_image", no_decode)
-    again = data.prepare(c, resolution=8, verbose=False)
-    assert again.report["reused"] and again.data_path == first.data_path
-    monkeypatch.undo()
-    other = data.prepare(c, resolution=4, verbose=False)
-    assert other.data_path != first.data_path and not other.report["reused"]
-    # A changed file changes the fingerprint.
-    victim = image_folder / "b" / "deep" / "img00.png"
-    st = victim.stat()
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    changed = builders.folder_builder(str(image_folder), resolution=8, data_dir=c.data_dir)
-    assert str(changed.data_path) != first.data_path
-    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+  monkeypatch.setattr(builders, "load_image", no_decode)
+  again = data.prepare(c, resolution=8, verbose=False)
+  assert again.report["reused"] and again.data_path == first.data_path
+  monkeypatch.undo()
+  other = data.prepare(c, resolution=4, verbose=False)
+  assert other.data_path != first.data_path and not other.report["reused"]
+  # A changed file changes the fingerprint.
+  victim = image_folder / "b" / "deep" / "img00.png"
+  st = victim.stat()
+  os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  changed = builders.folder_builder(str(image_folder), resolution=8, data_dir=c.data_dir)
+  assert str(changed.data_path) != first.data_path
+  os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def test_interrupted_prepare_is_not_trusted(tmp_path, monkeypatch):
-    c = _cfg(tmp_path, num_images=10, domain="photo")
-    calls = []
-    real = synthetic.render
+  c = _cfg(tmp_path, num_images=10, domain="photo")
+  calls = []
+  real = synthetic.render
 
-    def dies(*a, **k):
-        calls.append(1)
-        raise KeyboardInterrupt("simulated kill while preparing")
+  def dies(*a, **k):
+    calls.append(1)
+    raise KeyboardInterrupt("simulated kill while preparing")
 
-    monkeypatch.setattr(synthetic, "render", dies)
-    with pytest.raises(KeyboardInterrupt):
-        data.prepare(c, resolution=8, verbose=False)
-    monkeypatch.setattr(synthetic, "render", real)
-    p = data.prepare(c, resolution=8, verbose=False)
-    assert not p.report["reused"] and p.num_examples == 10
+  monkeypatch.setattr(synthetic, "render", dies)
+  with pytest.raises(KeyboardInterrupt):
+    data.prepare(c, resolution=8, verbose=False)
+  monkeypatch.setattr(synthetic, "render", real)
+  p = data.prepare(c, resolution=8, verbose=False)
+  assert not p.report["reused"] and p.num_examples == 10
 
-    # A prepared folder without a complete report (e.g. a non-atomic copy) is rebuilt.
-    report_path = os.path.join(p.data_path, builders.REPORT_NAME)
-    r = json.load(open(report_path))
-    r["complete"] = False
-    json.dump(r, open(report_path, "w"))
-    with pytest.warns(UserWarning, match="incomplete"):
-        p2 = data.prepare(c, resolution=8, verbose=False)
-    assert not p2.report["reused"] and p2.num_examples == 10
-    os.remove(os.path.join(p2.data_path, builders.REPORT_NAME))
-    with pytest.warns(UserWarning, match="incomplete"):
-        p3 = data.prepare(c, resolution=8, verbose=False)
-    assert not p3.report["reused"]
-    leftovers = [d for d in os.listdir(os.path.dirname(p3.data_path)) if "incomplete" in d]
-    assert leftovers == []
+  # A prepared folder without a complete report (e.g. a non-atomic copy) is rebuilt.
+  report_path = os.path.join(p.data_path, builders.REPORT_NAME)
+  r = json.load(open(report_path))
+  r["complete"] = False
+  json.dump(r, open(report_path, "w"))
+  with pytest.warns(UserWarning, match="incomplete"):
+    p2 = data.prepare(c, resolution=8, verbose=False)
+  assert not p2.report["reused"] and p2.num_examples == 10
+  os.remove(os.path.join(p2.data_path, builders.REPORT_NAME))
+  with pytest.warns(UserWarning, match="incomplete"):
+    p3 = data.prepare(c, resolution=8, verbose=False)
+  assert not p3.report["reused"]
+  leftovers = [d for d in os.listdir(os.path.dirname(p3.data_path)) if "incomplete" in d]
+  assert leftovers == []

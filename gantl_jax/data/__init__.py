@@ -1,6 +1,6 @@
 """Data: built-in synthetic face domains, tfds builders, and the input pipeline.
 
-    cfg = default_config()                      # the `data` section of a run config
+    cfg = base.get_config().data                # configs/base.py: every key, documented
     prepared = prepare(cfg, resolution=64)      # once; reused afterwards
     it = make_iterator(prepared, global_batch=32, process_index=jax.process_index(),
                        process_count=jax.process_count(), seed=0)
@@ -12,10 +12,10 @@ import importlib
 # Imported lazily: `python -m gantl_jax.data.synthetic` must not pre-import its own
 # module (runpy warns), and the renderer alone needs neither tfds nor PIL's plugins.
 _EXPORTS = {
-    "DataError": "builders",
+    "DataError": "checks",
     "DataIterator": "pipeline",
     "PreparedData": "pipeline",
-    "default_config": "pipeline",
+    "check_config": "checks",
     "make_iterator": "pipeline",
     "prepare": "pipeline",
 }
@@ -23,6 +23,6 @@ __all__ = list(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"gantl_jax.data.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'gantl_jax.data' has no attribute {name!r}")
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(f"gantl_jax.data.{_EXPORTS[name]}"), name)
+  raise AttributeError(f"module 'gantl_jax.data' has no attribute {name!r}")

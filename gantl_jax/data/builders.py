@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
 from gantl_jax.data import synthetic
+from gantl_jax.data.checks import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 REPORT_NAME = "prepare_report.json"
@@ -52,119 +53,115 @@ _DECODE_THREADS = 4
 _BLOCK = 64
 
 
-class DataError(ValueError):
-    """Bad data input: the message names the file or folder at fault."""
-
-
 # ---------------------------------------------------------------------------
 # Files and images.
 
 
 def list_images(folder: str) -> tuple[list[str], int]:
-    """Returns (sorted image paths relative to `folder`, number of other files).
+  """Returns (sorted image paths relative to `folder`, number of other files).
 
-    Recursive; hidden files and folders are ignored. Raises DataError if the
-    folder is missing, not a folder, or holds no file with an image extension.
-    """
-    folder = os.path.abspath(os.path.expanduser(folder))
-    if not os.path.exists(folder):
-        raise DataError(f"image folder does not exist: {folder}")
-    if not os.path.isdir(folder):
-        raise DataError(f"image folder is not a directory: {folder}")
-    images, others = [], 0
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(os.path.relpath(os.path.join(root, name), folder))
-            else:
-                others += 1
-    if not images:
-        raise DataError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}"
-            + (f" ({others} other files ignored)" if others else " (it is empty)")
-        )
-    return sorted(images), others
+  Recursive; hidden files and folders are ignored. Raises DataError if the
+  folder is missing, not a folder, or holds no file with an image extension.
+  """
+  folder = os.path.abspath(os.path.expanduser(folder))
+  if not os.path.exists(folder):
+    raise DataError(f"image folder does not exist: {folder}")
+  if not os.path.isdir(folder):
+    raise DataError(f"image folder is not a directory: {folder}")
+  images, others = [], 0
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in files:
+      if name.startswith("."):
+        continue
+      if name.lower().endswith(IMAGE_EXTENSIONS):
+        images.append(os.path.relpath(os.path.join(root, name), folder))
+      else:
+        others += 1
+  if not images:
+    raise DataError(
+        f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in folder {folder}"
+        + (f" ({others} other files ignored)" if others else " (it is empty)")
+    )
+  return sorted(images), others
 
 
 def to_rgb(img: Image.Image) -> tuple[Image.Image, str | None]:
-    """Converts any PIL mode to RGB; returns (image, original mode if converted)."""
-    mode = img.mode
-    if mode == "RGB":
-        return img, None
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # 16-bit / 32-bit grayscale: PIL's convert('L') clips at 255, so rescale by the type's range.
-        a = np.asarray(img, np.float64)
-        top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        if mode == "F" and a.max() <= 1.0:
-            top = 1.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB"), mode
-    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB"), mode
-    return img.convert("RGB"), mode
+  """Converts any PIL mode to RGB; returns (image, original mode if converted)."""
+  mode = img.mode
+  if mode == "RGB":
+    return img, None
+  if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+    # 16-bit / 32-bit grayscale: PIL's convert('L') clips at 255, so rescale by the type's range.
+    a = np.asarray(img, np.float64)
+    top = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+    if mode == "F" and a.max() <= 1.0:
+      top = 1.0
+    a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(a, "L").convert("RGB"), mode
+  if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB"), mode
+  return img.convert("RGB"), mode
 
 
 def center_crop_resize(img: Image.Image, resolution: int) -> tuple[np.ndarray, bool]:
-    """Crops the centre square and resizes it; returns (uint8 array, upscaled?)."""
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != resolution:
-        img = img.resize((resolution, resolution), Image.LANCZOS, reducing_gap=3.0 if side > resolution else None)
-    return np.asarray(img, np.uint8), side < resolution
+  """Crops the centre square and resizes it; returns (uint8 array, upscaled?)."""
+  w, h = img.size
+  side = min(w, h)
+  left, top = (w - side) // 2, (h - side) // 2
+  img = img.crop((left, top, left + side, top + side))
+  if side != resolution:
+    img = img.resize((resolution, resolution), Image.LANCZOS, reducing_gap=3.0 if side > resolution else None)
+  return np.asarray(img, np.uint8), side < resolution
 
 
 @dataclasses.dataclass
 class LoadedImage:
-    file: str
-    image: np.ndarray | None = None
-    error: str | None = None
-    converted_from: str | None = None
-    upscaled: bool = False
+  file: str
+  image: np.ndarray | None = None
+  error: str | None = None
+  converted_from: str | None = None
+  upscaled: bool = False
 
 
 def load_image(folder: str, file: str, resolution: int) -> LoadedImage:
-    """Reads one file into uint8 (resolution, resolution, 3); errors are returned, not raised."""
-    path = os.path.join(folder, file)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; failures still raise
-            with Image.open(path) as img:
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                img, mode = to_rgb(img)
-                array, upscaled = center_crop_resize(img, resolution)
-    except Image.DecompressionBombError as e:
-        return LoadedImage(file, error=f"too large: {e}")
-    except Image.UnidentifiedImageError:
-        return LoadedImage(file, error="not a readable image")
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        return LoadedImage(file, error=f"corrupt or truncated: {e}")
-    if array.shape != (resolution, resolution, 3):
-        return LoadedImage(file, error=f"unexpected decoded shape {array.shape}")
-    return LoadedImage(file, array, converted_from=mode, upscaled=upscaled)
+  """Reads one file into uint8 (resolution, resolution, 3); errors are returned, not raised."""
+  path = os.path.join(folder, file)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # PIL's palette/EXIF chatter; failures still raise
+      with Image.open(path) as img:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img, mode = to_rgb(img)
+        array, upscaled = center_crop_resize(img, resolution)
+  except Image.DecompressionBombError as e:
+    return LoadedImage(file, error=f"too large: {e}")
+  except Image.UnidentifiedImageError:
+    return LoadedImage(file, error="not a readable image")
+  except (OSError, ValueError, SyntaxError, EOFError) as e:
+    return LoadedImage(file, error=f"corrupt or truncated: {e}")
+  if array.shape != (resolution, resolution, 3):
+    return LoadedImage(file, error=f"unexpected decoded shape {array.shape}")
+  return LoadedImage(file, array, converted_from=mode, upscaled=upscaled)
 
 
 def _load_many(folder: str, files: list[str], resolution: int) -> Iterator[LoadedImage]:
-    # Bounded window of concurrent decodes, results in input order.
-    with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
-        for start in range(0, len(files), _BLOCK):
-            yield from pool.map(lambda f: load_image(folder, f, resolution), files[start : start + _BLOCK])
+  # Bounded window of concurrent decodes, results in input order.
+  with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
+    for start in range(0, len(files), _BLOCK):
+      yield from pool.map(lambda f: load_image(folder, f, resolution), files[start : start + _BLOCK])
 
 
 def n_shot_order(num_files: int, seed: int) -> np.ndarray:
-    """The order in which files are tried for an n-shot subset.
+  """The order in which files are tried for an n-shot subset.
 
-    Depends on the seed only (not on n), so for one seed the 10-shot subset is
-    inside the 100-shot one.
-    """
-    return np.random.default_rng([seed, 0x5E7]).permutation(num_files)
+  Depends on the seed only (not on n), so for one seed the 10-shot subset is
+  inside the 100-shot one.
+  """
+  return np.random.default_rng([seed, 0x5E7]).permutation(num_files)
 
 
 # ---------------------------------------------------------------------------
@@ -172,149 +169,149 @@ def n_shot_order(num_files: int, seed: int) -> np.ndarray:
 
 
 def _features(resolution: int) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict(
-        {
-            "image": tfds.features.Image(shape=(resolution, resolution, 3), encoding_format="png"),
-            "file": tfds.features.Text(),
-        }
-    )
+  return tfds.features.FeaturesDict(
+      {
+          "image": tfds.features.Image(shape=(resolution, resolution, 3), encoding_format="png"),
+          "file": tfds.features.Text(),
+      }
+  )
 
 
 def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
-    folder: str = ""
-    resolution: int = 0
-    n_shot: int = 0
-    seed: int = 0
-    # Kept out of the repr: tfds logs the config, and a folder may hold 70k files.
-    files: tuple = dataclasses.field(default=(), repr=False)
-    other_files: int = 0
-    fingerprint: str = ""
+  folder: str = ""
+  resolution: int = 0
+  n_shot: int = 0
+  seed: int = 0
+  # Kept out of the repr: tfds logs the config, and a folder may hold 70k files.
+  files: tuple = dataclasses.field(default=(), repr=False)
+  other_files: int = 0
+  fingerprint: str = ""
 
 
 class GantlFolder(tfds.core.GeneratorBasedBuilder):
-    """Images from a flat or nested folder (no class sub-folders needed)."""
+  """Images from a flat or nested folder (no class sub-folders needed)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Centre crop, Lanczos resize, RGB, alpha on white."}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Centre crop, Lanczos resize, RGB, alpha on white."}
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=f"Images of {self.builder_config.folder}",
-            features=_features(self.builder_config.resolution),
-            disable_shuffling=True,  # example i is report['files'][i]
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Images of {self.builder_config.folder}",
+        features=_features(self.builder_config.resolution),
+        disable_shuffling=True,  # example i is report['files'][i]
+    )
 
-    def _split_generators(self, dl_manager):
-        return {_SPLIT: self._generate_examples()}
+  def _split_generators(self, dl_manager):
+    return {_SPLIT: self._generate_examples()}
 
-    def _generate_examples(self):
-        cfg: FolderConfig = self.builder_config
-        report = _new_report(self, source="folder", folder=cfg.folder, n_shot=cfg.n_shot, seed=cfg.seed)
-        report.update(num_candidates=len(cfg.files), ignored_other_files=cfg.other_files)
-        files = list(cfg.files)
-        if cfg.n_shot:
-            files = [files[i] for i in n_shot_order(len(files), cfg.seed)]
-        kept = []
-        for loaded in _load_many(cfg.folder, files, cfg.resolution):
-            if loaded.error:
-                report["skipped"].append({"file": loaded.file, "reason": loaded.error})
-                continue
-            if loaded.converted_from:
-                report["converted"].append({"file": loaded.file, "mode": loaded.converted_from})
-            if loaded.upscaled:
-                report["upscaled"].append(loaded.file)
-            yield len(kept), {"image": Image.fromarray(loaded.image), "file": loaded.file}
-            kept.append(loaded.file)
-            if cfg.n_shot and len(kept) == cfg.n_shot:
-                break
-        report["files"] = kept
-        report["num_examples"] = len(kept)
-        if not kept:
-            raise DataError(
-                f"no valid image left in folder {cfg.folder}: all {len(files)} image files were skipped "
-                f"(first: {report['skipped'][0]['file']}: {report['skipped'][0]['reason']})"
-            )
-        if cfg.n_shot and len(kept) < cfg.n_shot:
-            raise DataError(f"n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid images")
+  def _generate_examples(self):
+    cfg: FolderConfig = self.builder_config
+    report = _new_report(self, source="folder", folder=cfg.folder, n_shot=cfg.n_shot, seed=cfg.seed)
+    report.update(num_candidates=len(cfg.files), ignored_other_files=cfg.other_files)
+    files = list(cfg.files)
+    if cfg.n_shot:
+      files = [files[i] for i in n_shot_order(len(files), cfg.seed)]
+    kept = []
+    for loaded in _load_many(cfg.folder, files, cfg.resolution):
+      if loaded.error:
+        report["skipped"].append({"file": loaded.file, "reason": loaded.error})
+        continue
+      if loaded.converted_from:
+        report["converted"].append({"file": loaded.file, "mode": loaded.converted_from})
+      if loaded.upscaled:
+        report["upscaled"].append(loaded.file)
+      yield len(kept), {"image": Image.fromarray(loaded.image), "file": loaded.file}
+      kept.append(loaded.file)
+      if cfg.n_shot and len(kept) == cfg.n_shot:
+        break
+    report["files"] = kept
+    report["num_examples"] = len(kept)
+    if not kept:
+      raise DataError(
+          f"no valid image left in folder {cfg.folder}: all {len(files)} image files were skipped "
+          f"(first: {report['skipped'][0]['file']}: {report['skipped'][0]['reason']})"
+      )
+    if cfg.n_shot and len(kept) < cfg.n_shot:
+      raise DataError(f"n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid images")
 
-    def _download_and_prepare(self, dl_manager, download_config=None):
-        super()._download_and_prepare(dl_manager, download_config)
-        _write_report(self)
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    _write_report(self)
 
 
 @dataclasses.dataclass(eq=False)
 class SyntheticConfig(tfds.core.BuilderConfig):
-    domain: str = "photo"
-    count: int = 0
-    resolution: int = 0
-    seed: int = 0
+  domain: str = "photo"
+  count: int = 0
+  resolution: int = 0
+  seed: int = 0
 
 
 class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
-    """A built-in procedural face domain (see `synthetic.py`)."""
+  """A built-in procedural face domain (see `synthetic.py`)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "photo and anime domains."}
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "photo and anime domains."}
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        cfg: SyntheticConfig = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=f"Synthetic '{cfg.domain}' faces, seed {cfg.seed}",
-            features=_features(cfg.resolution),
-            disable_shuffling=True,  # example i is synthetic image i
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg: SyntheticConfig = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Synthetic '{cfg.domain}' faces, seed {cfg.seed}",
+        features=_features(cfg.resolution),
+        disable_shuffling=True,  # example i is synthetic image i
+    )
 
-    def _split_generators(self, dl_manager):
-        return {_SPLIT: self._generate_examples()}
+  def _split_generators(self, dl_manager):
+    return {_SPLIT: self._generate_examples()}
 
-    def _generate_examples(self):
-        cfg: SyntheticConfig = self.builder_config
-        report = _new_report(self, source="synthetic", domain=cfg.domain, count=cfg.count, seed=cfg.seed)
-        for start in range(0, cfg.count, 256):
-            idx = np.arange(start, min(start + 256, cfg.count))
-            images = synthetic.render(cfg.domain, idx, resolution=cfg.resolution, seed=cfg.seed)
-            for i, im in zip(idx, images):
-                yield int(i), {"image": Image.fromarray(im), "file": f"{cfg.domain}/{int(i):06d}"}
-        report["num_examples"] = cfg.count
+  def _generate_examples(self):
+    cfg: SyntheticConfig = self.builder_config
+    report = _new_report(self, source="synthetic", domain=cfg.domain, count=cfg.count, seed=cfg.seed)
+    for start in range(0, cfg.count, 256):
+      idx = np.arange(start, min(start + 256, cfg.count))
+      images = synthetic.render(cfg.domain, idx, resolution=cfg.resolution, seed=cfg.seed)
+      for i, im in zip(idx, images):
+        yield int(i), {"image": Image.fromarray(im), "file": f"{cfg.domain}/{int(i):06d}"}
+    report["num_examples"] = cfg.count
 
-    def _download_and_prepare(self, dl_manager, download_config=None):
-        super()._download_and_prepare(dl_manager, download_config)
-        _write_report(self)
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    _write_report(self)
 
 
 def _new_report(builder, **fields) -> dict:
-    cfg = builder.builder_config
-    builder._gantl_report = dict(
-        complete=False,
-        builder=builder.name,
-        config=cfg.name,
-        resolution=cfg.resolution,
-        **fields,
-        num_examples=0,
-        files=[],
-        skipped=[],
-        converted=[],
-        upscaled=[],
-        crop="centre square of side min(width, height), Lanczos resize (upscaled if smaller)",
-        alpha="composited on white",
-    )
-    return builder._gantl_report
+  cfg = builder.builder_config
+  builder._gantl_report = dict(
+      complete=False,
+      builder=builder.name,
+      config=cfg.name,
+      resolution=cfg.resolution,
+      **fields,
+      num_examples=0,
+      files=[],
+      skipped=[],
+      converted=[],
+      upscaled=[],
+      crop="centre square of side min(width, height), Lanczos resize (upscaled if smaller)",
+      alpha="composited on white",
+  )
+  return builder._gantl_report
 
 
 def _write_report(builder) -> None:
-    # Runs while builder.data_dir is still tfds' temporary folder, so the
-    # report appears together with the data in the final rename.
-    report = builder._gantl_report
-    report["complete"] = True
-    with open(os.path.join(os.fspath(builder.data_dir), REPORT_NAME), "w") as f:
-        json.dump(report, f, indent=1)
+  # Runs while builder.data_dir is still tfds' temporary folder, so the
+  # report appears together with the data in the final rename.
+  report = builder._gantl_report
+  report["complete"] = True
+  with open(os.path.join(os.fspath(builder.data_dir), REPORT_NAME), "w") as f:
+    json.dump(report, f, indent=1)
 
 
 # ---------------------------------------------------------------------------
@@ -322,123 +319,123 @@ def _write_report(builder) -> None:
 
 
 def _safe(name: str) -> str:
-    out = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
-    return out[:32] or "root"
+  out = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+  return out[:32] or "root"
 
 
 def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int = 0, data_dir: str) -> GantlFolder:
-    """A `GantlFolder` builder whose config name fingerprints every input.
+  """A `GantlFolder` builder whose config name fingerprints every input.
 
-    Lists the folder (raising DataError when missing/empty) and hashes the
-    path, options and each file's size and mtime.
-    """
-    _check_resolution(resolution)
-    if n_shot < 0:
-        raise DataError(f"n_shot must be >= 0 (0 = all images), got {n_shot}")
-    folder = os.path.abspath(os.path.expanduser(folder))
-    files, others = list_images(folder)
-    if n_shot > len(files):
-        raise DataError(f"n_shot={n_shot} but folder {folder} has only {len(files)} image files")
-    stats = []
-    for f in files:
-        st = os.stat(os.path.join(folder, f))
-        stats.append([f, st.st_size, st.st_mtime_ns])
-    # The seed only matters for a subset: without one, keep one prepared copy per folder.
-    seed = seed if n_shot else 0
-    fp = _hash(dict(v=str(GantlFolder.VERSION), folder=folder, res=resolution, n_shot=n_shot, seed=seed, files=stats))
-    name = f"{_safe(os.path.basename(folder))}_r{resolution}_n{n_shot}_s{seed}_{fp}"
-    cfg = FolderConfig(
-        name=name, folder=folder, resolution=resolution, n_shot=n_shot, seed=seed,
-        files=tuple(files), other_files=others, fingerprint=fp,
-    )
-    return GantlFolder(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
+  Lists the folder (raising DataError when missing/empty) and hashes the
+  path, options and each file's size and mtime.
+  """
+  _check_resolution(resolution)
+  if n_shot < 0:
+    raise DataError(f"n_shot must be >= 0 (0 = all images), got {n_shot}")
+  folder = os.path.abspath(os.path.expanduser(folder))
+  files, others = list_images(folder)
+  if n_shot > len(files):
+    raise DataError(f"n_shot={n_shot} but folder {folder} has only {len(files)} image files")
+  stats = []
+  for f in files:
+    st = os.stat(os.path.join(folder, f))
+    stats.append([f, st.st_size, st.st_mtime_ns])
+  # The seed only matters for a subset: without one, keep one prepared copy per folder.
+  seed = seed if n_shot else 0
+  fp = _hash(dict(v=str(GantlFolder.VERSION), folder=folder, res=resolution, n_shot=n_shot, seed=seed, files=stats))
+  name = f"{_safe(os.path.basename(folder))}_r{resolution}_n{n_shot}_s{seed}_{fp}"
+  cfg = FolderConfig(
+      name=name, folder=folder, resolution=resolution, n_shot=n_shot, seed=seed,
+      files=tuple(files), other_files=others, fingerprint=fp,
+  )
+  return GantlFolder(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
 def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0, data_dir: str) -> GantlSynthetic:
-    """A `GantlSynthetic` builder; its name includes a hash of the renderer source."""
-    _check_resolution(resolution)
-    synthetic.domain_id(domain)
-    if count <= 0:
-        raise DataError(f"synthetic num_images must be > 0, got {count}")
-    with open(synthetic.__file__, "rb") as f:
-        code = hashlib.sha256(f.read()).hexdigest()[:12]
-    name = f"{domain}_r{resolution}_n{count}_s{seed}_{code}"
-    cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed)
-    return GantlSynthetic(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
+  """A `GantlSynthetic` builder; its name includes a hash of the renderer source."""
+  _check_resolution(resolution)
+  synthetic.domain_id(domain)
+  if count <= 0:
+    raise DataError(f"synthetic num_images must be > 0, got {count}")
+  with open(synthetic.__file__, "rb") as f:
+    code = hashlib.sha256(f.read()).hexdigest()[:12]
+  name = f"{domain}_r{resolution}_n{count}_s{seed}_{code}"
+  cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed)
+  return GantlSynthetic(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
 def _check_resolution(resolution: int) -> None:
-    if resolution < 4 or resolution > 4096 or resolution & (resolution - 1):
-        raise DataError(f"resolution must be a power of two, got {resolution}")
+  if resolution < 4 or resolution > 4096 or resolution & (resolution - 1):
+    raise DataError(f"resolution must be a power of two, got {resolution}")
 
 
 def read_report(builder) -> dict | None:
-    """The report of a prepared builder, or None if missing/incomplete/inconsistent."""
-    path = os.path.join(os.fspath(builder.data_path), REPORT_NAME)
-    try:
-        with open(path) as f:
-            report = json.load(f)
-        n = builder.info.splits[_SPLIT].num_examples
-    except (OSError, ValueError, KeyError):
-        return None
-    if not report.get("complete") or report.get("config") != builder.builder_config.name:
-        return None
-    if report.get("num_examples") != n or n <= 0:
-        return None
-    shards = [p for p in os.listdir(os.fspath(builder.data_path)) if ".array_record-" in p]
-    if not shards:
-        return None
-    return report
+  """The report of a prepared builder, or None if missing/incomplete/inconsistent."""
+  path = os.path.join(os.fspath(builder.data_path), REPORT_NAME)
+  try:
+    with open(path) as f:
+      report = json.load(f)
+    n = builder.info.splits[_SPLIT].num_examples
+  except (OSError, ValueError, KeyError):
+    return None
+  if not report.get("complete") or report.get("config") != builder.builder_config.name:
+    return None
+  if report.get("num_examples") != n or n <= 0:
+    return None
+  shards = [p for p in os.listdir(os.fspath(builder.data_path)) if ".array_record-" in p]
+  if not shards:
+    return None
+  return report
 
 
 def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], *, verbose: bool = True):
-    """Prepares (once) and returns (builder, report).
+  """Prepares (once) and returns (builder, report).
 
-    `make_builder` is called again after a distrusted prepared folder has been
-    deleted, because a tfds builder reads its info at construction.
-    """
-    builder = make_builder()
-    path = os.fspath(builder.data_path)
-    if os.path.isdir(path):
-        report = read_report(builder)
-        if report is not None:
-            report["reused"] = True
-            return builder, report
-        warnings.warn(f"discarding incomplete prepared dataset at {path}; preparing it again")
-        shutil.rmtree(path)
-        builder = make_builder()
-    try:
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-        )
-    except DataError:
-        raise
-    except Exception as e:  # a library error while writing: name what we were preparing
-        raise DataError(f"preparing {builder.name}/{builder.builder_config.name} in {path} failed: {e!r}") from e
+  `make_builder` is called again after a distrusted prepared folder has been
+  deleted, because a tfds builder reads its info at construction.
+  """
+  builder = make_builder()
+  path = os.fspath(builder.data_path)
+  if os.path.isdir(path):
     report = read_report(builder)
-    if report is None:
-        raise DataError(f"prepared dataset at {path} failed its completeness check")
-    report["reused"] = False
-    if verbose:
-        print(summarize(report, path))
-    return builder, report
+    if report is not None:
+      report["reused"] = True
+      return builder, report
+    warnings.warn(f"discarding incomplete prepared dataset at {path}; preparing it again")
+    shutil.rmtree(path)
+    builder = make_builder()
+  try:
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+    )
+  except DataError:
+    raise
+  except Exception as e:  # a library error while writing: name what we were preparing
+    raise DataError(f"preparing {builder.name}/{builder.builder_config.name} in {path} failed: {e!r}") from e
+  report = read_report(builder)
+  if report is None:
+    raise DataError(f"prepared dataset at {path} failed its completeness check")
+  report["reused"] = False
+  if verbose:
+    print(summarize(report, path))
+  return builder, report
 
 
 def summarize(report: dict, path: str = "") -> str:
-    """A short human summary of a prepare report."""
-    lines = [f"prepared {report['builder']}/{report['config']}: {report['num_examples']} images at {report['resolution']}px"]
-    if report.get("skipped"):
-        names = ", ".join(f"{s['file']} ({s['reason'][:60]})" for s in report["skipped"][:10])
-        more = "" if len(report["skipped"]) <= 10 else f" and {len(report['skipped']) - 10} more"
-        lines.append(f"  skipped {len(report['skipped'])}: {names}{more}")
-    if report.get("upscaled"):
-        lines.append(f"  upscaled {len(report['upscaled'])} smaller than {report['resolution']}px: {', '.join(report['upscaled'][:10])}")
-    if report.get("converted"):
-        modes = sorted({c["mode"] for c in report["converted"]})
-        lines.append(f"  converted {len(report['converted'])} to RGB from {', '.join(modes)}")
-    if report.get("ignored_other_files"):
-        lines.append(f"  ignored {report['ignored_other_files']} files without an image extension")
-    if path:
-        lines.append(f"  report: {os.path.join(path, REPORT_NAME)}")
-    return "\n".join(lines)
+  """A short human summary of a prepare report."""
+  lines = [f"prepared {report['builder']}/{report['config']}: {report['num_examples']} images at {report['resolution']}px"]
+  if report.get("skipped"):
+    names = ", ".join(f"{s['file']} ({s['reason'][:60]})" for s in report["skipped"][:10])
+    more = "" if len(report["skipped"]) <= 10 else f" and {len(report['skipped']) - 10} more"
+    lines.append(f"  skipped {len(report['skipped'])}: {names}{more}")
+  if report.get("upscaled"):
+    lines.append(f"  upscaled {len(report['upscaled'])} smaller than {report['resolution']}px: {', '.join(report['upscaled'][:10])}")
+  if report.get("converted"):
+    modes = sorted({c["mode"] for c in report["converted"]})
+    lines.append(f"  converted {len(report['converted'])} to RGB from {', '.join(modes)}")
+  if report.get("ignored_other_files"):
+    lines.append(f"  ignored {report['ignored_other_files']} files without an image extension")
+  if path:
+    lines.append(f"  report: {os.path.join(path, REPORT_NAME)}")
+  return "\n".join(lines)

@@ -29,258 +29,244 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gantl_jax.data import builders
-from gantl_jax.data.builders import DataError
+from gantl_jax.data import builders, checks
+from gantl_jax.data.checks import DataError
 
 _SPLIT = "train"
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The `data` section of a run config. Resolution comes from the model config."""
-    c = ml_collections.ConfigDict()
-    c.source = "synthetic"  # 'synthetic' (built-in demo domain) or 'folder' (your images)
-    c.domain = "photo"  # synthetic domain: 'photo' (source-like) or 'anime' (target-like)
-    c.num_images = 2000  # synthetic: number of images rendered into the dataset
-    c.folder = ""  # folder: path to the images (recursive; png/jpg/jpeg/webp); required if source=='folder'
-    c.n_shot = 0  # folder: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
-    c.seed = 0  # data identity: synthetic images and the n-shot subset (not the shuffle order)
-    c.mirror_dataset = False  # double the dataset with x-flipped copies (at read time, no extra disk)
-    c.xflip = True  # random x-flip per example in the pipeline, by shuffle seed + stream position
-    c.data_dir = "~/tensorflow_datasets/gantl_jax"  # where tfds prepares array_record files
-    c.prefetch = 2  # batches decoded ahead in a background thread (0 = decode on demand)
-    c.num_workers = 4  # threads decoding PNGs within one batch
-    return c
-
-
 @dataclasses.dataclass
 class ImageSource:
-    """Random access to uint8 (res, res, 3) images; index >= N is the mirror of index - N."""
+  """Random access to uint8 (res, res, 3) images; index >= N is the mirror of index - N."""
 
-    source: Any  # the tfds array_record data source, items {'image', 'file'}
-    size: int
-    mirror: bool = False
+  source: Any  # the tfds array_record data source, items {'image', 'file'}
+  size: int
+  mirror: bool = False
 
-    def __len__(self) -> int:
-        return 2 * self.size if self.mirror else self.size
+  def __len__(self) -> int:
+    return 2 * self.size if self.mirror else self.size
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        image = self.source[index % self.size]["image"]
-        return image[:, ::-1] if index >= self.size else image
+  def __getitem__(self, index: int) -> np.ndarray:
+    index = int(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range for {len(self)} images")
+    image = self.source[index % self.size]["image"]
+    return image[:, ::-1] if index >= self.size else image
 
 
 @dataclasses.dataclass
 class PreparedData:
-    """A prepared dataset: `data_source[i]` is uint8 (res, res, 3)."""
+  """A prepared dataset: `data_source[i]` is uint8 (res, res, 3)."""
 
-    name: str
-    resolution: int
-    num_examples: int
-    data_source: ImageSource
-    report: dict
-    info: tfds.core.DatasetInfo
-    data_path: str
-    # Iterator defaults from the data config: xflip, prefetch, num_workers.
-    options: dict = dataclasses.field(default_factory=dict)
+  name: str
+  resolution: int
+  num_examples: int
+  data_source: ImageSource
+  report: dict
+  info: tfds.core.DatasetInfo
+  data_path: str
+  # Iterator defaults from the data config: xflip, prefetch, num_workers.
+  options: dict = dataclasses.field(default_factory=dict)
 
 
 def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose: bool = True) -> PreparedData:
-    """Builds the tfds dataset once (reused when already prepared) and opens it."""
-    c = data_config
-    data_dir = str(c.data_dir)
-    if c.source == "synthetic":
-        make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed), data_dir=data_dir)
-    elif c.source == "folder":
-        if not c.folder:
-            raise DataError("data.folder is required when data.source == 'folder'")
-        make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed), data_dir=data_dir)
-    else:
-        raise DataError(f"data.source must be 'synthetic' or 'folder', got {c.source!r}")
-    builder, report = builders.prepare_builder(make, verbose=verbose)
-    source = builder.as_data_source()[_SPLIT]
-    images = ImageSource(source, len(source), bool(c.mirror_dataset))
-    return PreparedData(
-        name=f"{builder.name}/{builder.builder_config.name}",
-        resolution=resolution,
-        num_examples=len(images),
-        data_source=images,
-        report=report,
-        info=builder.info,
-        data_path=str(builder.data_path),
-        options=dict(xflip=bool(c.xflip), prefetch=int(c.prefetch), num_workers=int(c.num_workers)),
-    )
+  """Builds the tfds dataset once (reused when already prepared) and opens it.
+
+  `data_config` is the `data` section of a run config (keys and defaults:
+  `configs/base.py`). Raises DataError naming the key, file or folder at fault.
+  """
+  c = data_config
+  checks.check_config(c)
+  data_dir = str(c.data_dir)
+  if c.source == "synthetic":
+    make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed), data_dir=data_dir)
+  else:
+    if not c.folder:
+      raise DataError("data.folder is required when data.source == 'folder'")
+    make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed), data_dir=data_dir)
+  builder, report = builders.prepare_builder(make, verbose=verbose)
+  source = builder.as_data_source()[_SPLIT]
+  images = ImageSource(source, len(source), bool(c.mirror_dataset))
+  return PreparedData(
+      name=f"{builder.name}/{builder.builder_config.name}",
+      resolution=resolution,
+      num_examples=len(images),
+      data_source=images,
+      report=report,
+      info=builder.info,
+      data_path=str(builder.data_path),
+      options=dict(xflip=bool(c.xflip), prefetch=int(c.prefetch), num_workers=int(c.num_workers)),
+  )
 
 
 class DataIterator:
-    """Infinite iterator of this host's float32 batches with a restorable position.
+  """Infinite iterator of this host's float32 batches with a restorable position.
 
-    Use `make_iterator`. `get_state()` describes the next batch `next()` will
-    return (prefetched batches are not counted as consumed).
-    """
+  Use `make_iterator`. `get_state()` describes the next batch `next()` will
+  return (prefetched batches are not counted as consumed).
+  """
 
-    def __init__(self, prepared: PreparedData, *, global_batch: int, process_index: int, process_count: int,
-                 seed: int, xflip: bool, prefetch: int, num_workers: int):
-        if global_batch <= 0 or global_batch % process_count:
-            raise ValueError(f"global_batch {global_batch} must be a positive multiple of process_count {process_count}")
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-        self.prepared = prepared
-        self.global_batch = global_batch
-        self.local_batch = global_batch // process_count
-        self.process_index = process_index
-        self.process_count = process_count
-        self.seed = seed
-        self.xflip = xflip
-        self.prefetch = prefetch
-        self._n = prepared.num_examples
-        self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) if num_workers > 1 else None
-        self._step = 0
-        self._thread = None
-        self._queue: queue.Queue | None = None
-        self._stop = threading.Event()
+  def __init__(self, prepared: PreparedData, *, global_batch: int, process_index: int, process_count: int,
+               seed: int, xflip: bool, prefetch: int, num_workers: int):
+    if global_batch <= 0 or global_batch % process_count:
+      raise ValueError(f"global_batch {global_batch} must be a positive multiple of process_count {process_count}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    self.prepared = prepared
+    self.global_batch = global_batch
+    self.local_batch = global_batch // process_count
+    self.process_index = process_index
+    self.process_count = process_count
+    self.seed = seed
+    self.xflip = xflip
+    self.prefetch = prefetch
+    self._n = prepared.num_examples
+    self._epochs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_workers)) if num_workers > 1 else None
+    self._step = 0
+    self._thread = None
+    self._queue: queue.Queue | None = None
+    self._stop = threading.Event()
 
-    # -- index arithmetic ---------------------------------------------------
+  # -- index arithmetic ---------------------------------------------------
 
-    def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
-        # Only the last few epochs are kept: a batch spans at most a few when N < global_batch.
-        if e not in self._epochs:
-            rng = np.random.default_rng([self.seed, e])
-            perm = rng.permutation(self._n)
-            flip = rng.random(self._n) < 0.5 if self.xflip else np.zeros(self._n, bool)
-            if len(self._epochs) > 4:
-                self._epochs.pop(min(self._epochs))
-            self._epochs[e] = (perm, flip)
-        return self._epochs[e]
+  def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+    # Only the last few epochs are kept: a batch spans at most a few when N < global_batch.
+    if e not in self._epochs:
+      rng = np.random.default_rng([self.seed, e])
+      perm = rng.permutation(self._n)
+      flip = rng.random(self._n) < 0.5 if self.xflip else np.zeros(self._n, bool)
+      if len(self._epochs) > 4:
+        self._epochs.pop(min(self._epochs))
+      self._epochs[e] = (perm, flip)
+    return self._epochs[e]
 
-    def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(example indices, flip flags) of this host's share of global batch `step`."""
-        start = step * self.global_batch + self.process_index * self.local_batch
-        pos = np.arange(start, start + self.local_batch, dtype=np.int64)
-        idx = np.empty(self.local_batch, np.int64)
-        flip = np.empty(self.local_batch, bool)
-        epochs = pos // self._n
-        for e in np.unique(epochs):
-            m = epochs == e
-            perm, fl = self._epoch(int(e))
-            off = pos[m] % self._n
-            idx[m], flip[m] = perm[off], fl[off]
-        return idx, flip
+  def indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(example indices, flip flags) of this host's share of global batch `step`."""
+    start = step * self.global_batch + self.process_index * self.local_batch
+    pos = np.arange(start, start + self.local_batch, dtype=np.int64)
+    idx = np.empty(self.local_batch, np.int64)
+    flip = np.empty(self.local_batch, bool)
+    epochs = pos // self._n
+    for e in np.unique(epochs):
+      m = epochs == e
+      perm, fl = self._epoch(int(e))
+      off = pos[m] % self._n
+      idx[m], flip[m] = perm[off], fl[off]
+    return idx, flip
 
-    def _load(self, step: int) -> np.ndarray:
-        idx, flip = self.indices(step)
-        src = self.prepared.data_source
-        images = list(self._pool.map(src.__getitem__, idx)) if self._pool else [src[i] for i in idx]
-        batch = np.stack(images)
-        batch[flip] = batch[flip, :, ::-1]
-        out = batch.astype(np.float32)
-        out *= 1.0 / 127.5
-        out -= 1.0
-        return out
+  def _load(self, step: int) -> np.ndarray:
+    idx, flip = self.indices(step)
+    src = self.prepared.data_source
+    images = list(self._pool.map(src.__getitem__, idx)) if self._pool else [src[i] for i in idx]
+    batch = np.stack(images)
+    batch[flip] = batch[flip, :, ::-1]
+    out = batch.astype(np.float32)
+    out *= 1.0 / 127.5
+    out -= 1.0
+    return out
 
-    # -- prefetching --------------------------------------------------------
+  # -- prefetching --------------------------------------------------------
 
-    @staticmethod
-    def _worker(load_ref: weakref.WeakMethod, start: int, q: queue.Queue, stop: threading.Event) -> None:
-        # Holds the iterator only weakly, so dropping the iterator ends the thread.
-        step = start
-        while not stop.is_set():
-            load = load_ref()
-            if load is None:
-                return
-            try:
-                item = (step, load(step))
-            except Exception as e:  # surface in the consumer thread, not as a silent hang
-                item = (step, e)
-            del load
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            step += 1
-
-    def _stop_worker(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread, self._queue = None, None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self.prefetch <= 0:
-            batch = self._load(self._step)
-        else:
-            if self._thread is None:
-                self._stop = threading.Event()
-                self._queue = queue.Queue(self.prefetch)
-                self._thread = threading.Thread(target=self._worker, args=(weakref.WeakMethod(self._load), self._step, self._queue, self._stop), daemon=True)
-                self._thread.start()
-            step, batch = self._queue.get()
-            assert step == self._step, (step, self._step)
-            if isinstance(batch, Exception):
-                self._stop_worker()
-                raise batch
-        self._step += 1
-        return batch
-
-    # -- state --------------------------------------------------------------
-
-    def get_state(self) -> dict:
-        """Small JSON-serialisable position: restoring it continues the stream exactly."""
-        return {
-            "step": self._step,
-            "seed": self.seed,
-            "global_batch": self.global_batch,
-            "num_examples": self._n,
-            "xflip": self.xflip,
-        }
-
-    def set_state(self, state: dict) -> None:
-        """Moves to a position from `get_state()`, also one saved with another process_count."""
-        for key in ("seed", "global_batch", "num_examples", "xflip"):
-            if key in state and state[key] != getattr(self, key if key != "num_examples" else "_n"):
-                raise DataError(
-                    f"data iterator state has {key}={state[key]!r} but this run has "
-                    f"{getattr(self, key if key != 'num_examples' else '_n')!r}: the stream would not continue exactly"
-                )
-        self._stop_worker()
-        self._step = int(state["step"])
-
-    def close(self) -> None:
-        """Stops the prefetch thread and the decode pool."""
-        self._stop_worker()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __del__(self):
+  @staticmethod
+  def _worker(load_ref: weakref.WeakMethod, start: int, q: queue.Queue, stop: threading.Event) -> None:
+    # Holds the iterator only weakly, so dropping the iterator ends the thread.
+    step = start
+    while not stop.is_set():
+      load = load_ref()
+      if load is None:
+        return
+      try:
+        item = (step, load(step))
+      except Exception as e:  # surface in the consumer thread, not as a silent hang
+        item = (step, e)
+      del load
+      while not stop.is_set():
         try:
-            self._stop.set()
-        except Exception:
-            pass
+          q.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      step += 1
+
+  def _stop_worker(self) -> None:
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread, self._queue = None, None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> np.ndarray:
+    if self.prefetch <= 0:
+      batch = self._load(self._step)
+    else:
+      if self._thread is None:
+        self._stop = threading.Event()
+        self._queue = queue.Queue(self.prefetch)
+        self._thread = threading.Thread(target=self._worker, args=(weakref.WeakMethod(self._load), self._step, self._queue, self._stop), daemon=True)
+        self._thread.start()
+      step, batch = self._queue.get()
+      assert step == self._step, (step, self._step)
+      if isinstance(batch, Exception):
+        self._stop_worker()
+        raise batch
+    self._step += 1
+    return batch
+
+  # -- state --------------------------------------------------------------
+
+  def get_state(self) -> dict:
+    """Small JSON-serialisable position: restoring it continues the stream exactly."""
+    return {
+        "step": self._step,
+        "seed": self.seed,
+        "global_batch": self.global_batch,
+        "num_examples": self._n,
+        "xflip": self.xflip,
+    }
+
+  def set_state(self, state: dict) -> None:
+    """Moves to a position from `get_state()`, also one saved with another process_count."""
+    for key in ("seed", "global_batch", "num_examples", "xflip"):
+      if key in state and state[key] != getattr(self, key if key != "num_examples" else "_n"):
+        raise DataError(
+            f"data iterator state has {key}={state[key]!r} but this run has "
+            f"{getattr(self, key if key != 'num_examples' else '_n')!r}: the stream would not continue exactly"
+        )
+    self._stop_worker()
+    self._step = int(state["step"])
+
+  def close(self) -> None:
+    """Stops the prefetch thread and the decode pool."""
+    self._stop_worker()
+    if self._pool is not None:
+      self._pool.shutdown(wait=True)
+      self._pool = None
+
+  def __del__(self):
+    try:
+      self._stop.set()
+    except Exception:
+      pass
 
 
 def make_iterator(prepared: PreparedData, *, global_batch: int, process_index: int = 0, process_count: int = 1,
                   seed: int = 0, state: dict | None = None, xflip: bool | None = None,
                   prefetch: int | None = None, num_workers: int | None = None) -> DataIterator:
-    """This host's iterator of float32 (global_batch // process_count, res, res, 3) in [-1, 1].
+  """This host's iterator of float32 (global_batch // process_count, res, res, 3) in [-1, 1].
 
-    `seed` sets the shuffle order and flips; `state` (from `get_state()`)
-    resumes a stream. xflip / prefetch / num_workers default to the data
-    config given to `prepare`.
-    """
-    opts = dict(xflip=True, prefetch=2, num_workers=4) | prepared.options
-    for key, value in dict(xflip=xflip, prefetch=prefetch, num_workers=num_workers).items():
-        if value is not None:
-            opts[key] = value
-    it = DataIterator(prepared, global_batch=global_batch, process_index=process_index,
-                      process_count=process_count, seed=seed, **opts)
-    if state is not None:
-        it.set_state(state)
-    return it
+  `seed` sets the shuffle order and flips; `state` (from `get_state()`)
+  resumes a stream. xflip / prefetch / num_workers default to the data
+  config given to `prepare`.
+  """
+  opts = dict(xflip=True, prefetch=2, num_workers=4) | prepared.options
+  for key, value in dict(xflip=xflip, prefetch=prefetch, num_workers=num_workers).items():
+    if value is not None:
+      opts[key] = value
+  it = DataIterator(prepared, global_batch=global_batch, process_index=process_index,
+                    process_count=process_count, seed=seed, **opts)
+  if state is not None:
+    it.set_state(state)
+  return it

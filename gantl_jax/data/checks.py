@@ -1,0 +1,39 @@
+"""The rules of a run config's `data` section, and the data layer's error type.
+
+Kept apart from the builders and the pipeline so that `config.resolve` can
+check the section at start without importing tensorflow_datasets. The
+defaults and the meaning of every key are in `configs/base.py`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from gantl_jax.data import synthetic
+
+SOURCES = ("synthetic", "folder")
+
+
+class DataError(ValueError):
+  """Bad data input: the message names the file, folder or `data.*` key at fault."""
+
+
+def check_config(c: Any) -> None:
+  """Raises DataError naming the first `data.*` key whose value cannot work.
+
+  Only values are checked here; whether `data.folder` is set and holds
+  images is checked by `prepare`, where the folder is read.
+  """
+  if c.source not in SOURCES:
+    raise DataError(f"data.source must be 'synthetic' or 'folder', got {c.source!r}")
+  if c.source == "synthetic":
+    try:
+      synthetic.domain_id(c.domain)
+    except ValueError as e:
+      raise DataError(f"data.domain: {e}") from None
+    if c.num_images <= 0:
+      raise DataError(f"data.num_images must be > 0 for data.source='synthetic', got {c.num_images}")
+  if c.n_shot < 0:
+    raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {c.n_shot}")
+  for key in ("prefetch", "num_workers"):
+    if c[key] < 0:
+      raise DataError(f"data.{key} must be >= 0, got {c[key]}")

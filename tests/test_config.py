@@ -1,0 +1,163 @@
+"""config.resolve's validation, the configs' layering, and parse_seeds."""
+import glob
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+from ml_collections import config_dict
+
+from configs import base, tiny
+from gantl_jax import config as config_lib
+from gantl_jax import data
+from gantl_jax.generate import parse_seeds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                      if not p.endswith("__init__.py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_resolves(name):
+  module = importlib.import_module(f"configs.{name}")
+  config_lib.resolve(module.get_config())
+
+
+def test_parsing_configs_imports_no_library_code():
+  """A config is plain data: loading every one (as launch.py's flag does) imports neither
+  gantl_jax nor jax nor tensorflow_datasets, so a bad flag fails in a fraction of a second."""
+  code = f"""
+import sys
+sys.path.insert(0, {ROOT!r})
+from ml_collections import config_flags
+from absl import flags
+holder = config_flags.DEFINE_config_file("config")
+for name in {CONFIG_NAMES!r}:
+  flags.FLAGS["config"].parser.parse({os.path.join(ROOT, "configs")!r} + f"/{{name}}.py").to_dict()
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"gantl_jax", "jax", "tensorflow_datasets"}})
+print(len({CONFIG_NAMES!r}), heavy)
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == [str(len(CONFIG_NAMES)), "[]"], out.stdout
+
+
+def test_data_defaults_are_documented_in_base():
+  """Every data key has a default in configs/base.py (the section moved out of the library)."""
+  keys = set(base.get_config().data)
+  assert keys == {"source", "domain", "num_images", "folder", "n_shot", "seed", "mirror_dataset",
+                  "xflip", "data_dir", "prefetch", "num_workers"}
+  with open(os.path.join(ROOT, "configs", "base.py")) as f:
+    lines = f.read().splitlines()
+  for key in keys:
+    assert any(line.strip().startswith(f"{key}=") and "#" in line for line in lines), key
+
+
+def _with(key: str, value):
+  """tiny's config with one dotted key set (placeholders accept None)."""
+  c = tiny.get_config()
+  section, leaf = key.rsplit(".", 1)
+  node = c
+  for part in section.split("."):
+    node = node[part]
+  node[leaf] = value
+  return c
+
+
+# (key, bad value, words the one-line message must hold besides the key)
+BAD = [
+    ("model.mbstd_group_size", 0, ">= 1"),
+    ("model.mbstd_num_channels", -1, ">= 0"),
+    ("model.img_channels", 1, "only RGB"),
+    ("model.img_channels", 4, "set it to 3"),
+    ("model.z_dim", 0, ">= 1"),
+    ("model.mapping_lr_mul", 0.0, "positive"),
+    ("model.conv_clamp", -1.0, "positive or None"),
+    ("model.compute_dtype", "float16", "'float32' or 'bfloat16'"),
+    ("train.pl_batch_shrink", 0, ">= 1"),
+    ("train.log_every", 0, ">= 1"),
+    ("train.log_every", -5, ">= 1"),
+    ("train.r1_interval", 0, ">= 1"),
+    ("train.sample_every", -1, ">= 0"),
+    ("train.sample_grid", (4,), "two positive integers"),
+    ("train.sample_grid", (4, 0), "two positive integers"),
+    ("train.pl_weight", -2.0, ">= 0"),
+    ("train.pl_decay", 1.5, "[0, 1]"),
+    ("train.w_avg_beta", float("nan"), "[0, 1]"),
+    ("train.ema_rampup", -0.1, ">= 0"),
+    ("train.total_kimg", 0.0, "positive"),
+    ("train.style_mixing_prob", 1.1, "[0, 1]"),
+    ("checkpoint.every_steps", -1, ">= 0"),
+    ("checkpoint.max_to_keep", 0, ">= 1"),
+    ("optim.g.lr", -0.002, ">= 0"),
+    ("optim.d.lr", -1.0, ">= 0"),
+    ("optim.g.beta1", 1.0, "[0, 1)"),
+    ("optim.d.beta2", -0.5, "[0, 1)"),
+    ("optim.g.eps", 0.0, "positive"),
+    ("freeze.g", "([", "invalid regular expression '(['"),
+    ("freeze.d", "^b16/,b8/(", "invalid regular expression 'b8/('"),
+    ("freeze.g_lr_mults", "([=2", "invalid regular expression '(['"),
+    ("freeze.d_lr_mults", "^b4/", "must look like 'regex=multiplier'"),
+    ("freeze.d_lr_mults", "^b4/=fast", "is not a number"),
+    ("freeze.g_lr_mults", "^mapping/=-0.1", "finite number >= 0"),
+    ("freeze.g_lr_mults", "^mapping/=nan", "finite number >= 0"),
+    ("freeze.preset", "freezeD", "unknown preset"),
+    # The data section is checked by the data layer's own rules (DataError), at start, without tfds.
+    ("data.source", "web", "'synthetic' or 'folder'"),
+    ("data.domain", "cartoon", "unknown synthetic domain"),
+    ("data.num_images", 0, "> 0"),
+    ("data.n_shot", -1, ">= 0"),
+    ("data.prefetch", -1, ">= 0"),
+    ("data.num_workers", -2, ">= 0"),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
+def test_bad_value_fails_with_one_line_naming_the_key(key, value, words):
+  error = data.DataError if key.startswith("data.") else config_lib.ConfigError
+  with pytest.raises(error) as e:
+    config_lib.resolve(_with(key, value))
+  message = str(e.value)
+  assert key in message and words in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("key,value", [
+    ("optim.g.lr", 0.0),                 # holds G fixed: legitimate
+    ("optim.d.beta1", 0.0),
+    ("checkpoint.max_to_keep", None),    # keeps every checkpoint
+    ("checkpoint.every_steps", 0),       # only at the end
+    ("train.sample_every", 0),           # only at the end
+    ("train.ema_rampup", None),
+    ("train.ema_rampup", 0.0),
+    ("train.pl_weight", 0.0),
+    ("model.mbstd_num_channels", 0),
+    ("freeze.g_lr_mults", "^mapping/=0.1,torgb=2,b4=0"),
+    ("freeze.d", "^b16/,^b8/conv\\d"),
+    ("data.source", "folder"),           # the folder itself is checked where it is read
+])
+def test_legitimate_values_pass(key, value):
+  config_lib.resolve(_with(key, value))
+
+
+def test_placeholder_folder_is_left_to_prepare():
+  c = _with("data.source", "folder")
+  c.data.folder = config_dict.placeholder(str)
+  config_lib.resolve(c)
+
+
+@pytest.mark.parametrize("text,want", [("0-3,7", [0, 1, 2, 3, 7]), (" 1, 5 ,9 ", [1, 5, 9]),
+                                       ("4", [4]), ("2-2", [2]), ("0-1,", [0, 1])])
+def test_parse_seeds(text, want):
+  assert parse_seeds(text) == want
+
+
+@pytest.mark.parametrize("text,words", [("abc", "is not a seed or a range"), ("5-1", "runs backwards"),
+                                        ("-1", "is not a seed"), ("1-2-3", "is not a seed"),
+                                        ("", "holds no seed"), ("1.5", "is not a seed"),
+                                        ("4294967296", "not below 2**32")])
+def test_parse_seeds_errors_name_the_flag_and_the_form(text, words):
+  with pytest.raises(config_lib.ConfigError) as e:
+    parse_seeds(text)
+  message = str(e.value)
+  assert message.startswith("--seeds=") and words in message and "'0-15'" in message, message

@@ -1,0 +1,59 @@
+"""launch.py's answer to a bad command line: one `error: ...` line, exit status 2, nothing written."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "tiny.py")
+
+
+def _launch(tmp_path, *args):
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir), *args],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  return proc, workdir
+
+
+CASES = {
+    "unknown_key": (["--config", TINY, "--config.train.bach_size=8"],
+                    "error: --config.train.bach_size: the config has no key train.bach_size; "
+                    "did you mean train.batch_size?"),
+    "unknown_section": (["--config", TINY, "--config.trian.batch_size=8"],
+                        "error: --config.trian.batch_size: the config has no key trian; "
+                        "did you mean train.batch_size?"),
+    "key_below_a_value": (["--config", TINY, "--config.train.batch_size.x=1"],
+                          "error: --config.train.batch_size.x: train.batch_size is a value (8), not a section"),
+    "bad_type": (["--config", TINY, "--config.train.batch_size=abc"],
+                 "error: --config.train.batch_size=abc: train.batch_size must be of type int "
+                 "(invalid literal for int() with base 10: 'abc')"),
+    "missing_config_file": (["--config", "nope/missing.py"],
+                            "error: --config nope/missing.py: [Errno 2] No such file or directory: "
+                            "'nope/missing.py'"),
+    "missing_config_file_with_override": (["--config", "nope/missing.py", "--config.train.batch_size=8"],
+                                          "error: --config nope/missing.py: [Errno 2] No such file or "
+                                          "directory: 'nope/missing.py'"),
+    "seeds_not_a_number": (["--mode", "generate", "--seeds", "abc"],
+                           "error: --seeds='abc': 'abc' is not a seed or a range; give comma-separated "
+                           "seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"),
+    "seeds_backwards": (["--mode", "generate", "--seeds", "5-1"],
+                        "error: --seeds='5-1': the range '5-1' runs backwards; give comma-separated "
+                        "seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"),
+    "bad_freeze_regex": (["--config", TINY, "--config.freeze.g=(["],
+                         "error: freeze.g: invalid regular expression '([' (unterminated character set "
+                         "at position 1); give comma-separated Python regular expressions"),
+    "log_every_zero": (["--config", TINY, "--config.train.log_every=0"],
+                       "error: train.log_every must be >= 1, got 0"),
+    "max_to_keep_zero": (["--config", TINY, "--config.checkpoint.max_to_keep=0"],
+                         "error: checkpoint.max_to_keep must be >= 1 (or None to keep every checkpoint), got 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_command_line_is_one_line_and_status_2(tmp_path, case):
+  args, want = CASES[case]
+  proc, workdir = _launch(tmp_path, *args)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.splitlines() == [want]
+  assert not workdir.exists()  # failed before writing anything
