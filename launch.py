@@ -10,7 +10,7 @@ import sys
 from typing import NoReturn
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 # Config files import `configs.*`; make that work when launched from any directory.
@@ -24,10 +24,11 @@ _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _fail(message: str) -> NoReturn:
-  """Exits with ``error: <message>`` and status 2: a usage error, not a crash."""
+def _fail(message: str, status: int = 2) -> NoReturn:
+  """Exits with ``error: <message>``; status 2 is a usage error (nothing was written), 1 a run
+  that started and could not go on."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _config_arg(argv: list[str]) -> str | None:
@@ -180,9 +181,7 @@ def main(argv):
   except (train.TrainingError, checkpoint.CheckpointError) as e:
     # The run started and cannot go on (diverged, or its files cannot be written); what it
     # saved before is intact.
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e), status=1)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 
 import ml_collections
 
+from gantl_jax import resolutions
 from gantl_jax.data import checks as data_checks
 
 
@@ -35,11 +36,10 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   _check(m.img_channels == 3,
          f"model.img_channels={m.img_channels}: only RGB is supported (the data pipeline converts "
          f"every image to RGB and samples are written as RGB PNGs); set it to 3")
-  _check(m.resolution >= 8 and m.resolution & (m.resolution - 1) == 0,
-         f"model.resolution must be a power of two from 8 to 1024, got {m.resolution}")
-  _check(m.resolution <= 1024, f"model.resolution must be at most 1024, got {m.resolution}")
+  problem = resolutions.resolution_problem(m.resolution)
+  _check(problem is None, f"model.resolution {problem}")
   _check(m.mapping_layers >= 1, f"model.mapping_layers must be >= 1, got {m.mapping_layers}")
-  _check(m.channel_base // m.resolution >= 1,
+  _check(resolutions.channels_at(m.resolution, m.channel_base, m.channel_max) >= 1,
          f"model.channel_base={m.channel_base} gives no channels at {m.resolution} px "
          f"(channels = min(channel_base // res, channel_max)); raise it to at least {m.resolution}")
   _check(m.conv_impl in ("auto", "xla", "custom"),
@@ -56,7 +56,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
          f"model.conv_clamp must be positive or None (no clamping), got {m.conv_clamp}")
   _check(m.mbstd_num_channels >= 0, f"model.mbstd_num_channels must be >= 0 (0 disables minibatch "
          f"stddev), got {m.mbstd_num_channels}")
-  c4 = min(m.channel_base // 4, m.channel_max)
+  c4 = resolutions.channels_at(4, m.channel_base, m.channel_max)
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 

@@ -10,6 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from gantl_jax import checkpoint
+from gantl_jax.config import ConfigError
 from gantl_jax import images as image_io
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
@@ -20,7 +21,6 @@ def parse_seeds(text: str) -> list[int]:
 
   Raises ConfigError naming ``--seeds`` and the expected form.
   """
-  from gantl_jax.config import ConfigError  # pylint: disable=g-import-not-at-top
   form = "comma-separated seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"
   seeds = []
   for part in text.split(","):

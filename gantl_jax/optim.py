@@ -17,7 +17,7 @@ import optax
 from flax import traverse_util
 
 from gantl_jax.config import ConfigError
-from gantl_jax.models import stylegan2
+from gantl_jax.resolutions import block_resolutions
 
 FROZEN = "frozen"
 FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
@@ -149,7 +149,7 @@ def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple
 
   The G-only presets leave D fully trainable and vice versa.
   """
-  blocks = stylegan2.block_resolutions(resolution)
+  blocks = block_resolutions(resolution)
   g, d = [], []
   for name in as_patterns(freeze.preset):
     if name == "none":

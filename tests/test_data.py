@@ -248,7 +248,7 @@ def test_prepare_reuses_and_separates_options(image_folder, tmp_path, monkeypatc
   again = data.prepare(c, resolution=8, verbose=False)
   assert again.report["reused"] and again.data_path == first.data_path
   monkeypatch.undo()
-  other = data.prepare(c, resolution=4, verbose=False)
+  other = data.prepare(c, resolution=16, verbose=False)
   assert other.data_path != first.data_path and not other.report["reused"]
   # A changed file changes the fingerprint.
   victim = image_folder / "b" / "deep" / "img00.png"

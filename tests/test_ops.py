@@ -13,6 +13,20 @@ DIMS = ("NHWC", "HWIO", "NHWC")
 FIR_2D = np.outer(ops.FIR_TAPS, ops.FIR_TAPS) / np.sum(ops.FIR_TAPS) ** 2
 
 
+def reference_upfirdn_1d(x: np.ndarray, up: int, down: int, pad, gain: float) -> np.ndarray:
+  """Direct numpy reference of 1-D upfirdn (up-sample, pad, FIR, down-sample) along axis 0: the
+  ground truth for the fast formulations of ops.py."""
+  taps = np.asarray(ops.FIR_TAPS, np.float64)
+  taps = taps / taps.sum() * gain
+  n = x.shape[0]
+  u = np.zeros((n * up,) + x.shape[1:], np.float64)
+  u[::up] = x
+  u = np.concatenate([np.zeros((pad[0],) + x.shape[1:]), u, np.zeros((pad[1],) + x.shape[1:])])
+  out = np.stack([np.tensordot(taps[::-1], u[i:i + len(taps)], axes=(0, 0))
+                  for i in range(u.shape[0] - len(taps) + 1)])
+  return out[::down]
+
+
 def _rand(shape, seed):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
@@ -20,8 +34,8 @@ def _rand(shape, seed):
 def _ref_upfirdn_2d(x, up, down, pad, gain):
   """The 2-D separable reference: the 1-D numpy reference along H, then along W."""
   x = np.asarray(x, np.float64).transpose(1, 2, 0, 3)  # [H, W, N, C]
-  x = ops.reference_upfirdn_1d(x, up, down, pad, np.sqrt(gain))
-  x = ops.reference_upfirdn_1d(x.transpose(1, 0, 2, 3), up, down, pad, np.sqrt(gain))
+  x = reference_upfirdn_1d(x, up, down, pad, np.sqrt(gain))
+  x = reference_upfirdn_1d(x.transpose(1, 0, 2, 3), up, down, pad, np.sqrt(gain))
   return x.transpose(2, 1, 0, 3)
 
 

@@ -44,6 +44,7 @@ from PIL import Image, ImageOps
 
 from gantl_jax.data import synthetic
 from gantl_jax.data.checks import DataError
+from gantl_jax.resolutions import resolution_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 REPORT_NAME = "prepare_report.json"
@@ -365,8 +366,9 @@ def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0
 
 
 def _check_resolution(resolution: int) -> None:
-  if resolution < 4 or resolution > 4096 or resolution & (resolution - 1):
-    raise DataError(f"resolution must be a power of two, got {resolution}")
+  problem = resolution_problem(resolution)
+  if problem:
+    raise DataError(f"resolution {problem}")
 
 
 def read_report(builder) -> dict | None:

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from gantl_jax.resolutions import resolution_problem
+
 DOMAINS = {"photo": 0, "anime": 1}
 
 # Pixels per vectorised chunk: big enough to amortise numpy's per-call
@@ -475,8 +477,9 @@ def render(domain: str, indices: Sequence[int] | np.ndarray, *, resolution: int,
   does not depend on which other indices are rendered with it.
   """
   domain_id(domain)
-  if resolution < 8 or resolution > 1024 or resolution & (resolution - 1):
-    raise ValueError(f"resolution must be a power of two in [8, 1024], got {resolution}")
+  problem = resolution_problem(resolution)
+  if problem:
+    raise ValueError(f"resolution {problem}")
   indices = [int(i) for i in np.asarray(indices).reshape(-1)]
   out = np.empty((len(indices), resolution, resolution, 3), np.uint8)
   chunk = max(1, _PIXELS_PER_CHUNK // (resolution * resolution))

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -314,18 +312,3 @@ def bias_act(x: jax.Array, bias: jax.Array | None, act: str = "linear", gain: fl
 def normalize_2nd_moment(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax.Array:
   return x * lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True) + eps)
 
-
-def reference_upfirdn_1d(x: np.ndarray, up: int, down: int, pad: Sequence[int], gain: float) -> np.ndarray:
-  """Direct numpy reference of 1-D upfirdn (up-sample, pad, FIR, down-sample) along axis 0.
-
-  Used by the tests as the ground truth for the fast formulations above.
-  """
-  taps = np.asarray(FIR_TAPS, np.float64)
-  taps = taps / taps.sum() * gain
-  n = x.shape[0]
-  u = np.zeros((n * up,) + x.shape[1:], np.float64)
-  u[::up] = x
-  u = np.concatenate([np.zeros((pad[0],) + x.shape[1:]), u, np.zeros((pad[1],) + x.shape[1:])])
-  out = np.stack([np.tensordot(taps[::-1], u[i:i + len(taps)], axes=(0, 0))
-                  for i in range(u.shape[0] - len(taps) + 1)])
-  return out[::down]

@@ -38,26 +38,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from gantl_jax.models import ops
+from gantl_jax.resolutions import block_resolutions, channels_at, num_ws, resolution_problem
 
 Array = jax.Array
 Dtype = Any
 NOISE_MODES = ("random", "const", "none")
 # The Flax collection that blocks ``sow`` their outputs into (see :func:`apply_with_features`).
 FEATURES = "intermediates"
-
-
-def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
-  """Feature maps of the block working at ``resolution`` (StyleGAN2's channel schedule)."""
-  return min(channel_base // resolution, channel_max)
-
-
-def block_resolutions(resolution: int) -> list[int]:
-  return [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
-
-
-def num_ws(resolution: int) -> int:
-  """Number of w vectors the synthesis network consumes: two per block (one for b4), plus one."""
-  return 2 * (len(block_resolutions(resolution)) - 1) + 1 + 1
 
 
 def _normal(stddev: float):
@@ -257,8 +244,9 @@ class Generator(nn.Module):
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    if self.resolution < 4 or self.resolution & (self.resolution - 1):
-      raise ValueError(f"model.resolution must be a power of two >= 4, got {self.resolution}")
+    problem = resolution_problem(self.resolution)
+    if problem:
+      raise ValueError(f"model.resolution {problem}")
     self.mapping = MappingNetwork(z_dim=self.z_dim, w_dim=self.w_dim, num_layers=self.mapping_layers,
                                   lr_mul=self.mapping_lr_mul)
     self.synthesis = SynthesisNetwork(

@@ -29,7 +29,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 

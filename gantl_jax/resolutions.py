@@ -1,0 +1,32 @@
+"""The size rules of StyleGAN2, defined once: which image resolutions are supported, the blocks
+of a network (b4, b8, ..., bR) and the channels of each. Pure Python, so that the config checks,
+the data layer and the models share them without importing each other."""
+from __future__ import annotations
+
+from typing import Optional
+
+MIN_RESOLUTION, MAX_RESOLUTION = 8, 1024
+
+
+def resolution_problem(resolution: int) -> Optional[str]:
+  """Why ``resolution`` is not supported ('must be a power of two from 8 to 1024, got 12'), or
+  None. Callers prefix the name of what they check."""
+  r = int(resolution)
+  if MIN_RESOLUTION <= r <= MAX_RESOLUTION and r & (r - 1) == 0:
+    return None
+  return f"must be a power of two from {MIN_RESOLUTION} to {MAX_RESOLUTION}, got {resolution}"
+
+
+def block_resolutions(resolution: int) -> list[int]:
+  """4, 8, ..., ``resolution``: the resolutions of the blocks of G and D (named b{R})."""
+  return [2 ** i for i in range(2, int(resolution).bit_length())]
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+  """Feature maps of the block working at ``resolution`` (StyleGAN2's channel schedule)."""
+  return min(channel_base // resolution, channel_max)
+
+
+def num_ws(resolution: int) -> int:
+  """Number of w vectors the synthesis network consumes: two per block (one for b4), plus one."""
+  return 2 * (len(block_resolutions(resolution)) - 1) + 1 + 1
