@@ -240,5 +240,7 @@ def save_networks(directory: str, *, g: Any, g_ema: Any, d: Optional[Any], meta:
     if not mngr.save(step, args=ocp.args.Composite(**args)):
       raise CheckpointError(f"{directory} already holds step {step}; nothing was written")
     mngr.wait_until_finished()
+    if step not in mngr.all_steps():
+      raise CheckpointError(f"step {step} was not committed to {directory}")
   return os.path.abspath(directory)
 

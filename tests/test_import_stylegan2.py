@@ -484,11 +484,11 @@ def test_a_save_that_writes_nothing_fails_and_keeps_the_old_checkpoint(ada, ros,
   from gantl_jax import checkpoint
   out = tmp_path / "X"
   assert imp.main([write_ada_pickle(ada, tmp_path / "A.pkl"), str(out)]) == 0
-  # What Orbax does when the step exists: returns without writing.
-  monkeypatch.setattr(checkpoint, "save_networks", lambda directory, **kw: os.path.abspath(directory))
+  # What Orbax does when the step exists: returns False without writing.
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", lambda self, step, **kw: False)
   capsys.readouterr()
   assert imp.main([write_rosinality_pt(ros, tmp_path / "B.pt"), str(out), "--overwrite"]) == 1
-  assert "holds steps [], not just the new step 0" in capsys.readouterr().err
+  assert "already holds step 0; nothing was written" in capsys.readouterr().err
   assert _restored_meta_and_g_ema(out)[0]["source"]["format"] == "ada-pytorch"
   assert sorted(os.listdir(tmp_path)) == ["A.pkl", "B.pt", "X"]
 

@@ -1,5 +1,6 @@
 """Exact resume, proven with launch.py subprocesses: SIGKILL between checkpoints then restart ends
-bit-identical to an uninterrupted run; SIGTERM leaves a checkpoint at the current step.
+bit-identical to an uninterrupted run and logs each step once; SIGTERM and Ctrl-C leave a checkpoint
+at the current step.
 
 All subprocesses share one environment: one CPU device (conftest's simulated devices removed) and
 conftest's persistent compilation cache, so the tiny model's programs compile once.
@@ -118,6 +119,8 @@ def test_sigkill_between_checkpoints_then_restart_is_bit_identical(uninterrupted
   # The metrics of the re-run steps equal the uninterrupted run's too (also for steps that had
   # already run before the kill, from `last` to `ran`: they were recomputed the same way).
   ref = {m["step"]: m for m in metrics(uninterrupted)}
+  # Each step is logged once: the records of the steps re-run after the kill were dropped.
+  assert [m["step"] for m in metrics(workdir)] == list(range(1, TOTAL_STEPS + 1))
   after = [m for m in metrics(workdir)][-(TOTAL_STEPS - last):]
   assert [m["step"] for m in after] == list(range(last + 1, TOTAL_STEPS + 1)) and ran >= last
   for m in after:
@@ -125,16 +128,20 @@ def test_sigkill_between_checkpoints_then_restart_is_bit_identical(uninterrupted
       assert m[k] == ref[m["step"]][k], (m["step"], k)
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(data_dir, tmp_path, uninterrupted):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_stop_signal_saves_the_current_step_and_exits_cleanly(sig, data_dir, tmp_path, uninterrupted):
+  """SIGTERM (preemption) and a first Ctrl-C: checkpoint at the current step, exit status 0, and
+  no traceback from the loop or Orbax's threads."""
   # Depends on `uninterrupted` only for its compiled programs in the shared cache.
   workdir = str(tmp_path / "preempted")
   cmd = command(workdir, data_dir, "--config.train.total_kimg=8", "--config.checkpoint.every_steps=0")
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
   path = os.path.join(workdir, "metrics.jsonl")
   wait_for(lambda: os.path.exists(path) and len(open(path).readlines()) >= 3, proc)
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-3000:]
+  assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr[-3000:]
   stopped = metrics(workdir)[-1]["step"]
   assert 3 <= stopped < 1000
   assert steps_in(workdir) == [stopped]  # every_steps=0: this is the SIGTERM checkpoint
