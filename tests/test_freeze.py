@@ -199,4 +199,6 @@ def test_frozen_layers_cost_no_weight_gradient_flops(trained):
   frozen = bench.flops(trained["freezed,freezeg"][3])
   print(f"train step FLOPs at 16 px, batch 8: none {full:.4g}, freezed+freezeg {frozen:.4g} "
         f"({frozen / full:.3f})")
-  assert frozen < 0.97 * full
+  # Measured 0.599 (none 4.226e8, freezed+freezeg 2.530e8; freezeg alone 0.916, freezed alone
+  # 0.683), so losing the saving of either preset fails here.
+  assert frozen < 0.62 * full

@@ -119,8 +119,15 @@ def test_demodulation_gives_unit_variance():
   interior = np.asarray(y)[:, 1:-1, 1:-1, :]  # zero padding lowers the variance at the border
   mean_sq = (interior ** 2).mean(axis=(0, 1, 2))
   np.testing.assert_allclose(mean_sq, 1.04, rtol=0.08)
-  # Without demodulation (the toRGB path) the scale follows the styles instead.
-  assert not np.allclose(mean_sq, 0)
+  # Scaling the styles (the affine layer's weight and bias) by 3: the demodulated layer's output
+  # does not change; without demodulation (the toRGB path) it follows the styles instead, 3x.
+  triple = lambda p: {**p, "affine": jax.tree.map(lambda a: 3.0 * a, p["affine"])}
+  y3 = layer.apply({"params": triple(params), "buffers": variables["buffers"]}, x, w, "none", None)
+  np.testing.assert_allclose(np.asarray(y3), np.asarray(y), rtol=1e-4, atol=1e-5)
+  torgb = sg.ToRGB(3)
+  rgb_params = torgb.init(jax.random.key(3), x, w)["params"]
+  rgb, rgb3 = (torgb.apply({"params": p}, x, w) for p in (rgb_params, triple(rgb_params)))
+  np.testing.assert_allclose(np.asarray(rgb3), 3.0 * np.asarray(rgb), rtol=1e-4, atol=1e-5)
 
 
 def test_truncation_and_noise_modes():

@@ -32,7 +32,11 @@ from gantl_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 1200  # seconds per job: two compiles of the reg step on 2 loaded cores can take minutes
-TOL = 2e-5      # global relative L2 difference (measured <= 3.2e-8); see test_parallel.py
+# Global relative L2 difference after 2-3 steps. Measured: 9.7e-10 (pmap, step 3) and 5.6e-10
+# (launch.py, step 2). Not a few times that: where a gradient entry is near zero, its Adam step
+# can flip sign between device counts, which gave 3.2e-8 here at an earlier commit
+# (docs/parallel.md) and 2.3e-7 by step 3 in test_parallel.py on other data; see TOL_STEP3 there.
+TOL = 1e-6
 
 
 def _env() -> dict[str, str]:

@@ -3,12 +3,12 @@ simulated CPU devices, from the same state on the same global batches, give the 
 
 Tolerance. The drivers compute the same function, but the gradient all-reduce (and XLA's
 fusion of the per-device programs) sums in a different order on each device count, so results
-differ by float rounding: after one step at most ~1e-5 relative on any leaf (``TOL_STEP1`` =
+differ by float rounding: after one step up to 1.7e-5 relative on any leaf (``TOL_STEP1`` =
 2e-5 per leaf). Training then amplifies it: Adam (beta1 = 0, eps 1e-8) divides each gradient
 entry by ~|g|, so the rounding noise of a near-zero entry (e.g. the summed gradient of a scalar
 noise strength) decides that entry's whole step, and G and D feed each other's differences back.
-After ten steps single leaves differ by up to 4e-2 (how much depends on the conv kernels' order
-of summation), while the parameters as a whole differ by at most 3.4e-6. So after ten steps the bound is on
+After ten steps single leaves differ by up to 8e-2 (how much depends on the conv kernels' order
+of summation), while the parameters as a whole differ by at most 7.3e-6. So after ten steps the bound is on
 the whole difference, |a - b| / |b| over all parameters (``TOL_GLOBAL``), and the largest
 per-leaf difference is printed. Measured numbers: docs/parallel.md. A real error (a missing
 pmean, a wrong example index, a cross-device mbstd group) changes a step by 1e-3 .. 1.
@@ -36,14 +36,23 @@ from gantl_jax import config as config_lib
 from gantl_jax import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOL_STEP1 = 2e-5   # max relative difference per leaf after one step (measured <= 7.6e-6)
-TOL_GLOBAL = 2e-5  # relative L2 difference of all parameters after ten steps (measured <= 3.4e-6)
+# Measured on these batches (seed 0) / on seeds 0-7 of global_batches, over jit on 2 and 8 and
+# pmap on 8 devices (jit on 4: seed 0 only): max per leaf after one step 5.4e-6 / 1.7e-5 (jit 8, seed 1); global after
+# three steps 4.0e-9 / 2.3e-7 (one sign flip, jit 2, seed 3); global after ten 4.4e-9 / 7.3e-6
+# (flips in 4 of 8 seeds). A bound below one flip's ~2e-7 at step 3 or a few flips' ~1e-5 at
+# step 10 would fail on any change that moves one near-zero gradient across zero.
+TOL_STEP1 = 2e-5   # max relative difference per leaf after one step
+TOL_STEP3 = 1e-6   # relative L2 difference of all parameters after three steps
+TOL_GLOBAL = 2e-5  # relative L2 difference of all parameters after ten steps
 
 
 def _check(name: str, run: common.Run, ref: common.Run) -> None:
   diff, leaf = common.max_rel_diff(run.snapshots[1], ref.snapshots[1])
   print(f"{name} vs jit on 1 device after 1 step: max rel diff per leaf {diff:.2e} at {leaf}")
   assert diff < TOL_STEP1, (name, leaf, diff)
+  total = common.global_rel_diff(run.snapshots[3], ref.snapshots[3])
+  print(f"{name} vs jit on 1 device after 3 steps: global rel diff {total:.2e}")
+  assert total < TOL_STEP3, (name, total)
   total = common.global_rel_diff(run.snapshots[10], ref.snapshots[10])
   diff, leaf = common.max_rel_diff(run.snapshots[10], ref.snapshots[10])
   print(f"{name} vs jit on 1 device after 10 steps: global rel diff {total:.2e}, "
@@ -147,13 +156,3 @@ def test_shard_map_check_vma_trap():
   plain = jax.jit(jax.grad(loss), in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)))
   np.testing.assert_allclose(plain(w, x), expected, rtol=1e-6)
 
-
-def test_report_throughput():
-  """images/s of steps 2..10 at the fixed global batch (printed; compare with -s). On the 2-core
-  dev box 8 simulated devices share the same 2 cores: this measures the overhead of splitting
-  the batch, not a speed-up."""
-  for mode, n in (("jit", 1), ("jit", 2), ("jit", 4), ("jit", 8), ("pmap", 8)):
-    run = common.reference(mode, n)
-    print(f"{mode} on {n} device(s): first step (compile) {run.first_step_seconds:.1f} s, "
-          f"{run.images_per_s:.1f} images/s at global batch {common.GLOBAL_BATCH}")
-    assert run.images_per_s > 0
