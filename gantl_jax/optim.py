@@ -82,6 +82,13 @@ def check_freeze(freeze: ml_collections.ConfigDict, resolution: int) -> None:
     parse_lr_mults(freeze[f"{net}_lr_mults"], f"freeze.{net}_lr_mults")
 
 
+def _group_name(mult: float) -> str:
+  """'lr=<mult>', exact: the optimizer reads the multiplier back from it. The short form ('lr=1',
+  'lr=0.1') where it is exact, because the names are keys of the optimizer state in checkpoints."""
+  short = f"{mult:g}"
+  return f"lr={short if float(short) == mult else repr(float(mult))}"
+
+
 def label_params(params: Any, freeze: Sequence[str] = (), lr_mults: Sequence[tuple[str, float]] = ()) -> Any:
   """Pytree of labels: 'frozen' where a freeze regex matches (re.search), else 'lr=<mult>' from
   the first matching multiplier entry (1.0 if none)."""
@@ -94,7 +101,7 @@ def label_params(params: Any, freeze: Sequence[str] = (), lr_mults: Sequence[tup
       labels[path] = FROZEN
       continue
     mult = next((m for r, m in mult_re if r.search(path)), 1.0)
-    labels[path] = FROZEN if mult == 0 else f"lr={mult:g}"
+    labels[path] = FROZEN if mult == 0 else _group_name(mult)
   return traverse_util.unflatten_dict(labels, sep="/")
 
 

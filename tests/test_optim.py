@@ -148,9 +148,8 @@ def test_lr_mult_entries_parse_or_fail():
     optim.make_optimizer(PARAMS, OPT, lr_mults="(=2")
 
 
-@pytest.mark.xfail(strict=True, reason="optim.label_params names a group f'lr={mult:g}' and reads the "
-                   "multiplier back from that name: 6 significant digits (0.1234567 -> 0.123457)")
 def test_multiplier_keeps_full_precision():
+  # Group names once held the multiplier as f'{mult:g}' (6 digits: 0.1234567 -> 0.123457).
   updates, _, _ = run(optim.make_optimizer(PARAMS, OPT, lr_mults="^mapping/=0.1234567"), GRADS[:1])
   np.testing.assert_allclose(updates[0]["mapping/fc0/weight"],
                              0.1234567 * updates[0]["synthesis/b4/conv1/weight"], rtol=1e-6)
