@@ -23,11 +23,6 @@ FROZEN = "frozen"
 FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
 
 
-def param_paths(params: Any) -> list[str]:
-  """'/'-joined paths of the leaves of a nested dict, e.g. 'synthesis/b64/conv0/weight'."""
-  return list(traverse_util.flatten_dict(params, sep="/").keys())
-
-
 def as_patterns(value: Any) -> tuple[str, ...]:
   """Accepts a tuple/list of regexes or one comma-separated string (handy on the command line)."""
   if value is None:

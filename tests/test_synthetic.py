@@ -13,7 +13,7 @@ def test_deterministic_by_seed_and_index(domain):
   b = synthetic.render(domain, [3, 7, 11], resolution=16, seed=0)
   np.testing.assert_array_equal(a, b)
   # An image does not depend on its batch-mates.
-  np.testing.assert_array_equal(a[1], synthetic.render_one(domain, 7, resolution=16, seed=0))
+  np.testing.assert_array_equal(a[1], synthetic.render(domain, [7], resolution=16, seed=0)[0])
   c = synthetic.render(domain, [3, 7, 11], resolution=16, seed=1)
   assert all(np.abs(a[k].astype(int) - c[k]).mean() > 3 for k in range(3))
   assert np.abs(a[0].astype(int) - a[1]).mean() > 3  # different indices differ too
@@ -75,4 +75,4 @@ def test_cli_writes_pngs_and_grid(tmp_path):
   files = sorted(os.listdir(tmp_path))
   assert files == [f"anime_{i:06d}.png" for i in range(5)] + ["grid.png"]
   im = np.asarray(Image.open(tmp_path / "anime_000002.png"))
-  np.testing.assert_array_equal(im, synthetic.render_one("anime", 2, resolution=16))
+  np.testing.assert_array_equal(im, synthetic.render("anime", [2], resolution=16)[0])

@@ -501,11 +501,6 @@ def face_masks(domain: str, indices: Sequence[int] | np.ndarray, *, resolution: 
   return _fill(_face_shape(fx, fy, p, domain))
 
 
-def render_one(domain: str, index: int, *, resolution: int, seed: int = 0) -> np.ndarray:
-  """Renders one image as uint8 (resolution, resolution, 3)."""
-  return render(domain, [index], resolution=resolution, seed=seed)[0]
-
-
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
   """Tiles uint8 (N, H, W, 3) images into one uint8 image with a white border."""
   n, h, w, c = images.shape
