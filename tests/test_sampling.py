@@ -14,6 +14,7 @@ RES = 8
 
 
 def small_config(num_devices=1):
+  """8 px, batch 8; mbstd groups of 1, so that the batch splits over up to 8 devices."""
   c = tiny.get_config()
   c.model.update(resolution=RES, z_dim=16, w_dim=16, channel_base=64, channel_max=16,
                  mbstd_group_size=1)
