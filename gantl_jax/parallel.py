@@ -170,12 +170,15 @@ def make_generate(nets: state_lib.Networks) -> Callable[..., jax.Array]:
   return generate
 
 
+def _sample_keys(seed: int, stream: int, start, count: int) -> jax.Array:
+  key = jax.random.fold_in(jax.random.key(seed), stream)
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(count))
+
+
 def latents(seed: int, start: int, count: int, z_dim: int) -> jax.Array:
   """The latents of sample indices ``start .. start+count-1`` of stream ``seed``: z_i depends
   only on (seed, i), so a set of samples is the same on any number of devices and hosts."""
-  key = jax.random.fold_in(jax.random.key(seed), 0)
-  return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(
-      start + jnp.arange(count))
+  return jax.vmap(lambda k: jax.random.normal(k, (z_dim,)))(_sample_keys(seed, 0, start, count))
 
 
 def sample_batches(nets: state_lib.Networks, g_vars: Any, mesh: Mesh, *, num: int, batch_size: int,
@@ -194,9 +197,10 @@ def sample_batches(nets: state_lib.Networks, g_vars: Any, mesh: Mesh, *, num: in
   @functools.partial(jax.jit, out_shardings=replicated(mesh))
   def one_batch(g_vars, start):
     z = jax.lax.with_sharding_constraint(latents(seed, start, batch_size, z_dim), batch_sharding(mesh))
-    noise_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), start)
+    # Noise inputs ('random' mode) from (seed, i) too, like the latents.
+    noise_keys = _sample_keys(seed, 1, start, batch_size)
     images = steps.generate(nets, g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                            noise_key=noise_key)
+                            noise_keys=noise_keys)
     return image_io.to_uint8(images)
 
   for start in range(0, num, batch_size):

@@ -209,10 +209,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
 
 def generate(nets: Networks, g_vars: Any, z: Array, *, truncation_psi: float = 1.0,
-             noise_mode: str = "const", noise_key: Optional[Array] = None) -> Array:
+             noise_mode: str = "const", noise_keys: Optional[Array] = None) -> Array:
   """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables
-  (``{'params', 'buffers'}``, e.g. ``state.g_ema.variables``)."""
-  g = nets.generator
-  noise_keys = None if noise_key is None else jax.random.split(noise_key, z.shape[0])
-  return g.apply(g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                 noise_keys=noise_keys)
+  (``{'params', 'buffers'}``, e.g. ``state.g_ema.variables``). ``noise_mode='random'`` needs
+  ``noise_keys``, one PRNG key per example."""
+  return nets.generator.apply(g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
+                              noise_keys=noise_keys)

@@ -76,13 +76,10 @@ def test_sample_depends_only_on_seed_and_index(sampler):
   np.testing.assert_array_equal(by_8[:3], np.concatenate(sampler(8, num=3, batch_size=8)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library: with noise_mode='random' the noise of sample i comes from fold_in(key, batch start) "
-    "split by the position in the batch, so it depends on the batch layout, and the layout on the "
-    "device count (batch_size rounds down to a multiple of it)"))
 def test_random_noise_sample_depends_only_on_seed_and_index(sampler):
   """The same call on 1 and on 8 devices: batch_size 12 gives batches of 12 on one device and of
-  8 on eight, and samples 8 and 9 then get other noise (the first 8 agree)."""
+  8 on eight. (The noise once came from the batch start and the position in the batch, and
+  samples 8 and 9 got other noise on 8 devices.)"""
   one = np.concatenate(sampler(1, num=10, batch_size=12, noise_mode="random"))
   eight = np.concatenate(sampler(8, num=10, batch_size=12, noise_mode="random"))
   np.testing.assert_array_equal(one[:8], eight[:8])

@@ -214,7 +214,7 @@ def test_missing_source_and_missing_item(sources, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(transfer.TransferError, match="holds no Orbax checkpoint"):
     transfer.preflight(make_config(16, source=str(tmp_path / "empty")), str(tmp_path / "w"))
-  with pytest.raises(transfer.TransferError, match="no item 'ema'.*transfer.g_from=''"):
+  with pytest.raises(transfer.TransferError, match="transfer.g_from='ema': .* has no item 'ema'.*or to '' to keep g at its initialisation"):
     transfer.preflight(make_config(16, source=sources[16][0], g_from="ema"), str(tmp_path / "w"))
   # A workdir that will resume is not checked: the source is not needed any more.
   (tmp_path / "w" / "checkpoints" / "3").mkdir(parents=True)
