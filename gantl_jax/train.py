@@ -106,9 +106,9 @@ def _check_writable(directory: str, what: str) -> None:
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
-  except OSError as e:
-    raise TrainingError(f"cannot write {what} {directory}: {e.strerror or e}; make it writable "
-                        f"or choose another --workdir") from None
+  except OSError as e:  # a start-time problem of --workdir, like the config's: status 2
+    raise config_lib.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
+                                 f"writable or choose another --workdir") from None
 
 
 @contextlib.contextmanager

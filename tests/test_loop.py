@@ -98,7 +98,7 @@ def test_unwritable_checkpoint_directory_fails_at_start(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "checkpoints").write_text("not a directory")
-  with pytest.raises(train.TrainingError, match="cannot write the checkpoint directory .*/run/checkpoints"):
+  with pytest.raises(config_lib.ConfigError, match="cannot write the checkpoint directory .*/run/checkpoints"):
     train.train_and_evaluate(make_config(tmp_path), str(workdir))
   assert sorted(os.listdir(workdir)) == [".lock", "checkpoints"]
 
