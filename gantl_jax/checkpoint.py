@@ -161,6 +161,10 @@ def check(manager: ocp.CheckpointManager) -> None:
 
 
 def _failed(manager: ocp.CheckpointManager, e: BaseException) -> str:
+  try:  # an earlier save may still be in flight: let it commit, so the message names it
+    manager.wait_until_finished()
+  except Exception:  # it is the one that failed
+    pass
   committed = committed_steps(manager.directory)
   kept = f"the last complete checkpoint, step {committed[-1]}, is kept" if committed else "no checkpoint was completed"
   return f"a checkpoint save to {manager.directory} failed ({root_cause(e)}); {kept}"
