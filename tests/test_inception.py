@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantl_jax import parallel
 from gantl_jax.metrics import inception as inc
+from gantl_jax.metrics import kid_fid
 from gantl_jax.tools import safe_pickle as sp
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               tensor_node, torch_legacy_bytes)
@@ -204,9 +206,9 @@ def test_features_match_pytorch_fid_on_the_same_weights(ref, files):
   # XLA flags, 1.1e-5 / 9.8e-6 with XLA's defaults.
   np.testing.assert_allclose(np.asarray(features), ref["features_scaled"], rtol=0, atol=3e-5)
   np.testing.assert_allclose(np.asarray(logits), ref["logits_scaled"], rtol=0, atol=3e-5)
-  # The jitted feature function used by the metrics gives the same.
-  np.testing.assert_allclose(np.asarray(inc.make_feature_fn()(weights.params, images_u8())), np.asarray(features),
-                             rtol=0, atol=1e-5)
+  # The metrics' path, sharded over 2 devices (one image each), gives the same.
+  sharded = kid_fid.extract_features(weights, [images_u8()], batch_size=2, mesh=parallel.make_mesh(jax.devices()[:2]))
+  np.testing.assert_allclose(np.concatenate(list(sharded)), ref["features_scaled"], rtol=0, atol=3e-5)
 
 
 def test_both_formats_load_to_identical_parameters_and_nvidias_features(ref, files):

@@ -9,7 +9,7 @@ import pytest
 
 from gantl_jax import metrics
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import inception, kid_fid
+from gantl_jax.metrics import kid_fid
 from test_inception import FIXTURE as INCEPTION_FIXTURE
 from test_inception import pytorch_fid_state, write_pth
 
@@ -79,16 +79,16 @@ def test_fid_matches_pytorch_fid(ref, key, n, d, rel):
 def test_trace_sqrt_product_against_scipy_sqrtm_and_an_exact_singular_form():
   linalg = pytest.importorskip("scipy.linalg")
   rng = np.random.default_rng(1)
-  s1, full = random_spd(rng, 256), random_spd(rng, 256)
+  s1, full = random_spd(rng, 128), random_spd(rng, 128)
   assert kid_fid.trace_sqrt_product(s1, full) == pytest.approx(np.trace(linalg.sqrtm(s1 @ full)).real, rel=1e-10)
-  # S2 = B B^T of rank 100: tr((S1 S2)^(1/2)) = tr((B^T S1 B)^(1/2)), a full-rank 100 x 100 problem.
-  b = rng.standard_normal((256, 100)) / 16
+  # S2 = B B^T of rank 50: tr((S1 S2)^(1/2)) = tr((B^T S1 B)^(1/2)), a full-rank 50 x 50 problem.
+  b = rng.standard_normal((128, 50)) / 16
   s2 = b @ b.T
   exact = np.sqrt(np.linalg.eigvalsh(b.T @ s1 @ b)).sum()
   assert kid_fid.trace_sqrt_product(s1, s2) == pytest.approx(exact, rel=1e-13)
   assert kid_fid.trace_sqrt_product(s2, s1) == pytest.approx(exact, rel=1e-13)
-  # scipy's sqrtm of the singular product carries the rounding noise of its 156 null directions
-  # (measured +2.2e-8 relative); ours drops them.
+  # scipy's sqrtm of the singular product carries the rounding noise of its null directions
+  # (measured +2.2e-8 relative at rank 100 of 256); ours drops them.
   assert np.trace(linalg.sqrtm(s1 @ s2)).real == pytest.approx(exact, rel=1e-7)
 
 
@@ -136,6 +136,22 @@ def test_kid_matches_nvidias_formula(ref):
   assert got == pytest.approx(ref["kid_subsets"], rel=2e-4)
   with pytest.raises(ValueError, match="at least 2"):
     kid_fid.kernel_inception_distance(gen[:1], real)
+
+
+def test_kid_equals_a_direct_implementation_with_unequal_sets():
+  # Written out: per subset, the unbiased MMD^2 (off-diagonal means of the within-set kernels
+  # minus twice the mean cross kernel), subsets drawn as documented. One set no larger than the
+  # subset size (it is then permuted, not subsampled) and one larger.
+  rng = np.random.default_rng(6)
+  fake, real = rng.gamma(0.5, 0.6, (40, 16)).astype(np.float32), rng.gamma(0.5, 0.6, (55, 16)).astype(np.float32)
+  k = lambda a, b: (a.astype(np.float64) @ b.T.astype(np.float64) / 16 + 1) ** 3
+  draws, values = np.random.default_rng(9), []
+  for _ in range(7):
+    x, y = fake[draws.choice(40, 40, replace=False)], real[draws.choice(55, 40, replace=False)]
+    off = lambda m: (m.sum() - np.trace(m)) / (40 * 39)
+    values.append(off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean())
+  got = kid_fid.kernel_inception_distance(fake, real, num_subsets=7, max_subset_size=100, seed=9)
+  assert got == pytest.approx(np.mean(values), rel=1e-6)
 
 
 def test_kid_is_unbiased():
@@ -216,24 +232,21 @@ def test_evaluator_values_and_real_statistics_cache(weight_file, tmp_path):
 
   values = metrics.run_evaluators(evaluators, fake_batches, prepared, config)
   assert calls == [6] and set(values) == {"kid", "fid"}  # one pass serves both
-  # The same numbers from the unsharded feature function (the evaluator's run over 8 devices).
-  weights = kid_fid.load_configured_weights(config)
-  features = np.asarray(inception.make_feature_fn()(weights.params, np.concatenate([fake_images, real_images[:5]])))
-  fake_f, real_f = features[:6], features[6:]
-  a, b = kid_fid.FeatureStats(), kid_fid.FeatureStats()
-  a.add(fake_f)
-  b.add(real_f)
-  assert values["fid"] == pytest.approx(kid_fid.fid_from_stats(a, b), rel=1e-5)
-  assert values["kid"] == pytest.approx(kid_fid.kernel_inception_distance(fake_f, real_f, seed=123), rel=1e-4, abs=1e-7)
   # The real statistics went to the cache beside the data, keyed by count and weight hash ...
+  weights = kid_fid.load_configured_weights(config)
   cached = list((data_path / "eval_cache").iterdir())
   assert [p.name for p in cached] == [f"inception_{weights.sha256[:16]}_v1_n5.npz"]
   # ... and are read back instead of recomputed (real images that cannot be read prove it).
   reals = metrics.RealImages(prepared, 5, 8)
   reals.data_source = None  # iterating would fail
-  stats = kid_fid.cached_real_stats(reals, weights, keep_features=True)
-  assert stats.num == 5
-  np.testing.assert_allclose(stats.features(), real_f, rtol=0, atol=1e-4)
+  real = kid_fid.cached_real_stats(reals, weights, keep_features=True)
+  assert real.num == 5
+  # The values are the formulas on the features (the sharded path itself is compared with the
+  # reference network in test_inception).
+  fake = kid_fid.feature_stats(weights, [fake_images], keep_features=True, batch_size=8)
+  assert values["fid"] == pytest.approx(kid_fid.fid_from_stats(fake, real), rel=1e-9)
+  assert values["kid"] == pytest.approx(kid_fid.kernel_inception_distance(fake.features(), real.features(), seed=123),
+                                        rel=1e-9)
   # A cache that cannot be read is recomputed, not trusted.
   cached[0].write_bytes(b"garbage")
   with pytest.raises(TypeError):  # the fallback iterates the (unreadable) images

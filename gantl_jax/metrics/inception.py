@@ -422,7 +422,7 @@ def detect_format(names: Sequence[str]) -> str:
       f"nor NVIDIA's 'layers.conv.weight' (first tensors: {sorted(names)[:8]})")
 
 
-def _to_ours(name: str, array: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
+def _to_ours(array: np.ndarray, path: tuple[str, ...]) -> np.ndarray:
   """A torch tensor in our layout: conv OIHW -> HWIO, linear (out, in) -> (in, out)."""
   a = np.asarray(array, np.float32)
   if path[-1] == "kernel":
@@ -451,7 +451,7 @@ def params_from_state_dict(state: dict[str, np.ndarray], fmt: str | None = None)
     if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
       bad_shape.append(f"{name}: not a float tensor ({type(array).__name__})")
       continue
-    value = _to_ours(name, array, path)
+    value = _to_ours(array, path)
     if value.shape != shapes[path]:
       bad_shape.append(f"{name}: shape {tuple(array.shape)}, expected {shapes[path]} in our layout")
       continue
