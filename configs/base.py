@@ -103,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
       num_real=1000,
       batch_size=64,             # samples generated per call (rounded to a multiple of the devices)
       seed=123,                  # latents of the evaluation samples: z_i from (seed, i)
+      # KID / FID need the FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+      # or NVIDIA's inception-2015-12-05.pt (read without torch, no code run). '' skips them.
+      inception_weights="",
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

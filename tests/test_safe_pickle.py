@@ -494,6 +494,7 @@ def _clean_float32_zip():
     ("dnnlib.util", "EasyDict", {"x": 1}),
     ("numpy", "ndarray", {"name": "x"}),  # a tag
     ("builtins", "dict", {"x": 1}),
+    ("__torch__.torch.nn.modules.linear", "Linear", {"__setstate__": None}),  # TorchScript's stand-in class
 ])
 def test_build_on_an_allowed_global_is_refused_and_changes_nothing(module, name, state):
   raw = dumps(Build(Global(module, name), state))
@@ -515,6 +516,61 @@ def test_every_allowed_global_is_immutable():
       setattr(obj, "name", "changed")
     with pytest.raises(sp.UnsafePickleError):
       obj.__setstate__({"name": "changed"})
+
+
+def torchscript_module(qualname, attrs):
+  """A TorchScript module as torch.jit.save pickles it: NEWOBJ of a __torch__ class, BUILD with
+  its attribute dict (training flag, hook flag, tensors, submodules)."""
+  module, _, cls = f"__torch__.{qualname}".rpartition(".")
+  state = {"training": False, "_is_full_backward_hook": None, **attrs}
+  return NewObj(Global(module, cls), (), state=state)
+
+
+def test_torchscript_archive_module_tree():
+  rng = np.random.default_rng(5)
+  w, b, m = (rng.standard_normal(s).astype(np.float32) for s in ((4, 3, 1, 1), (4,), (3,)))
+  zw = TorchZipWriter()
+  conv = torchscript_module("Conv", {"weight": zw.tensor(w), "mean": zw.tensor(m), "kernel": 3})
+  seq = torchscript_module("torch.nn.modules.container.Sequential", {"0": conv, "1": torchscript_module("Pool", {})})
+  root = torchscript_module("___torch_mangle_4.Net", {"layers": seq, "output": torchscript_module(
+      "torch.nn.modules.linear.Linear", {"weight": zw.tensor(w[:, :, 0, 0]), "bias": zw.tensor(b)})})
+  got = sp.loads_torch(zw.write(root))
+  assert isinstance(got, sp.ScriptObject) and got.state["training"] is False
+  sd = sp.script_module_state_dict(got)
+  assert list(sd) == ["layers.0.weight", "layers.0.mean", "output.weight", "output.bias"]
+  np.testing.assert_array_equal(sd["layers.0.weight"], w)
+  np.testing.assert_array_equal(sd["output.bias"], b)
+  with pytest.raises(sp.SourceFormatError, match="expected a TorchScript module"):
+    sp.script_module_state_dict({"w": w})
+
+
+def test_torchscript_stand_in_is_inert(tmp_path):
+  marker = tmp_path / "pwned"
+  # Calling a __torch__ name (REDUCE) only reaches the inert class, which takes no arguments.
+  with pytest.raises(sp.SourceFormatError):
+    sp.loads_pickle(dumps(Call(Global("__torch__.os", "system"), (f"touch {marker}",))))
+  # Its state must be a dict of attribute names; names must be identifiers under __torch__.
+  with pytest.raises(sp.UnsafePickleError, match="TorchScript object state"):
+    sp.loads_pickle(dumps(NewObj(Global("__torch__", "Net"), (), state=[1, 2])))
+  for module, name in (("__torch__.a-b", "Net"), ("__torch__", "os.system"), ("__torch__x", "Net"), ("torch", "Net")):
+    with pytest.raises(sp.UnsafePickleError, match="refusing to load global"):
+      sp.loads_pickle(dumps(NewObj(Global(module, name), (), state={})))
+  unpickler = sp._RestrictedUnpickler(io.BytesIO(b""))
+  cls = unpickler.find_class("__torch__.torch.nn.modules.conv", "Conv2d")
+  assert cls is sp.ScriptObject
+  with pytest.raises(sp.UnsafePickleError):
+    setattr(cls, "state", "changed")
+  assert not marker.exists()
+
+
+def test_torchscript_module_cycle_is_an_error():
+  # A module whose attribute is itself (memo reference): PROTO 2, GLOBAL, EMPTY_TUPLE, NEWOBJ,
+  # BINPUT 0, EMPTY_DICT, 'self', BINGET 0, SETITEM, BUILD, STOP.
+  raw = (b"\x80\x02c__torch__\nNet\n)\x81q\x00}X\x04\x00\x00\x00selfh\x00sb.")
+  got = sp.loads_pickle(raw)
+  assert got.state["self"] is got
+  with pytest.raises(sp.SourceFormatError, match="appears twice"):
+    sp.script_module_state_dict(got)
 
 
 def test_refuses_object_arrays_and_structured_dtypes():

@@ -1,20 +1,27 @@
 """Evaluation of a generator: metrics over many samples, run by the loop and by eval mode.
 
 An evaluator is ``fn(fake_batches, real_batches, eval_config) -> {name: value}``: it consumes two
-iterators of uint8 NHWC batches (generated and real images; each can be iterated once) and
+iterables of uint8 NHWC batches (generated and real images; each can be iterated once) and
 returns floats, among them one under the evaluator's own name (the headline value that
 ``checkpoint.keep_best`` compares; lower is better for every metric here). ``EVALUATORS`` maps
-the names accepted by ``eval.metrics`` to them.
+the names accepted by ``eval.metrics`` to them. One function may serve several names ('kid' and
+'fid' share one pass of the Inception network): `run_evaluators` calls it once and it returns
+all of them.
+
+The real batches `run_evaluators` passes are a `RealImages`: besides iterating, it tells an
+evaluator where it may cache statistics of exactly those images (``cache_dir``, ``cache_tag``);
+evaluators that ignore this just iterate it.
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterator
 
 import ml_collections
 import numpy as np
 
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import swd
+from gantl_jax.metrics import kid_fid, swd
 
 Batches = Iterator[np.ndarray]
 Evaluator = Callable[[Batches, Batches, ml_collections.ConfigDict], dict]
@@ -27,12 +34,17 @@ def evaluate_swd(fakes: Batches, reals: Batches, eval_config: ml_collections.Con
   return values
 
 
-EVALUATORS: dict[str, Evaluator] = {"swd": evaluate_swd}
+EVALUATORS: dict[str, Evaluator] = {"swd": evaluate_swd, "kid": kid_fid.evaluate, "fid": kid_fid.evaluate}
 
 
 def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") -> dict[str, Evaluator]:
   """The evaluators named in ``eval.metrics`` (comma-separated), in that order; ``keep_best``
-  (``checkpoint.keep_best``) must be one of them."""
+  (``checkpoint.keep_best``) must be one of them.
+
+  'kid' and 'fid' need ``eval.inception_weights``: with '' they are dropped with a logged note
+  (a keep_best on them is a ConfigError), and a file that is missing or not an Inception weight
+  file is a ConfigError naming the key. The file is read here, once per process.
+  """
   names = [n.strip() for n in str(eval_config.metrics or "").split(",") if n.strip()]
   unknown = [n for n in names if n not in EVALUATORS]
   if unknown:
@@ -42,6 +54,13 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
                       f"there (and set eval.every_kimg) or set --config.checkpoint.keep_best=''")
   if names and not eval_config.every_kimg > 0:
     raise ConfigError(f"eval.metrics={names} never run: set eval.every_kimg > 0 (kimg between evaluations)")
+  inception_names = tuple(n for n in names if n in kid_fid.METRICS)
+  if inception_names and kid_fid.load_configured_weights(eval_config) is None:
+    if keep_best in inception_names:
+      raise ConfigError(f"checkpoint.keep_best={keep_best!r} needs eval.inception_weights (pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth or NVIDIA's inception-2015-12-05.pt)")
+    kid_fid.note_skipped(inception_names)
+    names = [n for n in names if n not in inception_names]
   return {n: EVALUATORS[n] for n in names}
 
 
@@ -52,12 +71,36 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
     yield np.stack([data_source[i] for i in range(start, min(start + batch_size, num))])
 
 
+class RealImages:
+  """The first ``num`` images of a prepared dataset as an iterable of uint8 batches, and where
+  statistics of exactly these images may be cached.
+
+  ``cache_dir`` is beside the prepared data (``<prepared.data_path>/eval_cache``: the path
+  already fingerprints the dataset and its resolution); ``cache_tag`` names the image count
+  (and mirroring, when the count reaches into the x-flipped copies).
+  """
+
+  def __init__(self, prepared, num: int, batch_size: int):
+    source = prepared.data_source
+    self.data_source = source
+    self.num = min(int(num), len(source))
+    self.batch_size = batch_size
+    mirrored = bool(getattr(source, "mirror", False)) and self.num > getattr(source, "size", self.num)
+    self.cache_tag = f"n{self.num}" + ("_mirror" if mirrored else "")
+    data_path = getattr(prepared, "data_path", "")
+    self.cache_dir = os.path.join(data_path, "eval_cache") if data_path else None
+
+  def __iter__(self) -> Batches:
+    return real_batches(self.data_source, self.num, self.batch_size)
+
+
 def run_evaluators(evaluators: dict[str, Evaluator], fake_batches: Callable[[int], Batches],
                    prepared, eval_config: ml_collections.ConfigDict) -> dict[str, float]:
-  """Runs each evaluator on ``eval.num_fake`` samples (``fake_batches(num)``) and up to
-  ``eval.num_real`` images of ``prepared``; returns all their values in one dict."""
+  """Runs each distinct evaluator once on ``eval.num_fake`` samples (``fake_batches(num)``) and
+  up to ``eval.num_real`` images of ``prepared`` (a `RealImages`); returns all their values in
+  one dict."""
   out = {}
-  for fn in evaluators.values():
-    reals = real_batches(prepared.data_source, eval_config.num_real, eval_config.batch_size)
+  for fn in dict.fromkeys(evaluators.values()):  # 'kid' and 'fid' share one function: call it once
+    reals = RealImages(prepared, eval_config.num_real, eval_config.batch_size)
     out.update({k: float(v) for k, v in fn(fake_batches(eval_config.num_fake), reals, eval_config).items()})
   return out

@@ -14,12 +14,15 @@ rebuilds numpy arrays with ``np.frombuffer``. Every other global raises
 Objects of the formats' own classes come back as inert records:
 :class:`PersistentObject` (ada-pytorch ``persistence`` classes: class name and
 state; ``module_src`` is kept as text and never executed), :class:`TFNetwork`
-(TF ``Network``: its pickled state dict) and :class:`Namespace`
-(``argparse.Namespace``). Tensors and numpy arrays come back as
-``np.ndarray``.
+(TF ``Network``: its pickled state dict), :class:`Namespace`
+(``argparse.Namespace``) and :class:`ScriptObject` (an object of a TorchScript
+class, ``__torch__.*``: its attributes; a TorchScript archive's ``code/`` is
+never read). Tensors and numpy arrays come back as ``np.ndarray``.
 
 Public entry points: :func:`load` (any of the supported containers, detected
-from the bytes), :func:`loads_pickle`, :func:`loads_torch`.
+from the bytes), :func:`loads_pickle`, :func:`loads_torch`, and
+:func:`module_state_dict` / :func:`script_module_state_dict` to flatten a
+module into ``{dotted name: array}``.
 """
 import collections
 import io
@@ -35,10 +38,12 @@ __all__ = [
   "PersistentObject",
   "TFNetwork",
   "Namespace",
+  "ScriptObject",
   "load",
   "loads_pickle",
   "loads_torch",
   "module_state_dict",
+  "script_module_state_dict",
 ]
 
 # torch.save's legacy (non-zip) stream starts with this pickled integer.
@@ -163,6 +168,27 @@ class Namespace(metaclass=_FrozenClass):
 
   def __repr__(self):
     return f"Namespace({self.state!r})"
+
+
+class ScriptObject(metaclass=_FrozenClass):
+  """Stand-in for an object of a TorchScript class (``torch.jit.save``'s ``data.pkl``).
+
+  TorchScript pickles each module as ``NEWOBJ`` of a ``__torch__.<qualified name>`` class
+  (the class exists only as source text in the archive's ``code/``) followed by ``BUILD``
+  with its attribute dict: ``training``, parameters and buffers as tensors, submodules as
+  further objects. Every ``__torch__`` global resolves to this one inert class, so the
+  class name is not kept; ``state`` is the attribute dict. Read it with
+  :func:`script_module_state_dict`.
+  """
+
+  def __setstate__(self, state):
+    # NEWOBJ makes instances with __new__ alone; BUILD then hands over the attributes.
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise UnsafePickleError("TorchScript object state is not a dict of attribute names")
+    self.state = state
+
+  def __repr__(self):
+    return f"ScriptObject({sorted(getattr(self, 'state', {}))!r})"
 
 
 class _EasyDict(dict, metaclass=_FrozenClass):
@@ -527,6 +553,12 @@ _ALLOWED = {key: _Function(".".join(key), v) if callable(v) and not isinstance(v
             for key, v in _ALLOWED.items()}
 
 
+def _is_torchscript_class(module, name):
+  """``__torch__[.a.b] Name``: a class compiled by TorchScript, named after the Python one."""
+  parts = module.split(".") + [name]
+  return parts[0] == "__torch__" and len(parts) > 1 and all(p.isidentifier() for p in parts[1:])
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
   """An Unpickler whose globals come only from the allow-list above.
 
@@ -541,6 +573,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
     target = _ALLOWED.get((module, name))
+    if target is None and _is_torchscript_class(module, name):
+      target = ScriptObject
     if target is None:
       raise UnsafePickleError(
         f"refusing to load global '{module}.{name}': it is not an array, "
@@ -720,7 +754,7 @@ def _resolve(obj):
       done[key] = x
       x.state = walk(x.state)
       return x
-    elif isinstance(x, (TFNetwork, Namespace)):
+    elif isinstance(x, (TFNetwork, Namespace, ScriptObject)):
       done[key] = x
       x.state = walk(getattr(x, "state", None) or {})
       return x
@@ -793,4 +827,31 @@ def module_state_dict(obj, prefix=""):
     else:
       raise SourceFormatError(
         f"submodule {prefix + name} is {child!r}, not a pickled persistent module")
+  return out
+
+
+def script_module_state_dict(obj, prefix=""):
+  """Flatten a TorchScript module (:class:`ScriptObject`) into {dotted name: array}.
+
+  Every array attribute is an entry named by its path of attribute names: for a module saved
+  by ``torch.jit.save`` these are its parameters and buffers, under the names of its
+  ``state_dict()``. Submodules (nested objects) are walked; other attributes (``training``,
+  hooks, numbers, strings) are skipped. A module reached twice is an error, so a file cannot
+  make this loop.
+  """
+  if not isinstance(obj, ScriptObject) or not isinstance(getattr(obj, "state", None), dict):
+    raise SourceFormatError(f"expected a TorchScript module, got {obj!r}")
+  out, seen = {}, set()
+
+  def walk(module, path):
+    if id(module) in seen:
+      raise SourceFormatError(f"TorchScript module {path.rstrip('.') or '<root>'} appears twice")
+    seen.add(id(module))
+    for name, value in module.state.items():
+      if isinstance(value, np.ndarray):
+        out[path + name] = value
+      elif isinstance(value, ScriptObject):
+        walk(value, path + name + ".")
+
+  walk(obj, prefix)
   return out
