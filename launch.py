@@ -1,7 +1,8 @@
 """Entry point: ``python launch.py --config configs/X.py --workdir DIR [--config.key=value ...]``.
 
-Modes: ``train`` (default; resumes from DIR if it holds a checkpoint) and ``generate`` (writes a
-grid of G-EMA samples from the latest checkpoint in DIR).
+Modes: ``train`` (default; resumes from DIR if it holds a checkpoint), ``generate`` (writes a
+grid of G-EMA samples from the latest checkpoint in DIR) and ``eval`` (metrics of a checkpoint's
+G-EMA, appended to DIR/eval.jsonl).
 """
 import difflib
 import os
@@ -18,9 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, samples, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "eval"], "What to do.")
 _SEEDS = flags.DEFINE_string("seeds", "0-15", "generate: latent seeds, e.g. '0-15' or '1,5,9'.")
 _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
+_STEP = flags.DEFINE_integer("step", -1, "eval: the checkpoint step (-1: the latest).")
+_METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
+_NUM_FAKE = flags.DEFINE_integer("num_fake", 0, "eval: generated images (0: the run's eval.num_fake).")
+_INCEPTION = flags.DEFINE_string("inception_weights", "", "eval: Inception weight file for kid/fid "
+                                 "(default: the run's eval.inception_weights).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -159,6 +165,7 @@ def main(argv):
   _quiet_orbax()
   from gantl_jax import checkpoint
   from gantl_jax import config as config_lib
+  from gantl_jax import jsonl
   from gantl_jax import parallel
   from gantl_jax import train
   from gantl_jax.data import DataError
@@ -173,12 +180,16 @@ def main(argv):
       parallel.maybe_initialize_distributed(config.parallel)
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
-    else:
+    elif _MODE.value == "generate":
       from gantl_jax import generate
       generate.generate_from_workdir(_WORKDIR.value, _SEEDS.value, _PSI.value)
+    else:
+      from gantl_jax import evaluate
+      evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
+                                num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value)
   except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
     _fail(str(e))
-  except (train.TrainingError, checkpoint.CheckpointError) as e:
+  except (train.TrainingError, checkpoint.CheckpointError, jsonl.LogError) as e:
     # The run started and cannot go on (diverged, or its files cannot be written); what it
     # saved before is intact.
     _fail(str(e), status=1)

@@ -187,6 +187,14 @@ def restore_args(target: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
                                 restore_args=ocp.checkpoint_utils.construct_restore_args(target))
 
 
+def read_network(directory: str, step: int, item: str, template: Any) -> Any:
+  """One network item (e.g. 'g_ema') of ``step`` in ``directory``, read into the shapes, dtypes
+  and shardings of ``template`` (arrays or ``jax.ShapeDtypeStruct`` with shardings)."""
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  with make_manager(directory, item_names=(item,), read_only=True, max_to_keep=None) as manager:
+    return manager.restore(step, args=ocp.args.Composite(**{item: restore_args(target)}))[item]
+
+
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
   """The JSON ``meta`` item of ``step`` (format 0 and later)."""
   return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -7,13 +7,13 @@ import os
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from gantl_jax import checkpoint
-from gantl_jax.config import ConfigError
 from gantl_jax import images as image_io
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
+from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -58,9 +58,11 @@ def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: flo
   step = (checkpoint.committed_steps(ckpt_dir) or [None])[-1]
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-  with checkpoint.make_manager(ckpt_dir, item_names=("g_ema",), read_only=True, max_to_keep=None) as manager:
-    g_ema = manager.restore(step, args=ocp.args.Composite(g_ema=ocp.args.PyTreeRestore()))["g_ema"]
   nets = state_lib.build_networks(config)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  template = jax.eval_shape(lambda: stylegan2.init_generator(nets.generator, jax.random.key(0)))
+  g_ema = checkpoint.read_network(ckpt_dir, step, "g_ema", jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template))
   generate = parallel.make_generate(nets)
   z = np.stack([np.random.RandomState(s).randn(config.model.z_dim) for s in seed_list]).astype(np.float32)
   pixels = image_io.to_uint8(np.asarray(jax.device_get(generate(g_ema, z, truncation_psi=truncation_psi))))

@@ -27,6 +27,7 @@ from absl import logging
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import images as image_io
+from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
@@ -131,50 +132,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
     yield
   finally:
     os.close(fd)  # releases the flock
-
-
-def append_record(path: str, record: dict) -> None:
-  """Appends one JSON line with a single write; if the write fails (a full disk), the file is cut
-  back to its previous length, so it only ever holds whole lines."""
-  data = (json.dumps(record) + "\n").encode()
-  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-  try:
-    size = os.fstat(fd).st_size
-    try:
-      written = os.write(fd, data)
-      if written != len(data):
-        raise OSError(28, "short write")
-    except OSError as e:
-      os.ftruncate(fd, size)
-      raise TrainingError(f"cannot append to {path}: {e.strerror or e}") from None
-  finally:
-    os.close(fd)
-
-
-def trim_records(path: str, last_step: int) -> int:
-  """Keeps the whole, parsable lines of a JSON-lines log whose ``step`` is at most ``last_step``
-  (the step a run resumes from: later records are re-run and would appear twice; a torn last
-  line from a crash is dropped). Rewrites the file atomically; returns the number dropped."""
-  if not os.path.exists(path):
-    return 0
-  keep, dropped = [], 0
-  with open(path, "rb") as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-        ok = line.endswith(b"\n") and record.get("step", 0) <= last_step
-      except ValueError:
-        ok = False
-      if ok:
-        keep.append(line)
-      else:
-        dropped += 1
-  if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
-  return dropped
 
 
 class _StopSignals:
@@ -300,7 +257,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
     for path in (metrics_path, eval_path):
-      dropped = trim_records(path, start_step)
+      dropped = jsonl.trim(path, start_step)
       if dropped:
         logging.info("%s: dropped %d records past step %d (re-run after the resume)", path, dropped, start_step)
     if transfer_report is not None:
@@ -360,7 +317,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
         prepared, config.eval)
     record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
     if is_main:
-      append_record(eval_path, record)
+      jsonl.append(eval_path, record)
       logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
     if best_manager is not None:
       save_checkpoint(force=True, manager=best_manager, metrics=values)
@@ -397,7 +354,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
                         sec_per_kimg=1000 / max(images_per_s, 1e-9))
           t_log, step_log = now, step
           if is_main:
-            append_record(metrics_path, record)
+            jsonl.append(metrics_path, record)
             logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s  %.1f img/s", step,
                          record["kimg"], _fmt(record["g_loss"]), _fmt(record["d_loss"]),
                          _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), images_per_s)

@@ -16,6 +16,8 @@ import pytest
 from configs import tiny
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
+from gantl_jax import evaluate
+from gantl_jax import jsonl
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
 from gantl_jax import train
@@ -140,9 +142,9 @@ def test_resume_drops_records_past_the_checkpoint_and_a_torn_line(tmp_path):
   assert [r["step"] for r in records(metrics)] == list(range(1, 11))
 
 
-def test_append_record_writes_whole_lines_or_nothing(tmp_path, monkeypatch):
+def test_log_lines_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
   path = str(tmp_path / "m.jsonl")
-  train.append_record(path, {"step": 1})
+  jsonl.append(path, {"step": 1})
 
   def short_write(fd, data):
     os.lseek(fd, 0, os.SEEK_END)
@@ -150,9 +152,9 @@ def test_append_record_writes_whole_lines_or_nothing(tmp_path, monkeypatch):
     raise OSError(28, "No space left on device")
 
   real_write = os.write
-  monkeypatch.setattr(train.os, "write", short_write)
-  with pytest.raises(train.TrainingError, match="cannot append to .*m.jsonl: No space left on device"):
-    train.append_record(path, {"step": 2})
+  monkeypatch.setattr(jsonl.os, "write", short_write)
+  with pytest.raises(jsonl.LogError, match="cannot append to .*m.jsonl: No space left on device"):
+    jsonl.append(path, {"step": 2})
   monkeypatch.undo()
   assert open(path).read() == '{"step": 1}\n'
 
@@ -192,6 +194,10 @@ def test_evaluators_run_on_schedule_and_keep_the_best_checkpoint(tmp_path):
   assert all(r["swd"] > 0 and "swd_r16" in r for r in evals)
   best = min(evals, key=lambda r: r["swd"])["step"]
   assert checkpoint.committed_steps(str(workdir / "best")) == [best]
+  # Offline evaluation (launch.py --mode eval) of a step gives the value training logged for it.
+  record = evaluate.evaluate_workdir(str(workdir), step=5)
+  assert record["offline"] and record["swd"] == pytest.approx(evals[0]["swd"], rel=1e-6)
+  assert records(workdir / "eval.jsonl")[-1] == record
 
 
 def test_evaluation_settings_are_checked_before_anything_is_written(tmp_path):
