@@ -14,6 +14,7 @@ from configs import tiny
 from gantl_jax import augment
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
+from gantl_jax import losses
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import train
@@ -284,6 +285,41 @@ def test_same_augmentation_on_1_and_8_devices(kind):
       x.reshape(8, n // 8, R, R, 3))
   np.testing.assert_allclose(np.asarray(eight).reshape(one.shape), np.asarray(one), atol=1e-6)
   assert not np.allclose(np.asarray(one), np.asarray(x))
+
+
+def test_step_shows_d_augmented_reals_and_takes_r1_through_the_augmentation():
+  """With both learning rates 0 (the networks stay at init), the step's D-main logits of the reals
+  and its R1 penalty equal those recomputed here from the step's per-example keys: D sees
+  aug(real), and R1 is |d D(aug(x)) / dx|^2 at the un-augmented reals. The colour pipeline at
+  p = 1 scales images, so the two wrong R1s (no augmentation; gradient w.r.t. aug(x)) differ."""
+  c = tiny.get_config()
+  still = dict(lr=0.0, beta1=0.0, beta2=0.99, eps=1e-8)
+  c.optim.update(g=still, d=still)
+  c.train.update(pl_weight=0.0)
+  c.augment.update(kind="fixed", p=1.0, pipeline="color")
+  config = config_lib.resolve(c)
+  nets = state_lib.build_networks(config)
+  state = jax.jit(lambda: state_lib.init_state(nets, 0))()
+  reals = images(8)
+  _, metrics = jax.jit(steps.make_train_step(config, nets), static_argnames="flags")(
+      state, reals, flags=steps.StepFlags(d_reg=True))
+
+  key = jax.random.fold_in(state.key, state.step)
+  aug = augment.make(config.augment)
+  d = lambda x: nets.discriminator.apply({"params": state.d.params}, x)
+  stream = lambda phase: jax.vmap(lambda k: jax.random.fold_in(k, steps._AUG_REAL))(
+      steps._example_keys(jax.random.fold_in(key, phase), 8, None))
+  real_logits = d(aug(reals, stream(steps._D_MAIN), 1.0))
+  assert float(metrics["real_logits"]) == pytest.approx(float(jnp.mean(real_logits)), rel=1e-5, abs=1e-6)
+  assert float(metrics["real_sign"]) == float(jnp.mean(jnp.sign(real_logits)))
+  r1_keys = stream(steps._D_REG)
+  through, _ = losses.r1_penalty(lambda x: d(aug(x, r1_keys, 1.0)), reals)
+  plain, _ = losses.r1_penalty(d, reals)
+  at_augmented, _ = losses.r1_penalty(d, aug(reals, r1_keys, 1.0))
+  r1 = float(metrics["r1_penalty"])
+  assert r1 == pytest.approx(float(jnp.mean(through)), rel=1e-4)
+  for wrong in (plain, at_augmented):
+    assert abs(float(jnp.mean(wrong)) / r1 - 1) > 0.05
 
 
 def ada_config(**kw):
