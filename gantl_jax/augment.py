@@ -314,7 +314,10 @@ def resampling_filters() -> tuple[np.ndarray, np.ndarray]:
     return np.real(out)
 
   up, down = poly(real), poly(quad)
-  return up * 2 / up.sum(), down / down.sum()
+  up, down = up * 2 / up.sum(), down / down.sum()
+  for taps in (up, down):
+    taps.setflags(write=False)  # cached: shared by every caller
+  return up, down
 
 
 def _fold(k: Array, size: int) -> Array:
