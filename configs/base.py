@@ -71,6 +71,21 @@ def get_config() -> ml_collections.ConfigDict:
       d_lr_mults="",
   ))
 
+  # Augmentation of every image D sees (reals and fakes, in G main, D main and R1), in
+  # gantl_jax/augment.py. 'ada': StyleGAN2-ADA's pipeline with its probability p adapted so that
+  # E[sign(D(real))] stays near ada_target; 'fixed': the same pipeline at the constant p;
+  # 'diffaug': DiffAugment's policies, applied to every image. p is logged as aug_p, the
+  # controller's r_t as ada_rt (metrics.jsonl).
+  c.augment = ml_collections.ConfigDict(dict(
+      kind="none",               # 'none' | 'ada' | 'fixed' | 'diffaug'
+      p=0.0,                     # 'fixed': the probability of each op; 'ada': its initial value (in [0, 1])
+      pipeline="bgc",            # ada / fixed: 'bgc' (blit + geom + color) | 'bg' | 'blit' | 'geom' | 'color'
+      ada_target=0.6,            # ada: the E[sign(D(real))] the controller aims at
+      ada_interval=4,            # ada: steps between adjustments of p (sign means accumulated over them)
+      ada_kimg=-1.0,             # ada: kimg for p to move by 1; -1: 500 from scratch, 100 with transfer.source
+      diffaug_policy="color,translation,cutout",  # diffaug: comma-separated 'color', 'translation', 'cutout'
+  ))
+
   # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read
   # by its pipeline. The resolution is model.resolution. Checked by gantl_jax.data.check_config.
   c.data = ml_collections.ConfigDict(dict(

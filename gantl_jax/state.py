@@ -6,8 +6,8 @@ Layout::
   GANState
     step, images_seen, rng     progress (int32, int32, raw uint32 key data)
     g, g_ema, d                NetState each: params, buffers, opt_state
-    extras                     {name: array}: training-time statistics (pl_mean; later the
-                               augmentation probability and its accumulators, ...)
+    extras                     {name: array}: training-time statistics (pl_mean; with ADA its
+                               probability aug_p and the accumulators ada_sign_sum, ada_count)
 
 ``NETWORKS`` is the one table of the networks a state holds: checkpoint items, transfer and its
 report iterate over it and reach a network with :func:`network` / :func:`replace_network`, never
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gantl_jax import augment
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
@@ -74,10 +75,11 @@ def replace_network(state: GANState, name: str, net: NetState) -> GANState:
   return state.replace(**{name: net})
 
 
-def initial_extras() -> dict[str, jax.Array]:
-  """Fresh training-time statistics. A checkpoint that lacks one of them (written before it
-  existed) restores the others and keeps this value for it."""
-  return {"pl_mean": jnp.zeros((), jnp.float32)}
+def initial_extras(more: tuple[tuple[str, Any], ...] = ()) -> dict[str, jax.Array]:
+  """Fresh training-time statistics: ``pl_mean`` and the ``(name, value)`` pairs of ``more``
+  (``Networks.extras``: those of the run's augmentation). A checkpoint that lacks one of them
+  (written before it existed) restores the others and keeps this value for it."""
+  return {"pl_mean": jnp.zeros((), jnp.float32), **{k: jnp.asarray(v) for k, v in more}}
 
 
 class Networks(NamedTuple):
@@ -86,6 +88,9 @@ class Networks(NamedTuple):
   discriminator: stylegan2.Discriminator
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
+  # Statistics the step keeps beyond pl_mean, with their fresh values, as (name, numpy scalar)
+  # pairs: ADA's p and its accumulators (augment.initial_extras); empty otherwise.
+  extras: tuple[tuple[str, Any], ...] = ()
 
   def module(self, name: str):
     """The Flax module of network ``name`` (a key of ``NETWORKS``)."""
@@ -96,7 +101,8 @@ class Networks(NamedTuple):
 
 
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
-  """Modules from ``config.model``, optimizers from ``config.optim`` and ``config.freeze``."""
+  """Modules from ``config.model``, optimizers from ``config.optim`` and ``config.freeze``, the
+  statistics of ``config.augment``."""
   g = stylegan2.generator_from_config(config.model)
   d = stylegan2.discriminator_from_config(config.model)
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
@@ -110,7 +116,9 @@ def build_networks(config: ml_collections.ConfigDict) -> Networks:
   d_tx = optim.make_optimizer(d_shapes, config.optim.d, freeze=d_freeze,
                               lr_mults=config.freeze.d_lr_mults,
                               reg_interval=t.r1_interval if t.r1_gamma > 0 else None)
-  return Networks(g, d, g_tx, d_tx)
+  # Configs written before augmentation existed have no 'augment' section.
+  extras = tuple(augment.initial_extras(config.get("augment")).items())
+  return Networks(g, d, g_tx, d_tx, extras)
 
 
 def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
@@ -132,4 +140,4 @@ def state_from_variables(nets: Networks, variables: dict[str, Any], rng: jax.Arr
     opt_state = nets.optimizer(name).init(v["params"]) if name in TRAINED else None
     subs[name] = NetState(params=v["params"], buffers=v.get("buffers", {}), opt_state=opt_state)
   return GANState(step=jnp.zeros((), jnp.int32), images_seen=jnp.zeros((), jnp.int32), rng=rng,
-                  extras=initial_extras(), **subs)
+                  extras=initial_extras(nets.extras), **subs)

@@ -14,6 +14,12 @@ replicated, never donated and never part of the state, so never checkpointed.
 Randomness is a pure function of (state.rng, step, phase, *global* example index): the same global
 batch gives the same update on 1 or 8 devices, under ``jit`` or ``pmap``.
 
+With ``augment.kind`` other than ``'none'``, every image D sees goes through ``augment.py`` first:
+the fakes in G main, reals and fakes in D main, and the reals in R1 (whose gradient is taken with
+respect to the un-augmented reals, through the augmentation). ADA's controller runs at the end of
+the step on D main's E[sign(D(real))] and keeps p in ``state.extras``. With ``'none'`` the step is
+the program it was before augmentation existed.
+
 With ``axis_name`` set (``pmap``), gradients and every cross-device statistic are ``pmean``-ed over
 that axis; without it (single device, or ``jit`` over a sharded global batch) the batch is global
 and XLA inserts the collectives itself.
@@ -29,6 +35,7 @@ import ml_collections
 import optax
 from jax import lax
 
+from gantl_jax import augment
 from gantl_jax import losses
 from gantl_jax.state import GANState, Networks
 
@@ -36,7 +43,7 @@ Array = jax.Array
 TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]
 
 # Sub-streams of an example's key.
-_Z, _Z_MIX, _NOISE, _PL_NOISE = 0, 1, 2, 3
+_Z, _Z_MIX, _NOISE, _PL_NOISE, _AUG_FAKE, _AUG_REAL = 0, 1, 2, 3, 4, 5
 # Phases of one step.
 _G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
 
@@ -99,6 +106,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   t = config.train
   g, d = nets.generator, nets.discriminator
   pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
+  aug_config = config.get("augment")
+  augment_fn = augment.make(aug_config)
 
   def run_g(params, buffers, key, n, phase):
     """Samples n images: latents, style mixing and noise from per-example keys."""
@@ -116,6 +125,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   def d_logits(d_params, images):
     return d.apply({"params": d_params}, images, mbstd_num_shards=num_shards)
 
+  def augmented(images, keys, stream, p):
+    """What D sees of ``images``: augmented with the examples' ``keys`` (sub-stream ``stream``),
+    or the images themselves when augmentation is off (then nothing is added to the program)."""
+    if augment_fn is None:
+      return images
+    return augment_fn(images, jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys), p)
+
   def train_step(state: GANState, real_images: Array, frozen: Any = None, *,
                  flags: StepFlags = StepFlags()) -> tuple[GANState, dict[str, Array]]:
     del frozen  # no regulariser of this step reads the source networks yet
@@ -124,11 +140,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     key = jax.random.fold_in(state.key, state.step)
     metrics = {}
     g_state, d_state = state.g, state.d
+    aug_p = augment.probability(aug_config, state.extras) if augment_fn is not None else None
 
     # Phase 1, G main: make D call the fakes real.
     def g_main_loss(g_params):
-      synthesize, ws, _ = run_g(g_params, g_state.buffers, key, n, _G_MAIN)
-      logits = d_logits(d_state.params, synthesize(ws))
+      synthesize, ws, keys = run_g(g_params, g_state.buffers, key, n, _G_MAIN)
+      logits = d_logits(d_state.params, augmented(synthesize(ws), keys, _AUG_FAKE, aug_p))
       return jnp.mean(losses.g_logistic_ns(logits)), (ws[:, 0], logits)
 
     (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
@@ -163,12 +180,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     metrics["pl_mean"] = pl_mean
 
     # Phase 3, D main: real vs fake from the updated G.
-    synthesize, ws, _ = run_g(g_params, g_buffers, key, n, _D_MAIN)
+    synthesize, ws, d_keys = run_g(g_params, g_buffers, key, n, _D_MAIN)
     fake_images = lax.stop_gradient(synthesize(ws))
+    d_reals = augmented(real_images, d_keys, _AUG_REAL, aug_p)
+    d_fakes = augmented(fake_images, d_keys, _AUG_FAKE, aug_p)
 
     def d_main_loss(d_params):
-      real_logits = d_logits(d_params, real_images)
-      fake_logits = d_logits(d_params, fake_images)
+      real_logits = d_logits(d_params, d_reals)
+      fake_logits = d_logits(d_params, d_fakes)
       loss_real, loss_fake = losses.d_logistic(real_logits, fake_logits)
       return jnp.mean(loss_real + loss_fake), (real_logits, fake_logits)
 
@@ -181,8 +200,13 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
     # Phase 4, D regularisation: R1 on reals, every r1_interval steps, scaled by the interval.
     if flags.d_reg:
+      r1_keys = (_example_keys(jax.random.fold_in(key, _D_REG), n, axis_name)
+                 if augment_fn is not None else None)
+
       def d_r1_loss(d_params):
-        penalty, _ = losses.r1_penalty(lambda x: d_logits(d_params, x), real_images)
+        # The gradient is w.r.t. the un-augmented reals, through the augmentation (as ADA).
+        d_fn = lambda x: d_logits(d_params, augmented(x, r1_keys, _AUG_REAL, aug_p))
+        penalty, _ = losses.r1_penalty(d_fn, real_images)
         return jnp.mean(penalty) * (t.r1_gamma / 2) * t.r1_interval, jnp.mean(penalty)
 
       (_, r1), r1_grads = jax.value_and_grad(d_r1_loss, has_aux=True)(d_params)
@@ -197,12 +221,19 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     g_ema_params = jax.tree.map(lambda e, p: p + beta * (e - p), state.g_ema.params, g_params)
     metrics["ema_beta"] = beta
 
+    extras = {**state.extras, "pl_mean": pl_mean}
+    # ADA's controller, on D main's sign of the (augmented) reals' logits, already a global mean.
+    if aug_config is not None and aug_config.kind == "ada":
+      extras, metrics["ada_rt"] = augment.ada_update(extras, metrics["real_sign"], global_batch, aug_config)
+    if aug_p is not None:
+      metrics["aug_p"] = jnp.asarray(extras.get("aug_p", aug_p), jnp.float32)
+
     new_state = state.replace(
         step=state.step + 1, images_seen=state.images_seen + global_batch,
         g=g_state.replace(params=g_params, buffers=g_buffers, opt_state=g_opt_state),
         g_ema=state.g_ema.replace(params=g_ema_params, buffers=g_buffers),
         d=d_state.replace(params=d_params, opt_state=d_opt_state),
-        extras={**state.extras, "pl_mean": pl_mean})
+        extras=extras)
     return new_state, metrics
 
   return train_step

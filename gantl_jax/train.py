@@ -40,7 +40,10 @@ RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every"
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
-ADDED_KEYS = {"model.mbstd_grouping": "contiguous", "model.compute_dtype": "float32"}
+ADDED_KEYS = {"model.mbstd_grouping": "contiguous", "model.compute_dtype": "float32",
+              "augment.kind": "none", "augment.p": 0.0, "augment.pipeline": "bgc",
+              "augment.ada_target": 0.6, "augment.ada_interval": 4, "augment.ada_kimg": -1.0,
+              "augment.diffaug_policy": "color,translation,cutout"}
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
@@ -355,9 +358,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
           t_log, step_log = now, step
           if is_main:
             jsonl.append(metrics_path, record)
-            logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s  %.1f img/s", step,
+            # aug_p: the augmentation probability, averaged over the line's steps.
+            aug = f"  aug_p {_fmt(record['aug_p'])}" if "aug_p" in record else ""
+            logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s%s  %.1f img/s", step,
                          record["kimg"], _fmt(record["g_loss"]), _fmt(record["d_loss"]),
-                         _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), images_per_s)
+                         _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), aug, images_per_s)
           fail_if_diverged(fetched, first)
         if config.train.sample_every and step % config.train.sample_every == 0:
           write_samples(f"{step:07d}")

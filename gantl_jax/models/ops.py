@@ -107,18 +107,23 @@ def conv2d(x: jax.Array, w: jax.Array, padding: Padding | int = 0, *, impl: str 
 # W: cheap elementwise work that XLA fuses, with cheap gradients.
 
 
-def _fir_1d(x: jax.Array, axis: int, pad: tuple[int, int], gain: float, down: int = 1) -> jax.Array:
-  taps = np.asarray(FIR_TAPS, np.float32)
-  taps = taps / taps.sum() * gain
+def fir_1d(x: jax.Array, taps, axis: int, pad: tuple[int, int] = (0, 0), down: int = 1) -> jax.Array:
+  """Filters ``x`` along ``axis`` with the symmetric FIR ``taps`` (used as given, no
+  normalisation) after zero-padding it by ``pad``, keeping every ``down``-th output. A symmetric
+  filter makes correlation and convolution agree."""
   pads = [(0, 0)] * x.ndim
   pads[axis] = pad
   xp = jnp.pad(x, pads)
   n_out = xp.shape[axis] - len(taps) + 1
-  # The filter is symmetric, so correlation and convolution agree.
   out = sum(float(t) * lax.slice_in_dim(xp, i, i + n_out, axis=axis) for i, t in enumerate(taps))
   if down > 1:
     out = lax.slice_in_dim(out, 0, n_out, stride=down, axis=axis)
   return out
+
+
+def _fir_1d(x: jax.Array, axis: int, pad: tuple[int, int], gain: float, down: int = 1) -> jax.Array:
+  taps = np.asarray(FIR_TAPS, np.float32)
+  return fir_1d(x, taps / taps.sum() * gain, axis, pad, down)
 
 
 def fir_filter(x: jax.Array, pad: tuple[int, int], gain: float = 1.0) -> jax.Array:
