@@ -4,22 +4,18 @@
 of the evaluation hook in training (``eval.*`` of the run's config, overridable here)."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Optional
 
 import jax
-import ml_collections
 
-from gantl_jax import checkpoint
 from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
 from gantl_jax import parallel
-from gantl_jax import state as state_lib
+from gantl_jax import runs
 from gantl_jax.config import ConfigError
 from gantl_jax.data import pipeline
-from gantl_jax.models import stylegan2
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str = "",
@@ -27,11 +23,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   """Evaluates G-EMA of ``step`` (default: the latest checkpoint) of the run in ``workdir`` with
   ``metrics`` (default: the run's ``eval.metrics``, else 'swd'); returns the record written."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: --workdir must be a training run directory")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  mesh = parallel.make_mesh()
+  config, nets, step, g_vars = runs.load_g_ema(workdir, step, parallel.replicated(mesh))
   e = config.eval
   e.metrics = metrics or e.metrics or "swd"
   e.num_fake = num_fake or e.num_fake
@@ -41,18 +34,6 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   if not evaluators:
     raise ConfigError(f"--metrics {e.metrics}: nothing left to run (kid and fid need "
                       f"--inception_weights or eval.inception_weights)")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  steps = checkpoint.committed_steps(ckpt_dir)
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-  step = steps[-1] if step is None or step < 0 else step
-  if step not in steps:
-    raise ConfigError(f"--step {step}: {ckpt_dir} holds steps {steps}")
-  nets = state_lib.build_networks(config)
-  mesh = parallel.make_mesh()
-  template = jax.eval_shape(lambda: stylegan2.init_generator(nets.generator, jax.random.key(0)))
-  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), template)
-  g_vars = checkpoint.read_network(ckpt_dir, step, "g_ema", template)
   prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
                               verbose=jax.process_index() == 0)
   t0 = time.time()

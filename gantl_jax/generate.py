@@ -1,19 +1,15 @@
 """Sampling from a trained run: G-EMA of the latest checkpoint of a workdir -> PNGs."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 
-from gantl_jax import checkpoint
 from gantl_jax import images as image_io
 from gantl_jax import parallel
-from gantl_jax import state as state_lib
+from gantl_jax import runs
 from gantl_jax.config import ConfigError
-from gantl_jax.models import stylegan2
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -49,20 +45,7 @@ def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: flo
   """
   seed_list = parse_seeds(seeds)
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found: --workdir must be a training run directory")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  step = (checkpoint.committed_steps(ckpt_dir) or [None])[-1]
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt_dir}: train first")
-  nets = state_lib.build_networks(config)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  template = jax.eval_shape(lambda: stylegan2.init_generator(nets.generator, jax.random.key(0)))
-  g_ema = checkpoint.read_network(ckpt_dir, step, "g_ema", jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template))
+  config, nets, step, g_ema = runs.load_g_ema(workdir)
   generate = parallel.make_generate(nets)
   z = np.stack([np.random.RandomState(s).randn(config.model.z_dim) for s in seed_list]).astype(np.float32)
   pixels = image_io.to_uint8(np.asarray(jax.device_get(generate(g_ema, z, truncation_psi=truncation_psi))))
