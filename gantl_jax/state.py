@@ -92,10 +92,6 @@ class Networks(NamedTuple):
   # pairs: ADA's p and its accumulators (augment.initial_extras); empty otherwise.
   extras: tuple[tuple[str, Any], ...] = ()
 
-  def module(self, name: str):
-    """The Flax module of network ``name`` (a key of ``NETWORKS``)."""
-    return self.generator if NETWORKS[name] == "generator" else self.discriminator
-
   def optimizer(self, name: str) -> optax.GradientTransformation:
     return {"g": self.g_tx, "d": self.d_tx}[name]
 
