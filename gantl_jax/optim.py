@@ -20,7 +20,7 @@ from gantl_jax.config import ConfigError
 from gantl_jax.resolutions import block_resolutions
 
 FROZEN = "frozen"
-FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
+FREEZE_PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only", "affine")
 
 
 def as_patterns(value: Any) -> tuple[str, ...]:
@@ -148,6 +148,7 @@ def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple
                 synthesis blocks b4, b8, ... (FreezeG)
   mapping_only  train only G's mapping network (synthesis frozen)
   torgb_only    train only G's toRGB layers (mapping and all convolutions frozen)
+  affine        train only G's style affines and toRGB layers (StyleDomain's "Affine+")
 
   The G-only presets leave D fully trainable and vice versa.
   """
@@ -172,6 +173,8 @@ def preset_patterns(freeze: ml_collections.ConfigDict, resolution: int) -> tuple
       g += ["^synthesis/"]
     elif name == "torgb_only":
       g += ["^mapping/", r"^synthesis/b\d+/(?!torgb/)"]
+    elif name == "affine":
+      g += ["^mapping/", r"^synthesis/(?!.*/(affine|torgb)/)"]
     else:
       raise ConfigError(f"freeze.preset: unknown preset {name!r}; choose from {FREEZE_PRESETS} "
                        f"(several may be joined with commas)")

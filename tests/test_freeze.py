@@ -14,7 +14,7 @@ from gantl_jax import bench, optim, transfer
 from gantl_jax import state as state_lib
 from gantl_jax.models import stylegan2
 
-PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only")
+PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only", "affine")
 
 
 def make_config(preset="none", **freeze):
@@ -65,6 +65,8 @@ def expected_frozen(preset, g_paths, d_paths):
     return {p for p in g_paths if p.startswith("synthesis/")}, set()
   if preset == "torgb_only":
     return {p for p in g_paths if "/torgb/" not in p}, set()
+  if preset == "affine":  # trainable: every style affine (conv and toRGB) and the toRGB layers
+    return {p for p in g_paths if "/affine/" not in p and "/torgb/" not in p}, set()
   raise ValueError(preset)
 
 
