@@ -90,13 +90,7 @@ def to_global(state: Any, mode: str, mesh: Mesh) -> Any:
   """The layout ``mode`` runs on -> global replicated arrays on ``mesh`` (what Orbax saves)."""
   if mode == "jit":
     return state
-  sharding = replicated(mesh)
-
-  def one(x):
-    value = np.asarray(x.addressable_data(0))[0]
-    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
-
-  return jax.tree.map(one, state)
+  return replicate(jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], state), mesh)
 
 
 def first_replica(tree: Any, mode: str) -> Any:

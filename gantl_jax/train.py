@@ -312,7 +312,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
       raise
 
   def evaluate() -> None:
-    g_ema = parallel.to_global(state, mode, mesh).g_ema.variables
+    g_ema = parallel.to_global(state.g_ema.variables, mode, mesh)  # not the whole state
     t0 = time.time()
     values = metrics_lib.run_evaluators(
         evaluators, lambda num: parallel.sample_batches(
