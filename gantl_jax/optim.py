@@ -100,6 +100,13 @@ def label_params(params: Any, freeze: Sequence[str] = (), lr_mults: Sequence[tup
   return traverse_util.unflatten_dict(labels, sep="/")
 
 
+def reg_intervals(train: ml_collections.ConfigDict) -> dict[str, int | None]:
+  """The lazy regularisers' intervals in steps, None where one is off: G's path length ('g') and
+  D's R1 ('d'). The optimizers' lazy correction and the step schedule both follow them."""
+  return dict(g=train.pl_interval if train.pl_weight > 0 else None,
+              d=train.r1_interval if train.r1_gamma > 0 else None)
+
+
 def adam(learning_rate: float, beta1: float, beta2: float, eps: float, reg_interval: int | None) -> optax.GradientTransformation:
   """Adam with StyleGAN2's lazy-regularisation correction of the learning rate and betas.
 

@@ -104,14 +104,14 @@ def build_networks(config: ml_collections.ConfigDict) -> Networks:
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
   g_shapes = jax.eval_shape(lambda k: stylegan2.init_generator(g, k), jax.random.key(0))["params"]
   d_shapes = jax.eval_shape(lambda k: stylegan2.init_discriminator(d, k), jax.random.key(0))["params"]
-  t = config.train
+  intervals = optim.reg_intervals(config.train)
   g_freeze, d_freeze = optim.freeze_patterns(config.freeze, config.model.resolution)
   g_tx = optim.make_optimizer(g_shapes, config.optim.g, freeze=g_freeze,
                               lr_mults=config.freeze.g_lr_mults,
-                              reg_interval=t.pl_interval if t.pl_weight > 0 else None)
+                              reg_interval=intervals["g"])
   d_tx = optim.make_optimizer(d_shapes, config.optim.d, freeze=d_freeze,
                               lr_mults=config.freeze.d_lr_mults,
-                              reg_interval=t.r1_interval if t.r1_gamma > 0 else None)
+                              reg_interval=intervals["d"])
   # Configs written before augmentation existed have no 'augment' section.
   extras = tuple(augment.initial_extras(config.get("augment")).items())
   return Networks(g, d, g_tx, d_tx, extras)

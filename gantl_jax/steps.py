@@ -37,6 +37,7 @@ from jax import lax
 
 from gantl_jax import augment
 from gantl_jax import losses
+from gantl_jax import optim
 from gantl_jax.state import GANState, Networks
 
 Array = jax.Array
@@ -57,8 +58,8 @@ class StepFlags(NamedTuple):
 def _lazy_phases(train: ml_collections.ConfigDict) -> dict[str, Optional[int]]:
   """StepFlags field -> its interval in steps, or None where the phase is off. Adding a lazy
   phase means a field above and an entry here."""
-  return dict(g_reg=train.pl_interval if train.pl_weight > 0 else None,
-              d_reg=train.r1_interval if train.r1_gamma > 0 else None)
+  intervals = optim.reg_intervals(train)
+  return dict(g_reg=intervals["g"], d_reg=intervals["d"])
 
 
 def schedule(step: int, train: ml_collections.ConfigDict) -> StepFlags:
