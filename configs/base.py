@@ -86,6 +86,17 @@ def get_config() -> ml_collections.ConfigDict:
       diffaug_policy="color,translation,cutout",  # diffaug: comma-separated 'color', 'translation', 'cutout'
   ))
 
+  # Few-shot regularisers and adapters (gantl_jax/fewshot.py, gantl_jax/adapters.py); each is off by
+  # default and compares with the transfer source, which the step reads from its `frozen` input.
+  c.fewshot = ml_collections.ConfigDict(dict(
+      cdc_weight=0.0,            # CDC (Ojha et al. 2021): weight of the cross-domain distance-consistency KL (paper: 1000); 0 = off
+      cdc_batch=4,               # CDC: shared latents whose pairwise feature similarities are compared
+      cdc_anchor_interval=0,     # CDC: every N-th step uses anchor latents and image-level D, the others patch-level D; 0 = image-level D always
+      ewc_weight=0.0,            # EWC (Li et al. 2020): weight of sum F * (theta - theta_source)^2; 0 = off
+      adapter="none",            # 'none' | 'kernel_modulation' (source conv weights frozen, rank-1 modulation trained)
+      adapter_fisher_quantile=0.0,  # kernel_modulation: adapt only layers above this Fisher-importance quantile, fine-tune the rest (0 = all)
+  ))
+
   # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read
   # by its pipeline. The resolution is model.resolution. Checked by gantl_jax.data.check_config.
   c.data = ml_collections.ConfigDict(dict(

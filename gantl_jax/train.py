@@ -40,10 +40,23 @@ RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every"
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
-ADDED_KEYS = {"model.mbstd_grouping": "contiguous", "model.compute_dtype": "float32",
-              "augment.kind": "none", "augment.p": 0.0, "augment.pipeline": "bgc",
-              "augment.ada_target": 0.6, "augment.ada_interval": 4, "augment.ada_kimg": -1.0,
-              "augment.diffaug_policy": "color,translation,cutout"}
+ADDED_KEYS = {
+    "model.mbstd_grouping": "contiguous",
+    "model.compute_dtype": "float32",
+    "augment.kind": "none",
+    "augment.p": 0.0,
+    "augment.pipeline": "bgc",
+    "augment.ada_target": 0.6,
+    "augment.ada_interval": 4,
+    "augment.ada_kimg": -1.0,
+    "augment.diffaug_policy": "color,translation,cutout",
+    "fewshot.cdc_weight": 0.0,
+    "fewshot.cdc_batch": 4,
+    "fewshot.cdc_anchor_interval": 0,
+    "fewshot.ewc_weight": 0.0,
+    "fewshot.adapter": "none",
+    "fewshot.adapter_fisher_quantile": 0.0,
+}
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
