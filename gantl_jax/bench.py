@@ -4,11 +4,14 @@
     python -m gantl_jax.bench --config configs/demo_anime.py --freeze_flops
 
 It builds the state under ``jit``, compiles every train-step variant the lazy-regularisation
-schedule needs (timing the compiles), warms each up once, then times ``--steps`` steps that follow
-the real schedule (path length every ``pl_interval``, R1 every ``r1_interval``), blocking only at
-the end. Real images are uniform noise in [-1, 1]: no data pipeline, so this is the model's speed.
-FLOPs come from XLA's cost analysis of each compiled variant, weighted by how often the schedule
-runs it. ``--freeze_flops`` prints instead the FLOPs of one step with the config's freezing and
+schedule needs (timing the compiles in wall and in CPU seconds, the latter meaningful on a shared
+machine), warms each up once, then times ``--steps`` steps that follow the real schedule (path
+length every ``pl_interval``, R1 every ``r1_interval``), blocking only at the end. Real images are
+uniform noise in [-1, 1]: no data pipeline, so this is the model's speed. FLOPs come from XLA's
+cost analysis of each compiled variant, weighted by how often the schedule runs it; the device's
+own matmul rate in the step's compute dtype is measured once (:func:`matmul_rate`) so that the
+step's rate can be read as a fraction of it. Memory: the host's peak RSS and the device's peak
+bytes in use (``null`` where the backend keeps no statistics, as on CPU). ``--freeze_flops`` prints instead the FLOPs of one step with the config's freezing and
 with nothing frozen: frozen parameters cost no weight-gradient FLOPs.
 
 This module is the one place that compiles a step for counting (:func:`compile_step`,
@@ -23,6 +26,7 @@ import os
 import resource
 import statistics
 import time
+from typing import Any, NamedTuple
 
 from absl import app, flags
 import jax
@@ -34,6 +38,39 @@ from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax.models import ops
+
+
+def cpu_seconds() -> float:
+  """User + system CPU time of this process so far, all threads (``resource.getrusage``)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def device_peak_mb(device=None) -> float | None:
+  """Peak bytes in use on ``device`` (default: the first) in MB, or None where the backend keeps no
+  memory statistics (CPU)."""
+  stats = (device or jax.devices()[0]).memory_stats()
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return round(stats["peak_bytes_in_use"] / 2 ** 20, 1)
+
+
+def matmul_rate(dtype, n: int | None = None, repeats: int = 5) -> float:
+  """The default device's measured FLOP/s on an n x n by n x n ``jnp.dot`` in ``dtype`` at the
+  default precision (TF32 for float32 on recent NVIDIA GPUs), median of ``repeats`` timed calls
+  after a warm-up. n defaults to 4096 on accelerators and 1024 on CPU. The operands are random
+  normal numbers: zeros run faster on some chips."""
+  n = n or (1024 if jax.default_backend() == "cpu" else 4096)
+  a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype)
+          for k in jax.random.split(jax.random.key(0), 2))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / statistics.median(times)
 
 
 def flops(compiled) -> float:
@@ -66,55 +103,122 @@ def freeze_flops(config: ml_collections.ConfigDict) -> dict:
               ratio=frozen / everything)
 
 
-def bench(config, num_steps: int, repeats: int, name: str = "") -> dict:
-  """Compiles, warms up and times the train step of a resolved ``config``; returns the record."""
+def variant_name(step_flags: steps.StepFlags) -> str:
+  """'g_reg=1,d_reg=0': how the records name a step variant."""
+  return ",".join(f"{k}={int(v)}" for k, v in step_flags._asdict().items())
+
+
+class Schedule(NamedTuple):
+  """The train step of a config compiled for ``plan``, the flags of ``num_steps`` scheduled steps:
+  one program per variant, with each compile's wall and CPU seconds and XLA's FLOP count."""
+  state: Any
+  real: jax.Array
+  plan: list[steps.StepFlags]
+  programs: dict[steps.StepFlags, Any]
+  compile_s: dict[steps.StepFlags, float]
+  compile_cpu_s: dict[steps.StepFlags, float]
+  flops: dict[steps.StepFlags, float]
+
+
+def compile_schedule(config, num_steps: int, compiler_options: dict | None = None) -> Schedule:
+  """Builds the state of a resolved ``config`` and compiles (timed) every train-step variant its
+  first ``num_steps`` steps need, the state donated. Real images are uniform noise in [-1, 1].
+
+  ``compiler_options`` (XLA debug options, e.g. ``{'xla_backend_optimization_level': 1}``) are
+  passed to every variant's compile."""
   nets = state_lib.build_networks(config)
   state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
   m, t = config.model, config.train
   real = jnp.asarray(np.random.default_rng(0).uniform(
       -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
   step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
-
   plan = [steps.schedule(i, t) for i in range(num_steps)]
-  counts = collections.Counter(plan)
-  compiled, compile_s, step_flops = {}, {}, {}
-  for variant in sorted(counts, reverse=True):
-    t0 = time.perf_counter()
-    compiled[variant] = step_fn.lower(state, real, flags=variant).compile()
-    compile_s[variant] = time.perf_counter() - t0
-    step_flops[variant] = flops(compiled[variant])
+  programs, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}
+  for variant in sorted(set(plan), reverse=True):
+    t0, c0 = time.perf_counter(), cpu_seconds()
+    programs[variant] = step_fn.lower(state, real, flags=variant).compile(compiler_options)
+    compile_s[variant], compile_cpu_s[variant] = time.perf_counter() - t0, cpu_seconds() - c0
+    step_flops[variant] = flops(programs[variant])
+  return Schedule(state, real, plan, programs, compile_s, compile_cpu_s, step_flops)
 
+
+def run_plan(schedule: Schedule, state, plan=None):
+  """Runs the steps of ``plan`` (default: the schedule's) from ``state``, blocking at the end
+  only; returns the final (state, metrics)."""
+  metrics = None
+  for variant in schedule.plan if plan is None else plan:
+    state, metrics = schedule.programs[variant](state, schedule.real)
+  return jax.block_until_ready((state, metrics))
+
+
+LOSSES = ("g_loss", "d_loss", "pl_penalty", "r1_penalty")
+
+
+def train_losses(config, images: np.ndarray, num_steps: int) -> tuple[dict[str, np.ndarray], Any]:
+  """The losses of ``num_steps`` train steps of a resolved ``config`` from its seed, on batches
+  taken in turn from ``images`` (float [-1, 1], NHWC, at least one batch): ({name: [num_steps]},
+  final state). Losses are NaN where a lazy phase did not run; ``'finite_params'`` is 1 where every
+  parameter of G, G-EMA and D was finite after the step. For comparing precisions on identical
+  data and latents."""
+  nets = state_lib.build_networks(config)
+  state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
+  step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
+  finite = jax.jit(lambda s: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+      [state_lib.network(s, n).params for n in state_lib.NETWORKS])])))
+  b = config.train.batch_size
+  out = {name: [] for name in LOSSES + ("finite_params",)}
+  for i in range(num_steps):
+    start = (i * b) % (len(images) - b + 1)
+    state, metrics = step_fn(state, jnp.asarray(images[start:start + b]), flags=steps.schedule(i, config.train))
+    metrics = jax.device_get(metrics)
+    for name in LOSSES:
+      out[name].append(float(metrics[name]))
+    out["finite_params"].append(float(finite(state)))
+  return {k: np.asarray(v) for k, v in out.items()}, state
+
+
+def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options: dict | None = None) -> dict:
+  """Compiles, warms up and times the train step of a resolved ``config``; returns the record.
+  ``compiler_options``: see :func:`compile_schedule`."""
+  load_at_start = os.getloadavg()[0]
+  m, t = config.model, config.train
+  sched = compile_schedule(config, num_steps, compiler_options)
   # Warm-up: each variant once (first-run allocations, thread pools).
-  for variant in compiled:
-    state, _ = compiled[variant](state, real)
-  jax.block_until_ready(state)
+  state, _ = run_plan(sched, sched.state, list(sched.programs))
 
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    for variant in plan:
-      state, metrics = compiled[variant](state, real)
-    jax.block_until_ready((state, metrics))
+    state, _ = run_plan(sched, state)
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
 
   images_per_s = num_steps * t.batch_size / sec
-  flops_per_step = sum(step_flops[v] * c for v, c in counts.items()) / num_steps
+  counts = collections.Counter(sched.plan)
+  flops_per_step = sum(sched.flops[v] * c for v, c in counts.items()) / num_steps
+  flop_per_s = flops_per_step * num_steps / sec
+  peak_matmul = matmul_rate(jnp.dtype(m.compute_dtype))
   return dict(
       config=name,
       resolution=m.resolution, batch=t.batch_size, steps=num_steps, repeats=repeats,
       images_per_s=round(images_per_s, 2), sec_per_kimg=round(1000 / images_per_s, 1),
       step_ms_median=round(1000 * sec / num_steps, 1),
       step_ms_all=[round(1000 * x / num_steps, 1) for x in times],
-      compile_s=round(sum(compile_s.values()), 1),
-      compile_s_per_variant={",".join(f"{k}={int(v)}" for k, v in f._asdict().items()): round(s, 1)
-                             for f, s in compile_s.items()},
+      compute_dtype=m.compute_dtype, num_low_precision_res=m.num_low_precision_res,
+      compile_s=round(sum(sched.compile_s.values()), 1),
+      compile_s_per_variant={variant_name(f): round(s, 1) for f, s in sched.compile_s.items()},
+      compile_cpu_s=round(sum(sched.compile_cpu_s.values()), 1),
+      compile_cpu_s_per_variant={variant_name(f): round(s, 1) for f, s in sched.compile_cpu_s.items()},
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      device_peak_mb=device_peak_mb(),
       gflop_per_step=round(flops_per_step / 1e9, 2),
-      gflop_per_s=round(flops_per_step * num_steps / sec / 1e9, 1),
+      gflop_per_s=round(flop_per_s / 1e9, 1),
+      matmul_gflop_per_s=round(peak_matmul / 1e9, 1),
+      fraction_of_matmul=round(flop_per_s / peak_matmul, 4),
+      compiler_options=compiler_options or {},
       conv_impl=ops.resolve_conv_impl(m.conv_impl), devices=jax.device_count(),
       backend=jax.default_backend(), jax=jax.__version__,
-      load_avg_1m=round(os.getloadavg()[0], 2),
+      load_avg_1m_start=round(load_at_start, 2), load_avg_1m=round(os.getloadavg()[0], 2),
   )
 
 
@@ -125,7 +229,7 @@ def main(argv):
     record = freeze_flops(config)
   else:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    record = bench(config, _STEPS.value, _REPEATS.value, name)
+    record = bench(config, _STEPS.value, _REPEATS.value, name, json.loads(_COMPILER_OPTIONS.value))
   print(json.dumps(record), flush=True)
 
 
@@ -137,5 +241,8 @@ if __name__ == "__main__":
   _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
   _FREEZE_FLOPS = flags.DEFINE_bool("freeze_flops", False, "Print the FLOPs of one step with the "
                                     "config's freezing and with nothing frozen, instead of timing.")
+  _COMPILER_OPTIONS = flags.DEFINE_string(
+      "compiler_options", "{}", "XLA options for every variant's compile, as JSON, e.g. "
+      "'{\"xla_backend_optimization_level\": 1}' (for measuring compile-time levers).")
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every"
 ADDED_KEYS = {
     "model.mbstd_grouping": "contiguous",
     "model.compute_dtype": "float32",
+    "model.num_low_precision_res": 0,
     "augment.kind": "none",
     "augment.p": 0.0,
     "augment.pipeline": "bgc",
