@@ -1,14 +1,18 @@
 """Does bfloat16 train like float32? Loss curves of the same run in each precision.
 
     python benchmarks/bf16_stability.py --config configs/tiny.py --steps 200 \
-        --precisions float32,bfloat16:0,bfloat16:1 [--window 20] [--config.key=value ...]
+        --precisions float32,bfloat16:0,bfloat16:1,float32@1 [--window 20] [--config.key=value ...]
 
-Runs ``--steps`` train steps of the config from the same seed on the same fixed images (the
-synthetic ``anime`` domain at the model's resolution, ``--images`` of them, batches in turn) once
-per precision (``float32`` or ``bfloat16:N``, N = ``model.num_low_precision_res``), with
-``gantl_jax.bench.train_losses``. Prints one JSON line per bf16 precision: per loss, the mean and
-the largest |difference| from float32 of the per-step values and of their ``--window``-step
-means, both runs' overall means, and whether every loss and parameter stayed finite.
+Runs ``--steps`` train steps of the config on the same fixed images (the synthetic ``anime``
+domain at the model's resolution, ``--images`` of them, batches in turn) once per precision,
+``DTYPE[:N][@SEED]``: ``float32`` or ``bfloat16``, N = ``model.num_low_precision_res``, SEED the
+run's seed (default the config's), with ``gantl_jax.bench.train_losses``. The first is the
+reference. A GAN's trajectory is chaotic: after some steps any perturbation (bf16 rounding, or
+another seed) makes the curves differ step by step, so the same run with another seed
+(``float32@1``) gives the band that window means of a healthy bf16 run should stay within.
+Prints one JSON line per other precision: per loss, the mean and the largest |difference| from
+the reference of the per-step values and of their ``--window``-step means, both runs' overall
+means, and whether every loss and parameter stayed finite.
 """
 from __future__ import annotations
 
@@ -52,16 +56,19 @@ def main(argv):
   base = config_lib.resolve(_CONFIG.value, jax.device_count())
   images = fixed_images(base.model.resolution, _IMAGES.value)
   curves = {}
-  for precision in _PRECISIONS.value.split(","):
-    dtype, _, low = precision.partition(":")
+  precisions = _PRECISIONS.value.split(",")
+  for precision in precisions:
+    spec, _, seed = precision.partition("@")
+    dtype, _, low = spec.partition(":")
     config = config_lib.resolve(_CONFIG.value, jax.device_count())
     config.model.update(compute_dtype=dtype, num_low_precision_res=int(low or 0))
+    config.seed = int(seed) if seed else config.seed
     curves[precision], _ = bench.train_losses(config, images, _STEPS.value)
-  reference = curves.pop("float32")
+  reference = curves.pop(precisions[0])
   for precision, curve in curves.items():
     finite = bool(np.all(curve["finite_params"] == 1)) and all(
         np.all(np.isfinite(curve[n]) == np.isfinite(reference[n])) for n in bench.LOSSES)
-    print(json.dumps(dict(precision=precision, steps=_STEPS.value, window=_WINDOW.value, all_finite=finite,
+    print(json.dumps(dict(precision=precision, reference=precisions[0], steps=_STEPS.value, window=_WINDOW.value, all_finite=finite,
                           resolution=base.model.resolution, batch=base.train.batch_size,
                           losses=compare(reference, curve, _WINDOW.value))), flush=True)
 
@@ -72,6 +79,6 @@ if __name__ == "__main__":
   _IMAGES = flags.DEFINE_integer("images", 64, "Fixed training images (synthetic anime faces).")
   _WINDOW = flags.DEFINE_integer("window", 20, "Steps per window mean.")
   _PRECISIONS = flags.DEFINE_string("precisions", "float32,bfloat16:0,bfloat16:1",
-                                    "Comma-separated; float32 first is the reference.")
+                                    "Comma-separated DTYPE[:N][@SEED]; the first is the reference.")
   flags.mark_flags_as_required(["config"])
   app.run(main)

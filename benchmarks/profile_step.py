@@ -1,7 +1,7 @@
 """Where the train step's time goes: a jax.profiler trace of N steps, summed by kernel kind.
 
     python benchmarks/profile_step.py --config configs/bench256.py --steps 16 --out_dir /tmp/prof \
-        [--variant schedule|g_reg=1,d_reg=1|g_reg=0,d_reg=0|...] [--config.key=value ...]
+        [--variant schedule|g_reg=1,d_reg=1|g_reg=0,d_reg=0|...] [--trace_dir DIR] [--config.key=value ...]
 
 Compiles the step's variants (``gantl_jax.bench.compile_schedule``), runs each once to warm up,
 then traces ``--steps`` steps (the real lazy-regularisation schedule, or one variant repeated)
@@ -14,10 +14,10 @@ summed per kind:
     dense matmuls | slice / concat / pad / copy fusions | layout conversions | reductions |
     elementwise fusions | rng | other
 
-Writes to ``--out_dir``: ``trace/`` (the profiler's folder, with ``perfetto_trace.json.gz`` to
-open in ui.perfetto.dev), ``trace.zip`` (the same folder zipped, for copying off a machine),
+Writes to ``--out_dir``: ``perfetto_trace.json.gz`` (open it in ui.perfetto.dev),
 ``summary.json`` (per kind and the top ops: ms per step, share, calls per step) and
-``summary.md`` (the table), and prints the table. ``busy`` is the union of the op intervals per
+``summary.md`` (the table), and prints the table. The profiler's own folder (with the xplane.pb
+that TensorBoard's profile plugin reads) is ``--trace_dir``, by default ``out_dir/trace``. ``busy`` is the union of the op intervals per
 step (per device, or per host thread pool on CPU); on a GPU, wall minus busy is the time the
 device waited (launch gaps, host syncs).
 """
@@ -135,11 +135,26 @@ def classify(kernel: str, hlo_name: str, info: dict | None) -> str:
   return "other"
 
 
+def _hlo_stats(stats: dict) -> tuple:
+  """(hlo_op, hlo_module, program_id) of an event, from its own stats or, where the profiler
+  left them in an annotation string ('name:#hlo_op=fusion.3,hlo_module=jit_f,program_id=7#'),
+  from that; None where absent."""
+  op, module, program = stats.get("hlo_op"), stats.get("hlo_module"), stats.get("program_id")
+  if op is None:
+    for value in stats.values():
+      if isinstance(value, str) and "hlo_op=" in value:
+        found = {k: re.search(rf"{k}=([^,#]+)", value) for k in ("hlo_op", "hlo_module", "program_id")}
+        op, module, program = (found[k].group(1) if found[k] else None
+                               for k in ("hlo_op", "hlo_module", "program_id"))
+        break
+  return op, module, program
+
+
 def op_events(profile, module: str) -> list[tuple]:
-  """(device or thread pool, program id, kernel, hlo_op, start_ns, duration_ns) of every op event
-  of the HLO module named ``module``, by start time: GPU kernels on the device planes' stream
-  lines, XLA:CPU thunks on the host's XLA thread pools. Of nested events on one line (a while
-  loop and its body), only the innermost count."""
+  """(device or thread pool, program id, kernel, hlo_op, start_ns, duration_ns) of the op events
+  of the HLO module named ``module``, by start time: every kernel on a device plane's stream
+  lines (but those another module's), XLA:CPU thunks on the host's XLA thread pools. Of nested
+  events on one line (a while loop and its body), only the innermost count."""
   out = []
   for plane in profile.planes:
     on_device = plane.name.startswith("/device:")
@@ -153,9 +168,10 @@ def op_events(profile, module: str) -> list[tuple]:
       where = plane.name if on_device else "/host:CPU XLA threads"
       events = []
       for e in line.events:
-        stats = dict(e.stats)
-        if "hlo_op" in stats and str(stats.get("hlo_module", "")) == module:
-          events.append((e.start_ns, e.duration_ns, e.name, str(stats["hlo_op"]), stats.get("program_id")))
+        op, event_module, program = _hlo_stats(dict(e.stats))
+        if (op is None and not on_device) or (event_module is not None and str(event_module) != module):
+          continue
+        events.append((e.start_ns, e.duration_ns, e.name, "" if op is None else str(op), program))
       events.sort()
       for i, (start, dur, name, op, program) in enumerate(events):
         nxt = events[i + 1] if i + 1 < len(events) else None
@@ -181,7 +197,9 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
   per_kind = collections.Counter()
   per_op = collections.defaultdict(lambda: dict(ns=0.0, calls=0, kind="", kernel="", hlo_op=""))
   busy = collections.defaultdict(list)
+  without_hlo_op = 0.0
   for where, program, kernel, op, start, dur in events:
+    without_hlo_op += dur if not op else 0.0
     index = indexes.get(program, indexes.get(None, {}))
     kind = classify(kernel, op, index.get(op))
     per_kind[kind] += dur
@@ -196,6 +214,8 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
   return dict(
       steps=num_steps, wall_ms_per_step=round(1000 * wall_s / num_steps, 3),
       op_ms_per_step=ms(sum(per_kind.values())),
+      # Kernels the trace names no HLO op for (classified by their kernel name alone).
+      ms_per_step_without_hlo_op=ms(without_hlo_op),
       busy_ms_per_step={k: ms(_union_ns(v)) for k, v in busy.items()},
       kinds={k: dict(ms_per_step=ms(per_kind[k]), share=round(per_kind[k] / total, 4))
              for k in KINDS if per_kind[k]},
@@ -214,9 +234,10 @@ def table(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def profile(config, num_steps: int, out_dir: str, variant: str = "schedule") -> dict:
-  """Traces ``num_steps`` steps of a resolved ``config`` into ``out_dir`` and returns the summary
-  (also written there as summary.json / summary.md, with trace/ and trace.zip)."""
+def profile(config, num_steps: int, out_dir: str, variant: str = "schedule", trace_dir: str = "") -> dict:
+  """Traces ``num_steps`` steps of a resolved ``config`` and returns the summary, also written to
+  ``out_dir`` (summary.json, summary.md, perfetto_trace.json.gz); the profiler's folder is
+  ``trace_dir`` (default ``out_dir/trace``)."""
   sched = bench.compile_schedule(config, num_steps)
   if variant == "schedule":
     plan = sched.plan
@@ -228,25 +249,27 @@ def profile(config, num_steps: int, out_dir: str, variant: str = "schedule") -> 
                        f"pass one of them or 'schedule'")
     plan = wanted * num_steps
   state, _ = bench.run_plan(sched, sched.state, list(sched.programs))  # warm-up
-  trace_dir = os.path.join(out_dir, "trace")
+  trace_dir = trace_dir or os.path.join(out_dir, "trace")
   shutil.rmtree(trace_dir, ignore_errors=True)
   with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
     t0 = time.perf_counter()
     bench.run_plan(sched, state, plan)
     wall_s = time.perf_counter() - t0
   xspace = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))[-1]
+  shutil.copy(os.path.join(os.path.dirname(xspace), "perfetto_trace.json.gz"), out_dir)
   data = jax.profiler.ProfileData.from_file(xspace)
 
   # Every variant is the same jitted function, so its events carry the same module name; they
   # differ in program id. Program ids, in the order they first run, are the plan's variants in
-  # the order they first appear. Without program ids, one index of all variants serves.
+  # the order they first appear. With one program (merged variants) or without program ids, one
+  # index of every program serves.
   variants = list(dict.fromkeys(plan))
-  texts = {v: sched.programs[v].as_text() for v in variants}
-  module = re.match(r"HloModule\s+([\w.\-]+)", texts[variants[0]]).group(1)
+  texts = {name: c.as_text() for name, c in sched.compiled.items()}
+  module = re.match(r"HloModule\s+([\w.\-]+)", next(iter(texts.values()))).group(1)
   events = op_events(data, module)
   programs = list(dict.fromkeys(e[1] for e in events))
-  if None not in programs and len(programs) == len(variants):
-    indexes = {p: hlo_index(texts[v]) for p, v in zip(programs, variants)}
+  if len(texts) > 1 and None not in programs and len(programs) == len(variants):
+    indexes = {p: hlo_index(texts[bench.variant_name(v)]) for p, v in zip(programs, variants)}
   else:
     indexes = {None: hlo_index("\n".join(texts.values()))}
   summary = summarize(events, indexes, len(plan), wall_s)
@@ -255,12 +278,11 @@ def profile(config, num_steps: int, out_dir: str, variant: str = "schedule") -> 
                  compute_dtype=config.model.compute_dtype,
                  num_low_precision_res=config.model.num_low_precision_res,
                  resolution=config.model.resolution, batch=config.train.batch_size,
-                 compile_s={bench.variant_name(v): round(s, 1) for v, s in sched.compile_s.items()})
+                 compile_s={k: round(s, 1) for k, s in sched.compile_s.items()})
   with open(os.path.join(out_dir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:
     f.write(table(summary) + "\n")
-  shutil.make_archive(os.path.join(out_dir, "trace"), "zip", trace_dir)
   return summary
 
 
@@ -268,7 +290,7 @@ def main(argv):
   del argv
   config = config_lib.resolve(_CONFIG.value, jax.device_count())
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  summary = profile(config, _STEPS.value, _OUT_DIR.value, _VARIANT.value)
+  summary = profile(config, _STEPS.value, _OUT_DIR.value, _VARIANT.value, _TRACE_DIR.value)
   print(table(summary))
   print(json.dumps({k: summary[k] for k in ("wall_ms_per_step", "op_ms_per_step", "busy_ms_per_step",
                                             "plan", "device")}))
@@ -280,5 +302,6 @@ if __name__ == "__main__":
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the trace and the summary go.")
   _VARIANT = flags.DEFINE_string("variant", "schedule", "'schedule' (the real lazy-regularisation "
                                  "mix) or one variant repeated, e.g. 'g_reg=0,d_reg=0'.")
+  _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "The profiler's folder (default: out_dir/trace).")
   flags.mark_flags_as_required(["config", "out_dir"])
   app.run(main)

@@ -45,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
       r1_interval=16,
       pl_weight=2.0,             # 0 disables path-length regularisation
       pl_interval=4,
+      # The lazy phases' programs: 'separate' compiles one program per combination of lazy phases
+      # the schedule runs (no dead branches); 'merged' one program for every step, each lazy
+      # phase behind a lax.cond (fewer compiles); 'auto': merged on CPU, separate elsewhere.
+      variant_programs="auto",
       pl_batch_shrink=2,
       pl_decay=0.01,
       style_mixing_prob=0.9,

@@ -26,7 +26,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from absl import app, flags
 import jax
@@ -74,7 +74,8 @@ def matmul_rate(dtype, n: int | None = None, repeats: int = 5) -> float:
 
 
 def flops(compiled) -> float:
-  """XLA's FLOP estimate of one compiled program (the API returns a dict or a list of dicts)."""
+  """XLA's FLOP estimate of one compiled (or lowered) program (the API returns a dict or a list of
+  dicts)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
@@ -110,36 +111,58 @@ def variant_name(step_flags: steps.StepFlags) -> str:
 
 class Schedule(NamedTuple):
   """The train step of a config compiled for ``plan``, the flags of ``num_steps`` scheduled steps:
-  one program per variant, with each compile's wall and CPU seconds and XLA's FLOP count."""
+  ``programs[flags](state, real)`` runs one step; the compiled programs, and each compile's wall
+  and CPU seconds, by name (:func:`variant_name`, or 'merged'); XLA's FLOP count per variant."""
   state: Any
   real: jax.Array
   plan: list[steps.StepFlags]
-  programs: dict[steps.StepFlags, Any]
-  compile_s: dict[steps.StepFlags, float]
-  compile_cpu_s: dict[steps.StepFlags, float]
+  programs: dict[steps.StepFlags, Callable]
+  compiled: dict[str, Any]
+  compile_s: dict[str, float]
+  compile_cpu_s: dict[str, float]
   flops: dict[steps.StepFlags, float]
 
 
 def compile_schedule(config, num_steps: int, compiler_options: dict | None = None) -> Schedule:
-  """Builds the state of a resolved ``config`` and compiles (timed) every train-step variant its
-  first ``num_steps`` steps need, the state donated. Real images are uniform noise in [-1, 1].
+  """Builds the state of a resolved ``config`` and compiles (timed, tracing included) the
+  train-step programs its first ``num_steps`` steps need, the state donated: one per variant, or
+  one for all with merged variants (``train.variant_programs``). Real images are uniform noise in
+  [-1, 1].
 
   ``compiler_options`` (XLA debug options, e.g. ``{'xla_backend_optimization_level': 1}``) are
-  passed to every variant's compile."""
+  passed to every compile."""
   nets = state_lib.build_networks(config)
   state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
   m, t = config.model, config.train
   real = jnp.asarray(np.random.default_rng(0).uniform(
       -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
-  step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
+  train_step = steps.make_train_step(config, nets)
+  separate = jax.jit(train_step, static_argnames=("flags",), donate_argnums=0)
   plan = [steps.schedule(i, t) for i in range(num_steps)]
-  programs, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}
-  for variant in sorted(set(plan), reverse=True):
+  variants = sorted(set(plan), reverse=True)
+  programs, compiled, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}, {}
+  if steps.merged_variants(t):
+    merged = jax.jit(lambda s, r, f: train_step(s, r, flags=f), donate_argnums=0)
     t0, c0 = time.perf_counter(), cpu_seconds()
-    programs[variant] = step_fn.lower(state, real, flags=variant).compile(compiler_options)
-    compile_s[variant], compile_cpu_s[variant] = time.perf_counter() - t0, cpu_seconds() - c0
-    step_flops[variant] = flops(programs[variant])
-  return Schedule(state, real, plan, programs, compile_s, compile_cpu_s, step_flops)
+    program = compiled["merged"] = merged.lower(state, real, steps.traced_flags(variants[0])).compile(
+        compiler_options)
+    compile_s["merged"], compile_cpu_s["merged"] = time.perf_counter() - t0, cpu_seconds() - c0
+    for variant in variants:
+      programs[variant] = lambda s, r, f=steps.traced_flags(variant): program(s, r, f)
+    # XLA counts a conditional at its largest branch, so the merged program counts as the fullest
+    # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
+    # programs' counts, which agrees with compiling it alone to ~1%.
+    lowered = {v: flops(separate.lower(state, real, flags=v)) for v in variants}
+    step_flops = {v: flops(program) * lowered[v] / max(lowered.values()) for v in variants}
+  else:
+    for variant in variants:
+      t0, c0 = time.perf_counter(), cpu_seconds()
+      programs[variant] = compiled[variant_name(variant)] = separate.lower(state, real, flags=variant).compile(
+          compiler_options)
+      compile_s[variant_name(variant)] = time.perf_counter() - t0
+      compile_cpu_s[variant_name(variant)] = cpu_seconds() - c0
+      step_flops[variant] = flops(programs[variant])
+  return Schedule(state, real, plan, programs, compiled, compile_s, compile_cpu_s, step_flops)
 
 
 def run_plan(schedule: Schedule, state, plan=None):
@@ -162,7 +185,12 @@ def train_losses(config, images: np.ndarray, num_steps: int) -> tuple[dict[str, 
   data and latents."""
   nets = state_lib.build_networks(config)
   state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
-  step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
+  train_step = steps.make_train_step(config, nets)
+  if steps.merged_variants(config.train):
+    merged = jax.jit(lambda s, r, f: train_step(s, r, flags=f), donate_argnums=0)
+    step_fn = lambda s, r, flags: merged(s, r, steps.traced_flags(flags))
+  else:
+    step_fn = jax.jit(train_step, static_argnames=("flags",), donate_argnums=0)
   finite = jax.jit(lambda s: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       [state_lib.network(s, n).params for n in state_lib.NETWORKS])])))
   b = config.train.batch_size
@@ -206,9 +234,10 @@ def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options
       step_ms_all=[round(1000 * x / num_steps, 1) for x in times],
       compute_dtype=m.compute_dtype, num_low_precision_res=m.num_low_precision_res,
       compile_s=round(sum(sched.compile_s.values()), 1),
-      compile_s_per_variant={variant_name(f): round(s, 1) for f, s in sched.compile_s.items()},
+      compile_s_per_variant={k: round(s, 1) for k, s in sched.compile_s.items()},
       compile_cpu_s=round(sum(sched.compile_cpu_s.values()), 1),
-      compile_cpu_s_per_variant={variant_name(f): round(s, 1) for f, s in sched.compile_cpu_s.items()},
+      compile_cpu_s_per_variant={k: round(s, 1) for k, s in sched.compile_cpu_s.items()},
+      variant_programs="merged" if steps.merged_variants(t) else "separate",
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       device_peak_mb=device_peak_mb(),
       gflop_per_step=round(flops_per_step / 1e9, 2),

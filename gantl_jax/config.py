@@ -63,6 +63,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 
+  # Imported here, not at the top: steps imports optim, which imports this module.
+  from gantl_jax import steps  # pylint: disable=g-import-not-at-top
+  _check(t.variant_programs in steps.VARIANT_PROGRAMS,
+         f"train.variant_programs must be one of {', '.join(map(repr, steps.VARIANT_PROGRAMS))}, "
+         f"got {t.variant_programs!r}")
   # Checked before the divisibility tests below, which divide by them.
   for key in ("r1_interval", "pl_interval", "pl_batch_shrink", "log_every"):
     _check(t[key] >= 1, f"train.{key} must be >= 1, got {t[key]}")

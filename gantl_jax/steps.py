@@ -51,9 +51,28 @@ _G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
 
 
 class StepFlags(NamedTuple):
-  """The lazy phases one step runs. Static: each value is its own compiled program."""
+  """The lazy phases one step runs. Python bools (static): each value is its own compiled program
+  without dead branches. Traced bools (:func:`traced_flags`, passed as an argument): one program
+  serves every value, each lazy phase behind a ``lax.cond``."""
   g_reg: bool = False  # path-length regularisation of G
   d_reg: bool = False  # R1 regularisation of D
+
+
+VARIANT_PROGRAMS = ("auto", "separate", "merged")
+
+
+def merged_variants(train: ml_collections.ConfigDict) -> bool:
+  """Whether the drivers compile one program for every :class:`StepFlags` value
+  (``train.variant_programs``): 'merged' yes, 'separate' no, 'auto' on CPU only."""
+  value = train.get("variant_programs", "separate")  # configs written before the key: separate
+  if value not in VARIANT_PROGRAMS:
+    raise ValueError(f"train.variant_programs must be one of {VARIANT_PROGRAMS}, got {value!r}")
+  return value == "merged" or (value == "auto" and jax.default_backend() == "cpu")
+
+
+def traced_flags(flags: StepFlags) -> StepFlags:
+  """``flags`` as arrays: the argument of the merged program."""
+  return StepFlags(*(np.asarray(f, bool) for f in flags))
 
 
 def _lazy_phases(train: ml_collections.ConfigDict) -> dict[str, Optional[int]]:

@@ -38,7 +38,7 @@ from gantl_jax.data import pipeline
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
-                     "parallel.", "eval.")
+                     "train.variant_programs", "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
 ADDED_KEYS = {
     "model.mbstd_grouping": "contiguous",

@@ -60,9 +60,9 @@ def test_profile_step_on_cpu(tmp_path):
   assert summary["op_ms_per_step"] > 0 and summary["top_ops"]
   shares = sum(v["share"] for v in summary["kinds"].values())
   assert shares == pytest.approx(1.0, abs=0.01)
-  for name in ("summary.json", "summary.md", "trace.zip"):
+  for name in ("summary.json", "summary.md", "perfetto_trace.json.gz"):
     assert (tmp_path / name).exists(), name
-  assert list(tmp_path.glob("trace/**/perfetto_trace.json.gz"))
+  assert list(tmp_path.glob("trace/**/*.xplane.pb"))
   assert "| conv forward |" in (tmp_path / "summary.md").read_text()
 
 
