@@ -9,23 +9,24 @@ from typing import Any, NamedTuple, Optional
 import jax
 import ml_collections
 
+from gantl_jax import adapters
 from gantl_jax import checkpoint
 from gantl_jax import state as state_lib
 from gantl_jax.config import ConfigError
-from gantl_jax.models import stylegan2
 
 
 class RunGEMA(NamedTuple):
   config: ml_collections.ConfigDict  # the run's resolved config (DIR/config.json)
   nets: state_lib.Networks
   step: int
-  g_ema: Any                         # {'params', 'buffers'} with the requested sharding
+  g_ema: Any                         # {'params', 'buffers'} with the requested sharding (adapters merged)
 
 
 def load_g_ema(workdir: str, step: Optional[int] = None,
                sharding: Optional[jax.sharding.Sharding] = None) -> RunGEMA:
   """G-EMA of ``step`` (None or < 0: the latest) of the run in ``workdir``, read straight into
-  ``sharding`` (default: the first local device)."""
+  ``sharding`` (default: the first local device). A run trained with kernel-modulation adapters
+  gives its plain G: the adapters merged into the kernels (``adapters.merge_variables``)."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
@@ -41,7 +42,10 @@ def load_g_ema(workdir: str, step: Optional[int] = None,
     raise ConfigError(f"--step {step}: {ckpt_dir} holds steps {steps}")
   nets = state_lib.build_networks(config)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  template = jax.eval_shape(lambda: stylegan2.init_generator(nets.generator, jax.random.key(0)))
+  template = jax.eval_shape(
+      lambda: state_lib.init_g_variables(nets.generator, jax.random.key(0), nets.g_adapters))
   g_ema = checkpoint.read_network(ckpt_dir, step, "g_ema", jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template))
+  if nets.g_adapters:
+    g_ema = jax.jit(adapters.merge_variables)(g_ema)
   return RunGEMA(config, nets, step, g_ema)

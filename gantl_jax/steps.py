@@ -9,7 +9,12 @@ D main (logistic loss), D regularisation (R1, lazy); then the G-EMA update. ``fl
 
 ``frozen`` holds variables of source networks that the few-shot regularisers compare against
 (``{'g': {'params', 'buffers'}}`` of the transfer source's G-EMA, say). It is an ordinary input:
-replicated, never donated and never part of the state, so never checkpointed.
+replicated, never donated and never part of the state, so never checkpointed. EWC
+(``fewshot.ewc_weight``) reads the source G there and G's Fisher (``frozen['g_fisher']``), and adds
+``ewc_weight * sum F * (theta - theta_source)^2`` to G main's loss (logged as ``ewc_penalty``).
+
+G's params may carry kernel-modulation adapters (``adapters.py``): every use of G merges them into
+the kernels first, so the step trains the adapter leaves through the merged weights.
 
 Randomness is a pure function of (state.rng, step, phase, *global* example index): the same global
 batch gives the same update on 1 or 8 devices, under ``jit`` or ``pmap``.
@@ -35,7 +40,9 @@ import ml_collections
 import optax
 from jax import lax
 
+from gantl_jax import adapters
 from gantl_jax import augment
+from gantl_jax import fisher
 from gantl_jax import losses
 from gantl_jax import optim
 from gantl_jax.state import GANState, Networks
@@ -71,9 +78,12 @@ def schedule(step: int, train: ml_collections.ConfigDict) -> StepFlags:
 def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source networks the step's regularisers read from ``frozen``, as {name in ``frozen``:
   transfer-source item}. Empty: the step needs no ``frozen`` (the loop then passes None). The
-  few-shot regularisers that compare with the source G add ``'g': 'g_ema'`` here."""
-  del config  # no regulariser of this step reads a source network yet
-  return {}
+  few-shot regularisers that compare with the source G add ``'g': 'g_ema'`` here. EWC also needs
+  ``frozen['g_fisher']``, which the loop adds (``fisher.g_fisher``; not a source item)."""
+  out = {}
+  if fisher.ewc_weight(config) > 0:
+    out["g"] = "g_ema"
+  return out
 
 
 def ema_beta(images_seen: Array, global_batch: int, ema_kimg: float, ema_rampup: Optional[float]) -> Array:
@@ -109,12 +119,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
   aug_config = config.get("augment")
   augment_fn = augment.make(aug_config)
+  ewc_weight = fisher.ewc_weight(config)
 
   def run_g(params, buffers, key, n, phase):
     """Samples n images: latents, style mixing and noise from per-example keys."""
     phase_key = jax.random.fold_in(key, phase)
     keys = _example_keys(phase_key, n, axis_name)
-    variables = {"params": params, "buffers": buffers}
+    # With kernel-modulation adapters, the kernels the model uses are the merged ones.
+    variables = {"params": adapters.merge(params), "buffers": buffers}
     ws = g.apply(variables, _normal_per_example(keys, _Z, (g.z_dim,)), method=g.map)
     if t.style_mixing_prob > 0:
       ws_mix = g.apply(variables, _normal_per_example(keys, _Z_MIX, (g.z_dim,)), method=g.map)
@@ -135,7 +147,6 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
   def train_step(state: GANState, real_images: Array, frozen: Any = None, *,
                  flags: StepFlags = StepFlags()) -> tuple[GANState, dict[str, Array]]:
-    del frozen  # no regulariser of this step reads the source networks yet
     n = real_images.shape[0]
     global_batch = n * (lax.psum(1, axis_name) if axis_name else 1)
     key = jax.random.fold_in(state.key, state.step)
@@ -143,16 +154,22 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     g_state, d_state = state.g, state.d
     aug_p = augment.probability(aug_config, state.extras) if augment_fn is not None else None
 
-    # Phase 1, G main: make D call the fakes real.
+    # Phase 1, G main: make D call the fakes real (plus EWC's pull towards the source).
     def g_main_loss(g_params):
       synthesize, ws, keys = run_g(g_params, g_state.buffers, key, n, _G_MAIN)
       logits = d_logits(d_state.params, augmented(synthesize(ws), keys, _AUG_FAKE, aug_p))
-      return jnp.mean(losses.g_logistic_ns(logits)), (ws[:, 0], logits)
+      loss = jnp.mean(losses.g_logistic_ns(logits))
+      ewc = (fisher.ewc_penalty(adapters.merge(g_params), frozen["g"]["params"], frozen["g_fisher"])
+             if ewc_weight else None)
+      total = loss + ewc_weight * ewc if ewc_weight else loss
+      return total, (ws[:, 0], logits, loss, ewc)
 
-    (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
+    (_, (w_batch, fake_logits, g_loss, ewc)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
     updates, g_opt_state = nets.g_tx.update(pmean(g_grads), g_state.opt_state, g_state.params)
     g_params = optax.apply_updates(g_state.params, updates)
     metrics["g_loss"] = pmean(g_loss)
+    if ewc_weight:
+      metrics["ewc_penalty"] = ewc  # the same on every device: parameters are replicated
 
     # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network).
     w_mean = pmean(jnp.mean(w_batch, axis=0))
@@ -244,6 +261,6 @@ def generate(nets: Networks, g_vars: Any, z: Array, *, truncation_psi: float = 1
              noise_mode: str = "const", noise_keys: Optional[Array] = None) -> Array:
   """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables
   (``{'params', 'buffers'}``, e.g. ``state.g_ema.variables``). ``noise_mode='random'`` needs
-  ``noise_keys``, one PRNG key per example."""
-  return nets.generator.apply(g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                              noise_keys=noise_keys)
+  ``noise_keys``, one PRNG key per example. Kernel-modulation adapters in ``g_vars`` are merged."""
+  return nets.generator.apply(adapters.merge_variables(g_vars), z, truncation_psi=truncation_psi,
+                              noise_mode=noise_mode, noise_keys=noise_keys)
