@@ -142,7 +142,8 @@ def report(config, g_params: Any, trainable: list[str], g_fisher: Optional[Any] 
   f = config.fewshot
   layers = conv_layers(g_params)
   adapted = adapted_layers(f, g_params, g_fisher)
-  importance = layer_importance(g_fisher, layers) if g_fisher is not None and f.adapter_fisher_quantile else {}
+  use_fisher = g_fisher is not None and f.adapter_fisher_quantile
+  importance = layer_importance(g_fisher, layers) if use_fisher else {}
   flat = _flat(g_params)
   adapter_paths = [p for p in trainable if is_adapter_path(p)]
   return dict(kind=f.adapter, fisher_quantile=f.adapter_fisher_quantile,

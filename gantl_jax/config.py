@@ -149,9 +149,11 @@ def _check_ewc_and_adapters(config: ml_collections.ConfigDict) -> None:
   f = config.get("fewshot")
   if f is None:
     return
-  kinds = ("none", "kernel_modulation")  # gantl_jax.adapters.KINDS, without importing jax here
+  # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
+  from gantl_jax import adapters  # pylint: disable=g-import-not-at-top
   _check(f.ewc_weight >= 0, f"fewshot.ewc_weight must be >= 0 (0 turns EWC off), got {f.ewc_weight}")
-  _check(f.adapter in kinds, f"fewshot.adapter must be one of {', '.join(map(repr, kinds))}, got {f.adapter!r}")
+  _check(f.adapter in adapters.KINDS, f"fewshot.adapter must be one of "
+         f"{', '.join(map(repr, adapters.KINDS))}, got {f.adapter!r}")
   _check(0 <= f.adapter_fisher_quantile < 1, f"fewshot.adapter_fisher_quantile must be in [0, 1) "
          f"(0 adapts every conv layer), got {f.adapter_fisher_quantile}")
   _check(f.adapter_fisher_quantile == 0 or f.adapter != "none",

@@ -109,7 +109,9 @@ def g_fisher(generator, discriminator, g_vars: Any, d_params: Any, key: jax.Arra
     return jax.tree.map(lambda x: jnp.sum(x, axis=0),
                         jax.vmap(lambda i: group_sum(g_vars, d_params, key, i))(ids))
 
-  replicated = None if sharding is None else jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  replicated = None
+  if sharding is not None:
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
   step = jax.jit(batch_sum, out_shardings=replicated)
   total = None
   for start in range(0, num_samples, batch):

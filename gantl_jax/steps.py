@@ -164,7 +164,8 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       total = loss + ewc_weight * ewc if ewc_weight else loss
       return total, (ws[:, 0], logits, loss, ewc)
 
-    (_, (w_batch, fake_logits, g_loss, ewc)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
+    (_, (w_batch, fake_logits, g_loss, ewc)), g_grads = jax.value_and_grad(
+        g_main_loss, has_aux=True)(g_state.params)
     updates, g_opt_state = nets.g_tx.update(pmean(g_grads), g_state.opt_state, g_state.params)
     g_params = optax.apply_updates(g_state.params, updates)
     metrics["g_loss"] = pmean(g_loss)

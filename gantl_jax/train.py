@@ -426,8 +426,8 @@ def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[
   devices. The caller stores a new one."""
   g = stylegan2.generator_from_config(config.model)
   d = stylegan2.discriminator_from_config(config.model)
-  shapes = jax.eval_shape(lambda k: {"g": stylegan2.init_generator(g, k), "d": stylegan2.init_discriminator(d, k)},
-                          jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: {"g": stylegan2.init_generator(g, k),
+                                     "d": stylegan2.init_discriminator(d, k)}, jax.random.key(0))
   if os.path.exists(path):
     logging.info("G's Fisher information read from %s", path)
     return fisher_lib.load(path, shapes["g"]["params"]), False
