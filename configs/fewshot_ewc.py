@@ -8,8 +8,9 @@ G's Fisher F (gantl_jax/fisher.py) is computed once at the start from 1000 sourc
 stored in the workdir (g_fisher.npz).
 
 The weight: the paper's lambda = 5e8 belongs to its own Fisher's scale, which ours does not share
-(ours is the per-sample mean of squared gradients of log sigmoid(D(G(z))); on the demo source its
-sum over G's 314k parameters is about 470, most of it on the biases). Read as a Laplace
+(ours is the per-sample mean of squared gradients of log sigmoid(D(G(z))); on a demo source
+checkpoint, configs/demo_photo.py after 32 kimg, its sum over G's 314k parameters is about 470,
+most of it on the biases, and the kernel weights average 9e-6). Read as a Laplace
 approximation, the penalty is the source data's log-prior, N_source/2 * sum F * dtheta^2, against
 the target's loss, a mean over N_target images; per target image that gives
 lambda = N_source / (2 * N_target) = 5000 / (2 * 32) ~ 80 for the demo (5000 source images, 32
