@@ -180,10 +180,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _quiet_orbax() -> None:
   """Orbax logs every save phase at INFO: keep its warnings, drop the chatter. A failed
   asynchronous save makes Orbax's threads and asyncio log hundreds of lines of traces for one
-  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError)."""
+  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError). The
+  warnings that a manager is read-only are dropped too: every checkpoint read opens one so."""
   import logging as std_logging
+  read_only = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
   std_logging.getLogger("absl").addFilter(
-      lambda r: "/orbax/" not in r.pathname or std_logging.WARNING <= r.levelno < std_logging.ERROR)
+      lambda r: "/orbax/" not in r.pathname or (std_logging.WARNING <= r.levelno < std_logging.ERROR
+                                                and not r.getMessage().startswith(read_only)))
   std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
 
 

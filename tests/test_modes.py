@@ -26,6 +26,7 @@ from gantl_jax import state as state_lib
 from gantl_jax import train
 from gantl_jax import transfer
 from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 16  # the tiny model's resolution
@@ -77,10 +78,8 @@ def test_generate_grid_into_outdir(run, tmp_path):
   np.testing.assert_array_equal(grid[:R, R:2 * R], seed4)  # row-major from the first seed
 
 
-@pytest.mark.parametrize("text", ["4", "4x0", "ax2", "4x2x1", ""])
+@pytest.mark.parametrize("text", ["4", "4x0", "ax2", "4x2x1"])
 def test_grid_form_is_checked(text):
-  if not text:  # no grid is fine: the seeds decide
-    return
   with pytest.raises(ConfigError, match=r"^--grid='.*': give COLUMNSxROWS with both at least 1, e\.g\. '4x2'"):
     generate.parse_grid(text)
 
@@ -183,7 +182,7 @@ def test_blend_refuses_parents_of_another_architecture(run, parents, tmp_path):
   c.model.resolution = 8
   g8 = runs.generator_from_hparams(config_lib.model_hparams(c))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(
-      lambda: state_lib.stylegan2.init_generator(g8, jax.random.key(0))))
+      lambda: stylegan2.init_generator(g8, jax.random.key(0))))
   other = export.write_network(str(tmp_path / "g8"), zeros, config_lib.model_hparams(c), {"mode": "test"})
   with pytest.raises(ConfigError, match=r"^--blend_with .*g8/0: its generator differs from --workdir's "
                      r"\(.*\) in resolution 8 vs 16; blend two generators of one architecture"):
