@@ -100,6 +100,8 @@ def blend(path: str, blend_with: str, blend_resolution: int, blend_width: float 
   and ``outdir/comparison.png``: rows HIGH, LOW and the blend, one column per seed. Returns
   ``outdir``."""
   seed_list = generate.parse_seeds(seeds)
+  if outdir:
+    export.check_outdir(outdir)  # before the reads
   low = runs.load_network(path, step, flag="--workdir")
   high = runs.load_network(blend_with, flag="--blend_with")
   check_parents(low, high)
