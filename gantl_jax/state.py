@@ -24,6 +24,7 @@ import ml_collections
 import optax
 
 from gantl_jax import augment
+from gantl_jax import fewshot
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
@@ -97,10 +98,10 @@ class Networks(NamedTuple):
 
 
 def build_networks(config: ml_collections.ConfigDict) -> Networks:
-  """Modules from ``config.model``, optimizers from ``config.optim`` and ``config.freeze``, the
-  statistics of ``config.augment``."""
+  """Modules from ``config.model`` (D with CDC's patch head when ``config.fewshot`` asks for it),
+  optimizers from ``config.optim`` and ``config.freeze``, the statistics of ``config.augment``."""
   g = stylegan2.generator_from_config(config.model)
-  d = stylegan2.discriminator_from_config(config.model)
+  d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
   g_shapes = jax.eval_shape(lambda k: stylegan2.init_generator(g, k), jax.random.key(0))["params"]
   d_shapes = jax.eval_shape(lambda k: stylegan2.init_discriminator(d, k), jax.random.key(0))["params"]
