@@ -115,7 +115,7 @@ def cdc_inputs(key: Array, batch: int, z_dim: int) -> tuple[Array, Array]:
 def synthesis_features(g: stylegan2.Generator, variables: Any, z: Array, noise_keys: Array
                        ) -> dict[str, Array]:
   """The synthesis blocks' outputs for latents ``z``, without the 4x4 block (the official code
-  leaves out the 4x4 layer: its features are the learned constant, modulated)."""
+  leaves out its 4x4 layer too)."""
   _, features = stylegan2.apply_with_features(g, variables, z, noise_mode="random",
                                               noise_keys=noise_keys)
   return {k: v for k, v in features.items() if k.startswith("synthesis/") and k != "synthesis/b4"}

@@ -20,6 +20,11 @@ respect to the un-augmented reals, through the augmentation). ADA's controller r
 the step on D main's E[sign(D(real))] and keeps p in ``state.extras``. With ``'none'`` the step is
 the program it was before augmentation existed.
 
+With ``fewshot.cdc_weight`` > 0, G main adds CDC's distance-consistency term against
+``frozen['g']`` (``fewshot.py``); with ``fewshot.cdc_anchor_interval`` > 0 the ``anchor`` flag
+chooses between latents near the anchors with image-level D, and free latents with patch-level D.
+Both off, the step is the program it was before CDC existed.
+
 With ``axis_name`` set (``pmap``), gradients and every cross-device statistic are ``pmean``-ed over
 that axis; without it (single device, or ``jit`` over a sharded global batch) the batch is global
 and XLA inserts the collectives itself.

@@ -192,15 +192,30 @@ def test_discriminator_without_cdc_has_exactly_the_stylegan2_paths():
     config_lib.resolve(c)
 
 
-def test_config_errors_name_the_key():
+@pytest.mark.parametrize("key,value,words", [
+    ("cdc_weight", -1.0, ">= 0"),
+    ("cdc_batch", 1, ">= 2"),
+    ("cdc_anchor_interval", -1, ">= 0"),
+    ("cdc_anchors", 0, ">= 1"),
+    ("cdc_anchor_std", -0.1, ">= 0"),
+    ("cdc_patch_resolution", 3, "choose one of those"),
+])
+def test_bad_values_fail_with_one_line_naming_the_key(key, value, words):
+  c = tiny.get_config()
+  c.transfer.source = "somewhere"
+  c.fewshot.update(cdc_weight=1000.0, cdc_anchor_interval=4)
+  c.fewshot[key] = value
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.resolve(c)
+  message = str(e.value)
+  assert f"fewshot.{key}" in message and words in message and "\n" not in message, message
+
+
+def test_distance_consistency_needs_a_transfer_source():
   c = tiny.get_config()
   c.fewshot.cdc_weight = 1000.0
   with pytest.raises(config_lib.ConfigError, match="fewshot.cdc_weight=1000.0 compares G with the "
-                     "transfer source, but transfer.source is empty"):
-    config_lib.resolve(c)
-  c.transfer.source = "somewhere"
-  c.fewshot.cdc_batch = 1
-  with pytest.raises(config_lib.ConfigError, match="fewshot.cdc_batch must be >= 2"):
+                     "transfer source, but transfer.source is empty; set --config.transfer.source"):
     config_lib.resolve(c)
 
 

@@ -455,9 +455,9 @@ class Discriminator(nn.Module):
       # The official CDC code reads a 3x3 conv to one channel off an intermediate D map (the
       # 32x32 output of a block's down-sampling conv, before the residual sum, at 256 px). Here
       # the head reads a block's output, the residual sum, which is what our blocks expose and
-      # the next block reads. The official head ends in a (biased) leaky ReLU, a side effect of
-      # reusing its conv class; ours is linear, so that a patch logit ranges over both signs as
-      # the image logit does and the logistic losses treat both alike.
+      # the next block reads. The official head ends in its conv class's default activation, a
+      # biased leaky ReLU; ours is linear, so that a patch logit ranges over both signs as the
+      # image logit does and the logistic losses treat both alike.
       if self.patch_resolution and res // 2 == self.patch_resolution and (patch or self.is_initializing()):
         logits = ConvLayer(out_channels=1, kernel_size=3, act="linear", conv_impl=self.conv_impl,
                            name=PATCH_HEAD)(x.astype(jnp.float32))[..., 0]
