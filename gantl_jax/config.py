@@ -107,6 +107,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   optim.check_freeze(config.freeze, m.resolution)
   data_checks.check_config(config.data)
   _check_augment(config)
+  from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
+  fewshot.check_config(config)
   _check_ewc_and_adapters(config)
 
   if t.r1_gamma < 0:  # StyleGAN2-ADA's heuristic

@@ -25,6 +25,7 @@ import optax
 
 from gantl_jax import adapters
 from gantl_jax import augment
+from gantl_jax import fewshot
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
@@ -100,14 +101,15 @@ class Networks(NamedTuple):
 
 
 def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> Networks:
-  """Modules from ``config.model``, optimizers from ``config.optim``, ``config.freeze`` and the
-  adapters of ``config.fewshot``, the statistics of ``config.augment``.
+  """Modules from ``config.model`` (D with CDC's patch head when ``config.fewshot`` asks for it),
+  optimizers from ``config.optim``, ``config.freeze`` and the adapters of ``config.fewshot``, the
+  statistics of ``config.augment``.
 
   ``g_fisher`` (G's Fisher on the source, ``fisher.g_fisher``) chooses the adapted layers when
   ``fewshot.adapter_fisher_quantile`` > 0; without it every conv layer counts as adapted, which
   changes only G's optimizer (enough for shapes, sampling and export; the loop passes it)."""
   g = stylegan2.generator_from_config(config.model)
-  d = stylegan2.discriminator_from_config(config.model)
+  d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
   with_adapters = adapters.kind(config) != "none"
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
   g_shapes = jax.eval_shape(lambda k: init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]

@@ -12,13 +12,14 @@ target config and overlays on it the source's weights:
    (``transfer.g_from`` / ``g_ema_from`` / ``d_from``) by path and shape, using Orbax's item
    metadata (shapes without reading data). Leaves missing from the source or of another shape are
    an error listing all of them (``transfer.on_mismatch='error'``), or keep their fresh
-   initialisation (``'init'``). Kernel-modulation adapter leaves (``fewshot.adapter``) are new
-   by design: they keep their initialisation (the identity modulation) and are no mismatch.
+   initialisation (``'init'``). Parameters that only a training method adds (``NEW_IN_TARGET``:
+   CDC's patch head of D; and G's kernel-modulation adapter leaves, whose initialisation is the
+   identity modulation) keep their initialisation when the source lacks them, without either.
 4. The matched leaves are read with a partial restore straight into the target's shardings and
    replace the fresh ones. Optimizer moments, step and counters stay fresh (step 0).
 5. The report (the loop writes it as ``transfer_report.json``) lists what was restored, kept at
-   init, present only in the source, frozen and trainable (with adapters: which layers are
-   modulated); :func:`summary` prints it.
+   init (of which ``new``: those only a training method adds), present only in the source,
+   frozen and trainable (with adapters: which layers are modulated); :func:`summary` prints it.
 
 ``read_frozen`` reads a source network's variables for the steps' ``frozen`` argument (the
 few-shot regularisers compare the adapted G with the source G).
@@ -42,8 +43,21 @@ from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import optim
 from gantl_jax import state as state_lib
+from gantl_jax.models import stylegan2
 
 NETWORKS = tuple(state_lib.NETWORKS)
+# Path prefixes, per network, of parameters that only a training method adds and that no source
+# has (pretrained StyleGAN2, or a run without that method): CDC's patch head of D. When the source
+# lacks them they keep their fresh initialisation whatever transfer.on_mismatch says, and the
+# report lists them under 'new'. (One of another shape in the source is still a mismatch.)
+NEW_IN_TARGET = {"d": (f"params/{stylegan2.PATCH_HEAD}/",)}
+
+
+def _new_in_target(net: str, path: str) -> bool:
+  """Whether ``path`` of network ``net`` is a parameter only a training method adds: those of
+  ``NEW_IN_TARGET``, and the adapter leaves of G (``fewshot.adapter``)."""
+  return path.startswith(NEW_IN_TARGET.get(net, ())) or adapters.is_adapter_path(path)
+
 # Model hyper-parameters whose change makes the source weights meaningless for the target.
 # (resolution may differ; conv_clamp only clips activations and is reported, not enforced.)
 MUST_MATCH = ("img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",
@@ -169,17 +183,19 @@ def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANSt
   for net in NETWORKS:
     item = t[f"{net}_from"]
     fresh = _flat(_variables(state, net))
-    new = sorted(p for p in fresh if adapters.is_adapter_path(p))
     if not item:
-      plan[net] = dict(item=None, fresh=fresh, new=new, restored=[], mismatched=[], source_only=[])
+      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[], new=[])
       continue
     if item not in src.shapes:
       raise TransferError(f"transfer.{net}_from={item!r}: the source {where} has no item {item!r} "
                           f"(it has {sorted(src.shapes)}); set --config.transfer.{net}_from to one "
                           f"of those, or to '' to keep {net} at its initialisation")
     _refuse_adapted_source(src, item)
-    plan[net] = dict(item=item, fresh=fresh, new=new, **match(
-        {p: v.shape for p, v in fresh.items() if p not in new}, src.shapes[item]))
+    m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
+    is_new = lambda mm: mm["source"] is None and _new_in_target(net, mm["path"])
+    plan[net] = dict(item=item, fresh=fresh, restored=m["restored"], source_only=m["source_only"],
+                     mismatched=[mm for mm in m["mismatched"] if not is_new(mm)],
+                     new=[mm["path"] for mm in m["mismatched"] if is_new(mm)])
   mismatched = [(net, m) for net in NETWORKS for m in plan[net]["mismatched"]]
   if mismatched and t.on_mismatch == "error":
     lines = "\n".join(f"  {net} <- {plan[net]['item']}: {m['path']}  target {tuple(m['target'])}, "
@@ -287,13 +303,11 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState,
       on_mismatch=t.on_mismatch, notes=notes, networks={}, freeze=freeze_report(config, state, g_fisher))
   for net in NETWORKS:
     p = plan[net]
-    kept = ([m["path"] for m in p["mismatched"]] if p["item"]
-            else sorted(q for q in p["fresh"] if q not in p["new"]))
+    kept = sorted([m["path"] for m in p["mismatched"]] + p["new"]) if p["item"] else sorted(p["fresh"])
     report["networks"][net] = dict(
-        source_item=p["item"], restored=p["restored"], kept_at_init=kept, adapters=p["new"],
+        source_item=p["item"], restored=p["restored"], kept_at_init=kept, new=p["new"],
         mismatched=p["mismatched"], source_only=p["source_only"],
-        restored_count=_count(p["fresh"], p["restored"]), kept_at_init_count=_count(p["fresh"], kept),
-        adapters_count=_count(p["fresh"], p["new"]))
+        restored_count=_count(p["fresh"], p["restored"]), kept_at_init_count=_count(p["fresh"], kept))
   if adapters.kind(config) != "none":
     report["adapters"] = adapters.report(config, state.g.params, report["freeze"]["g"]["trainable"], g_fisher)
   logging.info("transfer from %s done", where)
@@ -344,13 +358,12 @@ def summary(report: dict) -> str:
   lines = [f"transfer from {src['directory']} step {src['step']} (on_mismatch={report['on_mismatch']})"]
   lines += [f"  note: {n}" for n in report["notes"]]
   for net, r in report["networks"].items():
-    new = (f", adapters {len(r['adapters'])} ({r['adapters_count']:,})"
-           if r.get("adapters") else "")
     lines.append(f"  {net:5s} <- {r['source_item'] or '(none)':5s}  restored {len(r['restored'])} "
                  f"({r['restored_count']:,} values), kept at init {len(r['kept_at_init'])} "
-                 f"({r['kept_at_init_count']:,}){new}, only in source {len(r['source_only'])}")
+                 f"({r['kept_at_init_count']:,}), only in source {len(r['source_only'])}")
+    new = set(r.get("new", ()))
     for path in r["kept_at_init"][:20]:
-      lines.append(f"        init: {path}")
+      lines.append(f"        {'new' if path in new else 'init'}: {path}")
     if len(r["kept_at_init"]) > 20:
       lines.append(f"        ... {len(r['kept_at_init']) - 20} more in transfer_report.json")
   f = report["freeze"]

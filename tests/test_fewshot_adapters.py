@@ -16,7 +16,7 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from gantl_jax import adapters, checkpoint, fisher, runs, steps, train, transfer
+from gantl_jax import adapters, checkpoint, export, fisher, runs, steps, train, transfer
 from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax.models import stylegan2
@@ -228,9 +228,8 @@ def test_transfer_keeps_the_new_adapters_at_init_without_on_mismatch_init(source
   for p, v in got.items():
     np.testing.assert_array_equal(v, before[p] if adapters.is_adapter_path(p) else flat(src_g["params"])[p])
   r = report["networks"]["g"]
-  assert r["kept_at_init"] == [] and r["mismatched"] == []
-  assert r["adapters"] == sorted(f"params/{layer}/{leaf}"
-                                 for layer in LAYERS for leaf in (adapters.U, adapters.V))
+  new = sorted(f"params/{layer}/{leaf}" for layer in LAYERS for leaf in (adapters.U, adapters.V))
+  assert r["new"] == r["kept_at_init"] == new and r["mismatched"] == []
   a = report["adapters"]
   assert a["modulated"] == LAYERS and a["fine_tuned"] == []
   adapter_values = sum(got[f"{layer}/{leaf}"].size for layer in LAYERS for leaf in (adapters.U, adapters.V))
@@ -242,6 +241,7 @@ def test_transfer_keeps_the_new_adapters_at_init_without_on_mismatch_init(source
   assert f"adapters kernel_modulation: 3 conv layers modulated (source kernels frozen), 0 fine-tuned; " \
          f"{adapter_values:,} trainable adapter values" in out
   assert f"trainable {len(report['freeze']['g']['trainable'])} ({trainable:,} values)" in out
+  assert "new: params/synthesis/b8/conv0/adapter_u" in out
   assert json.loads(json.dumps(report)) == report
 
   # A source trained with adapters is refused: its kernels alone are not what it learned.
@@ -321,10 +321,14 @@ def test_run_with_adapters_and_ewc(tmp_path, source, monkeypatch):
     assert (kernel_same, u_zero) == ((True, False) if layer == top else (False, True)), layer
   assert not np.array_equal(g["mapping/fc0/weight"], plain["mapping/fc0/weight"])
 
-  # The run's G-EMA read back for sampling is a plain G with the adapted G's images.
+  # The run's G-EMA read back for sampling, and its export (launch.py --mode export) read back as
+  # a network checkpoint, are plain Gs with the adapted G's images.
   g_ema = checkpoint.read_network(str(workdir / "checkpoints"), 2, "g_ema", template)
   run = runs.load_g_ema(str(workdir))
-  assert not any(adapters.is_adapter_path(p) for p in flat(run.g_ema["params"]))
+  exported = runs.load_network(export.export(str(workdir), str(tmp_path / "exported"))).variables
   z = jax.random.normal(jax.random.key(1), (4, nets.generator.z_dim))
   generate = jax.jit(lambda v: steps.generate(nets, v, z))
-  np.testing.assert_array_equal(generate(run.g_ema), generate(g_ema))
+  adapted_images = generate(g_ema)
+  for plain in (run.g_ema, exported):
+    assert not any(adapters.is_adapter_path(p) for p in flat(plain["params"]))
+    np.testing.assert_allclose(generate(plain), adapted_images, rtol=0, atol=1e-6)
