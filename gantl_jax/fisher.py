@@ -66,6 +66,12 @@ def ewc_penalty(params: Any, source_params: Any, g_fisher: Any) -> jax.Array:
   return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
 
 
+def sample_group(discriminator) -> int:
+  """Samples D judges together (its minibatch-stddev group; 1 without that layer): a Fisher batch
+  is made of whole groups."""
+  return discriminator.mbstd_group_size if discriminator.mbstd_num_channels > 0 else 1
+
+
 def g_fisher(generator, discriminator, g_vars: Any, d_params: Any, key: jax.Array, *,
              num_samples: int, batch: int, sharding: Optional[jax.sharding.NamedSharding] = None) -> Any:
   """The diagonal empirical Fisher of G's params at ``g_vars`` ({'params', 'buffers'}), with the
@@ -77,7 +83,7 @@ def g_fisher(generator, discriminator, g_vars: Any, d_params: Any, key: jax.Arra
   ``parallel.batch_sharding(mesh)``) each batch's groups are spread over its devices; the number
   of groups per batch must then divide evenly.
   """
-  group = discriminator.mbstd_group_size if discriminator.mbstd_num_channels > 0 else 1
+  group = sample_group(discriminator)
   if batch % group:
     raise ValueError(f"the Fisher batch {batch} must be a multiple of the minibatch-stddev group {group}")
   z_dim = generator.z_dim

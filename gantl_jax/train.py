@@ -436,8 +436,7 @@ def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[
     return fisher_lib.load(path, shapes["g"]["params"]), False
   f = config.fewshot
   # Whole groups of minibatch-stddev samples, spread evenly over the devices.
-  group = config.model.mbstd_group_size if config.model.mbstd_num_channels > 0 else 1
-  per_call = group * mesh.devices.size
+  per_call = fisher_lib.sample_group(d) * mesh.devices.size
   batch = max(per_call, f.fisher_batch // per_call * per_call)
   logging.info("computing G's Fisher information on the source (%d samples, %d at a time)",
                f.fisher_samples, batch)
