@@ -8,6 +8,8 @@ Modes (``--mode``):
                with ``--blend_with`` (the blocks above; ``--blend_width`` for a smooth switch): a
                network checkpoint and a comparison grid
   export       DIR's G-EMA as a network checkpoint at ``--outdir``
+  compare      for a transfer run: source | transferred | blend | target shots from the same seeds
+               (DIR/comparison.png) and SWD of source and transfer against target images
   eval         metrics of a checkpoint's G-EMA, appended to DIR/eval.jsonl
 
 Every mode but train needs no ``--config``; generate, interpolate, blend and export read DIR as a
@@ -30,15 +32,15 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file wi
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, samples, metrics. "
                                 "generate/interpolate/blend/export: also a checkpoint or network checkpoint "
                                 "directory.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate", "blend", "export", "eval"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate", "blend", "export", "compare", "eval"],
                           "What to do (see the module docstring).")
-_SEEDS = flags.DEFINE_string("seeds", "0-15", "generate/interpolate/blend: latent seeds, e.g. '0-15' or "
-                             "'1,5,9' (interpolate: the path's seeds in order).")
+_SEEDS = flags.DEFINE_string("seeds", "0-15", "generate/interpolate/blend/compare: latent seeds, e.g. '0-15' "
+                             "or '1,5,9' (interpolate: the path's seeds in order; compare: default 0-7).")
 _PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate/interpolate/blend: truncation psi.")
 _STEP = flags.DEFINE_integer("step", -1, "The checkpoint step of --workdir to read (-1: the latest).")
-_OUTDIR = flags.DEFINE_string("outdir", "", "generate/interpolate/blend/export: where to write (default: "
-                              "generated/, interpolated/, blend_r{R}_w{W}/, exported/ in the run or "
-                              "checkpoint directory).")
+_OUTDIR = flags.DEFINE_string("outdir", "", "generate/interpolate/blend/export/compare: where to write "
+                              "(default: generated/, interpolated/, blend_r{R}_w{W}/, exported/ in the run "
+                              "or checkpoint directory; compare: the run directory).")
 _GRID = flags.DEFINE_string("grid", "", "generate: COLUMNSxROWS, e.g. '4x2': a grid of consecutive seeds "
                             "from the first of --seeds.")
 _FRAMES = flags.DEFINE_integer("frames", 16, "interpolate: frames per pair of consecutive seeds.")
@@ -46,8 +48,9 @@ _BLEND_WITH = flags.DEFINE_string("blend_with", "", "blend: the generator whose 
                                   "--blend_resolution are taken (Toonify: the source, e.g. runs/demo_photo); "
                                   "--workdir gives the blocks up to it and the mapping network (the "
                                   "fine-tuned run).")
-_BLEND_RES = flags.DEFINE_integer("blend_resolution", 0, "blend: the last block resolution taken from "
-                                  "--workdir (one of 4, 8, ..., the model's resolution).")
+_BLEND_RES = flags.DEFINE_integer("blend_resolution", 0, "blend/compare: the last block resolution taken "
+                                  "from --workdir (one of 4, 8, ..., the model's resolution; compare: "
+                                  "default the middle one).")
 _BLEND_WIDTH = flags.DEFINE_float("blend_width", 0.0, "blend: 0 = hard switch; > 0 = a sigmoid over "
                                   "log2 resolution of this width in octaves.")
 _METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
@@ -229,6 +232,11 @@ def main(argv):
     elif _MODE.value == "export":
       from gantl_jax import export
       export.export(_WORKDIR.value, _OUTDIR.value, step=_STEP.value)
+    elif _MODE.value == "compare":
+      from gantl_jax import compare
+      compare.compare(_WORKDIR.value, blend_resolution=_BLEND_RES.value,
+                      seeds=_SEEDS.value if flags.FLAGS["seeds"].present else "0-7",
+                      outdir=_OUTDIR.value)
     else:
       from gantl_jax import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,

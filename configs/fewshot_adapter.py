@@ -23,4 +23,5 @@ def get_config():
   c = demo_anime.get_config()
   c.fewshot.update(adapter="kernel_modulation", adapter_fisher_quantile=0.5, fisher_samples=1000)
   c.freeze.update(preset="none", g=r"^mapping/,^synthesis/b4/const$,/torgb/", d="/fromrgb/")
+  c.augment.update(kind="none")  # as the AdAM paper: no augmentation (the demo adds ADA)
   return c

@@ -2,7 +2,6 @@
 synthetic 'anime' faces) with cross-domain correspondence (Ojha et al. 2021) at the paper's
 settings.
 
-    python launch.py --config configs/demo_photo.py --workdir runs/demo_photo   # the source, first
     python launch.py --config configs/fewshot_cdc.py --workdir runs/fewshot_cdc
 
 What CDC adds to the demo's FreezeD fine-tuning (README, "Few-shot methods"):
@@ -20,4 +19,5 @@ def get_config():
   c = demo_anime.get_config()
   c.fewshot.update(cdc_weight=1000.0, cdc_batch=4, cdc_anchor_interval=4, cdc_anchors=10,
                    cdc_anchor_std=0.1)
+  c.augment.update(kind="none")  # as the CDC paper: no augmentation (the demo adds ADA)
   return c

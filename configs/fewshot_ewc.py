@@ -25,4 +25,5 @@ def get_config():
   c = demo_anime.get_config()
   c.freeze.update(preset="none")  # the paper adapts every weight; EWC is what holds G back
   c.fewshot.update(ewc_weight=80.0, fisher_samples=1000)
+  c.augment.update(kind="none")  # as the EWC paper: no augmentation (the demo adds ADA)
   return c

@@ -4,6 +4,7 @@ The run is trained once for the module, with test_loop's config (its programs ar
 compilation cache when the suite runs); its checkpoints at steps 5 and 10 are two generators of
 one architecture, the parents of the blends.
 """
+import json
 import os
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import export
 from gantl_jax import generate
+from gantl_jax import images as image_io
 from gantl_jax import runs
 from gantl_jax import state as state_lib
 from gantl_jax import train
 from gantl_jax import transfer
 from gantl_jax.config import ConfigError
+from gantl_jax.data import synthetic
 from gantl_jax.models import stylegan2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -203,3 +206,33 @@ def test_launch_blend_end_to_end(run, tmp_path):
   assert png(tmp_path / "b" / "comparison.png").shape == (3 * R, 2 * R, 3)
   origin = transfer.read_source(str(tmp_path / "b")).meta["origin"]
   assert origin["blend_width"] == 0.5 and origin["high_weights"]["b16"] > origin["high_weights"]["b4"] > 0
+
+
+def test_compare_writes_the_figure_and_the_table(run, tmp_path):
+  """compare on a transfer run: rows source | transferred | blend | target shots from the same
+  seeds (upscaled, labels on the left), and SWD of source and transfer against held-out images."""
+  from gantl_jax import compare
+  c = tiny.get_config()
+  c.model.update(mbstd_group_size=1)
+  c.train.update(total_kimg=0.016, log_every=1, pl_batch_shrink=1)
+  c.data.update(data_dir=str(tmp_path / "tfds"), domain="anime", num_images=4)
+  c.transfer.update(source=os.path.join(run, "checkpoints"))
+  target = str(tmp_path / "target")
+  train.train_and_evaluate(c, target)
+
+  table = compare.compare(target, seeds="0-5", num_eval=64)
+  figure = png(os.path.join(target, "comparison.png"))
+  scale = 128 // R
+  assert figure.shape == (4 * R * scale, compare._LABEL_WIDTH + 6 * R * scale, 3)
+  cells = figure[:, compare._LABEL_WIDTH:][::scale, ::scale]  # back to one pixel per pixel
+  source, transferred = runs.load_network(os.path.join(run, "checkpoints")), runs.load_network(target)
+  np.testing.assert_array_equal(cells[:R], image_io.make_grid(generate.seed_images(source, range(6)), 6))
+  np.testing.assert_array_equal(cells[R:2 * R], image_io.make_grid(generate.seed_images(transferred, range(6)), 6))
+  shots = synthetic.render("anime", np.arange(4), resolution=R, seed=0)
+  np.testing.assert_array_equal(cells[3 * R:, :4 * R], image_io.make_grid(shots, 4))
+  assert (cells[3 * R:, 4 * R:] == 255).all()  # 4 shots for 6 columns: the rest is blank
+  with open(os.path.join(target, "comparison.json")) as f:
+    assert json.load(f) == table
+  assert table["swd_source_vs_target"] > 0 and table["swd_transfer_vs_target"] > 0
+  assert table["kimg"] == pytest.approx(0.016) and table["training_seconds"] > 0
+  assert "64 held-out 'anime' images" in table["swd_reference"]
