@@ -50,7 +50,7 @@ _BLEND_WITH = flags.DEFINE_string("blend_with", "", "blend: the generator whose 
                                   "fine-tuned run).")
 _BLEND_RES = flags.DEFINE_integer("blend_resolution", 0, "blend/compare: the last block resolution taken "
                                   "from --workdir (one of 4, 8, ..., the model's resolution; compare: "
-                                  "default the middle one).")
+                                  "default the one below the model resolution).")
 _BLEND_WIDTH = flags.DEFINE_float("blend_width", 0.0, "blend: 0 = hard switch; > 0 = a sigmoid over "
                                   "log2 resolution of this width in octaves.")
 _METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
