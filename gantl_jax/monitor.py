@@ -54,8 +54,10 @@ def status_line(record: Mapping[str, Any]) -> str:
   return "  ".join(parts)
 
 
-def watch_line(workdir: str) -> str:
+def watch_line(workdir: str, tensorboard: bool = True) -> str:
   """Where the run writes, and the command that shows it live."""
+  if not tensorboard:
+    return f"workdir {workdir}"
   install = "" if importlib.util.find_spec("tensorboard") else " (pip install tensorboard)"
   return f"workdir {workdir}; watch it with: tensorboard --logdir {workdir}{install}"
 

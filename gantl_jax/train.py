@@ -251,6 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
+  cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
   nets = state_lib.build_networks(config)
   mesh = parallel.make_mesh()
   evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
@@ -348,7 +349,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
   monitor = monitor_lib.Monitor(workdir, enabled=is_main, total_kimg=total_steps * batch / 1000,
                                 kimg_per_step=batch / 1000, start_step=start_step,
                                 tensorboard=config.train.tensorboard)
-  monitor.write(monitor_lib.watch_line(workdir))
+  monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
   eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
   t_log, step_log = time.time(), start_step
   first_step_seconds = compile_seconds = None
@@ -418,7 +419,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     best_manager.close()
   summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
              "first_step_seconds": first_step_seconds, "compile_seconds": compile_seconds,
-             "compile_cache": compilation.cache_counts(), "transfer_report": transfer_report}
+             "compile_cache": {k: v - cache_counts[k] for k, v in compilation.cache_counts().items()},
+             "transfer_report": transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
 
@@ -439,7 +441,7 @@ def _compile_ahead(step_fn, config: ml_collections.ConfigDict, start: int, stop:
   compilation.compile_step_variants(step_fn, list(variants.values()), *args)
   seconds = time.time() - t0
   hits = compilation.cache_counts()["hits"] - hits
-  monitor.write(f"compiled in {seconds:.1f} s ({hits} of {len(variants)} read from the cache)")
+  monitor.write(f"compiled in {seconds:.1f} s" + (f" ({hits} of {len(variants)} read from the cache)" if cache else ""))
   return seconds
 
 

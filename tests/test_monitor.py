@@ -149,14 +149,16 @@ def test_a_resumed_run_hides_the_events_it_writes_again(tmp_path):
   assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
 
 
-def _launch(workdir, data_dir):
+def _launch(workdir, data_dir, hash_seed):
   """launch.py on one CPU device, sharing conftest's compilation cache through JAX's own variable."""
-  env = dict(os.environ)
+  env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
   env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
-  # Regularisers off: one step variant (the same programs as test_train's launch).
+  # Regularisers off: one step variant. FreezeD: two optimizer groups (frozen, lr=1), whose order
+  # once followed the string hashing of the process.
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--config", os.path.join(ROOT, "configs/tiny.py"),
          "--workdir", str(workdir), "--config.train.total_kimg=0.016", "--config.train.log_every=1",
-         f"--config.data.data_dir={data_dir}", "--config.train.r1_gamma=0", "--config.train.pl_weight=0"]
+         f"--config.data.data_dir={data_dir}", "--config.train.r1_gamma=0", "--config.train.pl_weight=0",
+         "--config.freeze.preset=freezed"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   done = [line for line in proc.stderr.splitlines() if "] done: " in line][-1]
@@ -165,13 +167,13 @@ def _launch(workdir, data_dir):
 
 def test_a_second_launch_reads_the_train_step_from_the_compilation_cache(tmp_path):
   cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
-  first_err, first = _launch(tmp_path / "a", tmp_path / "tfds")
+  first_err, first = _launch(tmp_path / "a", tmp_path / "tfds", hash_seed=0)
   assert f"watch it with: tensorboard --logdir {tmp_path / 'a'}" in first_err
   assert f"later launches read them from the cache in {cache}" in first_err
-  # A fresh process, another workdir, the same config: every program comes from the cache
-  # (JAX's cache-hit events, counted by gantl_jax.compilation), nothing is compiled and written.
-  second_err, second = _launch(tmp_path / "b", tmp_path / "tfds")
+  # A fresh process (with another string-hash seed: seeds 0 and 1 order {'frozen', 'lr=1'}
+  # differently), another workdir, the same config: every program comes from the cache (JAX's
+  # cache-hit events, counted by gantl_jax.compilation); nothing is compiled and written.
+  second_err, second = _launch(tmp_path / "b", tmp_path / "tfds", hash_seed=1)
   assert "compiled in" in second_err and "(1 of 1 read from the cache)" in second_err
   assert second["compile_cache"]["writes"] == 0
   assert second["compile_cache"]["hits"] >= 2  # the train step and the sample grid's generator, at least
-  assert first["compile_cache"]["hits"] + first["compile_cache"]["writes"] >= second["compile_cache"]["hits"]
