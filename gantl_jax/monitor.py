@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, TextIO
 
 import jax
 import numpy as np
+import tensorboardX
 import tqdm
 from absl import logging
 
@@ -86,12 +87,11 @@ class Monitor:
     self._writer = None
     self._last_image_step: dict[str, int] = {}
     if enabled and tensorboard:
-      import tensorboardX  # pylint: disable=g-import-not-at-top  # only process 0 writes events
       # A resumed run starts a new event file with TensorBoard's restart marker: TensorBoard hides
       # what an interrupted run wrote past the checkpoint it resumes from (as jsonl.trim does for
       # metrics.jsonl). A fresh start (step 0) hides everything of an earlier failed attempt.
-      # The file name has the start step: tensorboardX names files by the second they were opened
-      # and would overwrite one opened in the same second.
+      # tensorboardX names the file by the second it opens it: the start step in the name keeps two
+      # launches within one second from writing over each other.
       self._writer = tensorboardX.SummaryWriter(
           workdir, purge_step=start_step + 1 if start_step else 0, flush_secs=30,
           filename_suffix=f".step{start_step:09d}")
