@@ -197,6 +197,7 @@ def main(argv):
   del argv
   _quiet_orbax()
   from gantl_jax import checkpoint
+  from gantl_jax import compilation
   from gantl_jax import config as config_lib
   from gantl_jax import jsonl
   from gantl_jax import parallel
@@ -205,6 +206,7 @@ def main(argv):
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
+  compilation.enable_cache(config.train.compile_cache_dir if config is not None else "auto")
   try:
     if config is not None:
       # Every value is checked before a backend starts or a coordinator is waited for; one device

@@ -47,7 +47,7 @@ def target_images(config, num: int, held_out: bool) -> tuple[np.ndarray, str]:
     start = HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
     pixels = synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed))
-    return pixels, (f"{count} held-out '{d.domain}' images" if held_out else f"training images")
+    return pixels, (f"{count} held-out '{d.domain}' images" if held_out else "training images")
   prepared = pipeline.prepare(d, resolution=res, verbose=False)
   count = min(num, prepared.num_examples)
   return (np.stack([prepared.data_source[i] for i in range(count)]),
