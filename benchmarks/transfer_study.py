@@ -68,7 +68,7 @@ ARMS: dict[str, dict[str, Any]] = {
 DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed
 HELDOUT_SEED = 1000  # the held-out images: another seed of the same domain
 
-FULL = dict(config="configs/demo_anime.py", arms=",".join(ARMS), shots="10,100", seeds="0,1,2", kimg=10.0,
+FULL = dict(config="configs/demo_anime.py", arms=",".join(ARMS), shots="10,100", seeds="0,1,2", kimg=6.0,
             eval_every_kimg=1.0, num_fake=1000, num_real=5000, kid_num_fake=1000, outdir="runs/transfer_study")
 QUICK = dict(FULL, arms="scratch,finetune", shots="10", seeds="0", kimg=0.256, eval_every_kimg=0.128,
              num_fake=256, num_real=512, kid_num_fake=256, outdir="runs/transfer_study_quick")
@@ -88,7 +88,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--arms", help=f"comma-separated arms of {', '.join(ARMS)} (default: all)")
   p.add_argument("--shots", help="comma-separated target set sizes (default 10,100)")
   p.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
-  p.add_argument("--kimg", type=float, help="thousands of images shown to D per run (default 10)")
+  p.add_argument("--kimg", type=float, help="thousands of images shown to D per run (default 6)")
   p.add_argument("--eval_every_kimg", type=float, help="kimg between SWD evaluations (default 1)")
   p.add_argument("--num_fake", type=int, help="G-EMA samples per SWD evaluation (default 1000)")
   p.add_argument("--num_real", type=int, help="held-out real images (default 5000)")
