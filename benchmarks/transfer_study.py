@@ -108,7 +108,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   if unknown:
     p.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
   args.shots, args.seeds = _split(args.shots, int), _split(args.seeds, int)
-  args.config_path = args.config if os.path.isabs(args.config) else os.path.join(REPO, args.config)
+  # Paths as given here (relative to this directory, else to the repository: the launches run there).
+  args.config_path = os.path.abspath(args.config if os.path.exists(args.config) else os.path.join(REPO, args.config))
+  if args.source and os.path.exists(args.source):
+    args.source = os.path.abspath(args.source)
   if not (args.kimg > 0 and args.eval_every_kimg > 0 and args.num_fake > 0 and args.num_real > 0):
     p.error("--kimg, --eval_every_kimg, --num_fake and --num_real must be positive")
   return args
