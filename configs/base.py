@@ -92,9 +92,14 @@ def get_config() -> ml_collections.ConfigDict:
       cdc_weight=0.0,            # CDC (Ojha et al. 2021): weight of the cross-domain distance-consistency KL (paper: 1000); 0 = off
       cdc_batch=4,               # CDC: shared latents whose pairwise feature similarities are compared
       cdc_anchor_interval=0,     # CDC: every N-th step uses anchor latents and image-level D, the others patch-level D; 0 = image-level D always
-      ewc_weight=0.0,            # EWC (Li et al. 2020): weight of sum F * (theta - theta_source)^2; 0 = off
+      cdc_anchors=10,            # CDC: anchor latents of the anchor steps (official: n_train = 10, the number of shots)
+      cdc_anchor_std=0.1,        # CDC: std of the gaussian offset of a latent from its anchor (official subspace_std)
+      cdc_patch_resolution=0,    # CDC: side of D's patch-logit map, a D block output's (0 = resolution / 8, at least 4: 32 at 256 px, as official)
+      ewc_weight=0.0,            # EWC (Li et al. 2020, gantl_jax/fisher.py): weight of sum F * (theta - theta_source)^2 in G's loss; 0 = off
       adapter="none",            # 'none' | 'kernel_modulation' (source conv weights frozen, rank-1 modulation trained)
       adapter_fisher_quantile=0.0,  # kernel_modulation: adapt only layers above this Fisher-importance quantile, fine-tune the rest (0 = all)
+      fisher_samples=1000,       # EWC / adapter_fisher_quantile: source-G samples G's Fisher is averaged over (computed once, stored in DIR/g_fisher.npz)
+      fisher_batch=8,            # samples whose per-sample gradients are computed at once (memory: this many copies of G's params)
   ))
 
   # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read

@@ -75,7 +75,7 @@ def bench(config, num_steps: int, repeats: int, name: str = "") -> dict:
       -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
   step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
 
-  plan = [steps.schedule(i, t) for i in range(num_steps)]
+  plan = [steps.schedule(i, config) for i in range(num_steps)]
   counts = collections.Counter(plan)
   compiled, compile_s, step_flops = {}, {}, {}
   for variant in sorted(counts, reverse=True):

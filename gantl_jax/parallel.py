@@ -136,7 +136,7 @@ def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode:
 
   def variant(step_index: int) -> Callable:
     """The jitted (pmapped) program of this step's flags, e.g. to ``.lower(...)`` it."""
-    flags = steps.schedule(step_index, config.train)
+    flags = steps.schedule(step_index, config)
     if flags not in variants:
       variants[flags] = compile_variant(flags)
     return variants[flags]

@@ -26,6 +26,7 @@ from absl import logging
 
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
+from gantl_jax import fisher as fisher_lib
 from gantl_jax import images as image_io
 from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
@@ -34,6 +35,7 @@ from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import transfer
 from gantl_jax.data import pipeline
+from gantl_jax.models import stylegan2
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
@@ -53,9 +55,14 @@ ADDED_KEYS = {
     "fewshot.cdc_weight": 0.0,
     "fewshot.cdc_batch": 4,
     "fewshot.cdc_anchor_interval": 0,
+    "fewshot.cdc_anchors": 10,
+    "fewshot.cdc_anchor_std": 0.1,
+    "fewshot.cdc_patch_resolution": 0,
     "fewshot.ewc_weight": 0.0,
     "fewshot.adapter": "none",
     "fewshot.adapter_fisher_quantile": 0.0,
+    "fewshot.fisher_samples": 1000,
+    "fewshot.fisher_batch": 8,
 }
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
@@ -248,8 +255,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
            t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
-  nets = state_lib.build_networks(config)
   mesh = parallel.make_mesh()
+  fisher_path = os.path.join(workdir, fisher_lib.FILE)
+  g_fisher, fisher_is_new = None, False
+  if fisher_lib.needed(config):
+    g_fisher, fisher_is_new = _source_fisher(config, fisher_path, mesh)
+  nets = state_lib.build_networks(config, g_fisher=g_fisher)
   evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
@@ -264,9 +275,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     state, data_state, _ = checkpoint.restore(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.transfer.source:
-    state, transfer_report = transfer.transfer_state(config, state)
+    state, transfer_report = transfer.transfer_state(config, state, g_fisher=g_fisher)
   frozen_items = steps.frozen_networks(config)
   frozen = transfer.read_frozen(config, state, frozen_items) if frozen_items else None
+  if fisher_lib.ewc_weight(config) > 0:
+    frozen = {**(frozen or {}), "g_fisher": parallel.replicate(g_fisher, mesh)}
   start_step = int(jax.device_get(state.step))
 
   # From here on the run writes to its workdir.
@@ -275,6 +288,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+    if fisher_is_new:  # before the first checkpoint: a resume reads it instead of recomputing
+      fisher_lib.save(fisher_path, g_fisher)
     for path in (metrics_path, eval_path):
       dropped = jsonl.trim(path, start_step)
       if dropped:
@@ -408,6 +423,36 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
              "first_step_seconds": first_step_seconds, "transfer_report": transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
+
+
+def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[Any, bool]:
+  """(G's Fisher on the transfer source as host arrays, whether it was computed now): read from
+  ``path`` when the run has stored it (a resume), else computed from the source's G-EMA and D
+  (``fisher.g_fisher``, with ``fewshot.fisher_samples`` samples from ``seed``), sharded over the
+  devices. The caller stores a new one."""
+  g = stylegan2.generator_from_config(config.model)
+  d = stylegan2.discriminator_from_config(config.model)
+  shapes = jax.eval_shape(lambda k: {"g": stylegan2.init_generator(g, k),
+                                     "d": stylegan2.init_discriminator(d, k)}, jax.random.key(0))
+  if os.path.exists(path):
+    logging.info("G's Fisher information read from %s", path)
+    return fisher_lib.load(path, shapes["g"]["params"]), False
+  f = config.fewshot
+  # Whole groups of minibatch-stddev samples, spread evenly over the devices.
+  per_call = fisher_lib.sample_group(d) * mesh.devices.size
+  batch = max(per_call, f.fisher_batch // per_call * per_call)
+  logging.info("computing G's Fisher information on the source (%d samples, %d at a time)",
+               f.fisher_samples, batch)
+  t0 = time.time()
+  sharding = parallel.replicated(mesh)
+  templates = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+  source = transfer.read_networks(config, {"g": "g_ema", "d": "d"}, templates)
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  g_fisher = fisher_lib.g_fisher(g, d, source["g"], source["d"]["params"], key, num_samples=f.fisher_samples,
+                                 batch=batch, sharding=parallel.batch_sharding(mesh))
+  g_fisher = parallel.first_replica(g_fisher, "jit")
+  logging.info("G's Fisher information computed in %.1f s", time.time() - t0)
+  return g_fisher, True
 
 
 def _steps_per_kimg(kimg: float, batch: int) -> int:

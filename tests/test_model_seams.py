@@ -148,7 +148,7 @@ def test_bf16_train_steps_stay_finite():
   reals = jax.random.uniform(jax.random.key(1), (10, 4, 8, 8, 3), jnp.float32, -1, 1)
   ran = set()
   for i in range(10):
-    flags = steps.schedule(i, config.train)
+    flags = steps.schedule(i, config)
     state, metrics = train_step(state, reals[i], flags=flags)
     metrics = jax.device_get(metrics)
     names = ["g_loss", "d_loss"] + ["pl_penalty"] * flags.g_reg + ["r1_penalty"] * flags.d_reg
