@@ -5,7 +5,7 @@
 
 The generator is the config's, freshly initialised (the time does not depend on its weights).
 The real images are the transfer study's: ``--num_real`` held-out images of the config's domain
-(``eval.heldout_seed``), prepared and their statistics cached by a first, untimed evaluation,
+(``eval.heldout``), prepared and their statistics cached by a first, untimed evaluation,
 which also compiles the sampler. Then, ``--repeats`` times: generating ``--num_fake`` samples
 alone, and the whole evaluation as the loop runs it (``metrics.run_evaluators``: sampling, the
 fakes' SWD descriptors, the comparison with the cached reals). Prints one JSON line with the
@@ -45,14 +45,13 @@ def main() -> None:
   p.add_argument("--config", default="configs/demo_anime.py")
   p.add_argument("--num_fake", type=int, default=1000)
   p.add_argument("--num_real", type=int, default=5000)
-  p.add_argument("--heldout_seed", type=int, default=1000)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--inception_weights", default="", help="also time KID and FID")
   args = p.parse_args()
   config = load_config(args.config)
   config.transfer.source = ""
   config.eval.update(metrics="swd,kid,fid" if args.inception_weights else "swd", every_kimg=1.0,
-                     num_fake=args.num_fake, num_real=args.num_real, heldout_seed=args.heldout_seed,
+                     num_fake=args.num_fake, num_real=args.num_real, heldout=True,
                      inception_weights=args.inception_weights)
   config = config_lib.resolve(config, jax.device_count())
   nets = state_lib.build_networks(config)

@@ -5,15 +5,16 @@
     python benchmarks/transfer_study.py --arms freezed,freezed_ada --shots 10 --seeds 0 --kimg 4
     python benchmarks/transfer_study_report.py --outdir runs/transfer_study --doc docs/transfer_study.md
 
-Each run is an ordinary training launch, ``launch.py --config configs/demo_anime.py`` with the
-overrides of its arm (`ARMS`) and of the study (`study_overrides`), in its own workdir: the loop
-does the training, the evaluation and the resuming. The target is the synthetic ``anime`` domain
+Each run is an ordinary training launch, ``launch.py --config configs/demo_anime.py`` (or the
+project's preset of the arm's method, e.g. ``configs/fewshot_cdc.py``) with the overrides of its
+arm (`ARMS`) and of the study (`study_overrides`), in its own workdir: the loop does the
+training, the evaluation and the resuming. The target is the synthetic ``anime`` domain
 with ``data.num_images`` = 10 or 100 and ``data.seed`` 0: image i of a synthetic domain depends
 only on (data seed, i), so the 10 shots are the first 10 of the 100. The source is the config's
-``transfer.source`` (the demo's pretrained ``photo`` model) or ``--source``. Every
+``transfer.source`` (the demo's shipped ``photo`` model, ``pretrained/photo32``) or ``--source``. Every
 ``--eval_every_kimg`` (and at the end) the loop measures the SWD of ``--num_fake`` G-EMA samples
-against ``--num_real`` held-out anime images (``eval.heldout_seed``: rendered with another data
-seed, so none of them is a training shot; one set for both targets, prepared once and its SWD
+against ``--num_real`` held-out anime images (``eval.heldout``: images 1,000,000 on of the data
+seed, which no training set holds; one set for both targets, prepared once and its SWD
 descriptors cached beside it), which draws the SWD-vs-kimg curve. With ``--inception_weights``,
 each finished run's last G-EMA is also measured offline (``launch.py --mode eval``) for KID and
 FID on ``--kid_num_fake`` samples against the same held-out images (Inception features of the
@@ -36,8 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
-import math
 import os
 import signal
 import subprocess
@@ -54,21 +53,23 @@ import transfer_study_report as report  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
 from gantl_jax import jsonl  # noqa: E402
 
-# arm -> config overrides on top of configs/demo_anime.py (which is FreezeD, d_blocks=2).
-ARMS: dict[str, dict[str, Any]] = {
-    "scratch": {"transfer.source": "", "freeze.preset": "none"},
-    "finetune": {"freeze.preset": "none"},
-    "freezed": {"freeze.preset": "freezed"},
-    "freezed_ada": {"freeze.preset": "freezed", "augment.kind": "ada"},
-    "freezed_diffaug": {"freeze.preset": "freezed", "augment.kind": "diffaug"},
-    "freezed_cdc": {"freeze.preset": "freezed", "fewshot.cdc_weight": 1000.0, "fewshot.cdc_anchor_interval": 4},
-    "adapters": {"freeze.preset": "none", "fewshot.adapter": "kernel_modulation"},
-    "affine": {"freeze.preset": "affine"},
+# arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
+# the overrides on top of it). The few-shot methods' arms are the project's presets for them.
+ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
+    "scratch": (None, {"transfer.source": "", "freeze.preset": "none", "augment.kind": "none"}),
+    "finetune": (None, {"freeze.preset": "none", "augment.kind": "none"}),
+    "freezed": (None, {"freeze.preset": "freezed", "augment.kind": "none"}),
+    "freezed_ada": (None, {"freeze.preset": "freezed", "augment.kind": "ada"}),
+    "freezed_diffaug": (None, {"freeze.preset": "freezed", "augment.kind": "diffaug"}),
+    "freezed_cdc": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none"}),
+    "adapters": ("configs/fewshot_adapter.py", {}),
+    "affine": (None, {"freeze.preset": "affine", "augment.kind": "none"}),
+    "ewc": ("configs/fewshot_ewc.py", {}),  # not in the default grid: --arms ...,ewc
 }
-DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed
-HELDOUT_SEED = 1000  # the held-out images: another seed of the same domain
+DEFAULT_ARMS = [a for a in ARMS if a != "ewc"]
+DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed; held out: 1,000,000 on
 
-FULL = dict(config="configs/demo_anime.py", arms=",".join(ARMS), shots="10,100", seeds="0,1,2", kimg=6.0,
+FULL = dict(config="configs/demo_anime.py", arms=",".join(DEFAULT_ARMS), shots="10,100", seeds="0,1,2", kimg=6.0,
             eval_every_kimg=1.0, num_fake=1000, num_real=5000, kid_num_fake=1000, outdir="runs/transfer_study")
 QUICK = dict(FULL, arms="scratch,finetune", shots="10", seeds="0", kimg=0.256, eval_every_kimg=0.128,
              num_fake=256, num_real=512, kid_num_fake=256, outdir="runs/transfer_study_quick")
@@ -82,10 +83,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--quick", action="store_true", help=f"smoke run; defaults {_defaults_text(QUICK)}")
-  p.add_argument("--config", help=f"base run config (default {FULL['config']})")
+  p.add_argument("--config", help=f"run config of the arms that name none (default {FULL['config']})")
   p.add_argument("--outdir", help="where the runs, logs and results go (default runs/transfer_study, "
                  "runs/transfer_study_quick with --quick)")
-  p.add_argument("--arms", help=f"comma-separated arms of {', '.join(ARMS)} (default: all)")
+  p.add_argument("--arms", help=f"comma-separated arms of {', '.join(ARMS)} (default: all but ewc)")
   p.add_argument("--shots", help="comma-separated target set sizes (default 10,100)")
   p.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
   p.add_argument("--kimg", type=float, help="thousands of images shown to D per run (default 6)")
@@ -109,7 +110,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
   args.shots, args.seeds = _split(args.shots, int), _split(args.seeds, int)
   # Paths as given here (relative to this directory, else to the repository: the launches run there).
-  args.config_path = os.path.abspath(args.config if os.path.exists(args.config) else os.path.join(REPO, args.config))
+  args.config_path = _path(args.config)
   if args.source and os.path.exists(args.source):
     args.source = os.path.abspath(args.source)
   if not (args.kimg > 0 and args.eval_every_kimg > 0 and args.num_fake > 0 and args.num_real > 0):
@@ -119,6 +120,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def _defaults_text(defaults: dict) -> str:
   return ", ".join(f"--{k} {v}" for k, v in defaults.items() if k != "config")
+
+
+def _path(path: str) -> str:
+  """A config file as given (relative to here), else relative to the repository, absolute."""
+  return os.path.abspath(path if os.path.exists(path) else os.path.join(REPO, path))
 
 
 def _split(text: str, kind) -> list:
@@ -169,13 +175,13 @@ def study_overrides(arm: str, shots: int, seed: int, args, batch_size: int) -> d
       "data.source": "synthetic", "data.domain": "anime", "data.num_images": shots, "data.seed": DATA_SEED,
       "train.total_kimg": args.kimg, "train.sample_every": 0,
       "eval.every_kimg": args.eval_every_kimg, "eval.metrics": "swd", "eval.num_fake": args.num_fake,
-      "eval.num_real": args.num_real, "eval.heldout_seed": HELDOUT_SEED,
+      "eval.num_real": args.num_real, "eval.heldout": True,
       # A checkpoint at every evaluation: an interrupted run loses at most one interval.
       "checkpoint.every_steps": steps_per_eval, "checkpoint.max_to_keep": 1, "checkpoint.keep_best": "",
   }
   if args.source is not None:
     o["transfer.source"] = args.source
-  o.update(ARMS[arm])
+  o.update(ARMS[arm][1])
   o.update(args.overrides)
   return o
 
@@ -201,11 +207,14 @@ def override_flags(overrides: dict[str, Any]) -> list[str]:
 def plan(args) -> list[dict]:
   """Every run of the grid (shots, then arm, then seed) with its overrides and launch flags;
   each config is built and checked here, before anything is launched."""
-  base = load_config(args.config_path)
-  args.overrides = parse_set(base, args.set)
+  paths = {arm: _path(ARMS[arm][0]) if ARMS[arm][0] else args.config_path for arm in args.arms}
+  bases = {path: load_config(path) for path in set(paths.values())}
+  args.overrides = parse_set(bases[args.config_path] if args.config_path in bases else load_config(args.config_path),
+                             args.set)
   runs = []
   for shots in args.shots:
     for arm in args.arms:
+      base = bases[paths[arm]]
       for seed in args.seeds:
         overrides = study_overrides(arm, shots, seed, args, base.train.batch_size)
         try:
@@ -213,7 +222,7 @@ def plan(args) -> list[dict]:
         except (config_lib.ConfigError, ValueError) as e:
           raise config_lib.ConfigError(f"arm {arm} ({shots} shots, seed {seed}): {e}") from None
         name = run_name(arm, shots, seed)
-        runs.append(dict(name=name, arm=arm, shots=shots, seed=seed, kimg=args.kimg,
+        runs.append(dict(name=name, arm=arm, shots=shots, seed=seed, kimg=args.kimg, config=paths[arm],
                          total_steps=config_lib.num_steps(config), overrides=overrides,
                          workdir=os.path.join(args.outdir, "runs", name)))
   return runs
@@ -325,7 +334,7 @@ def run_one(run: dict, args, launcher: Launcher) -> tuple[str, Optional[dict]]:
   workdir = os.path.abspath(run["workdir"])
   t0 = time.time()
   resumed = os.path.isdir(os.path.join(workdir, "checkpoints"))
-  rc = launcher.run(["--config", args.config_path, "--workdir", workdir, *override_flags(run["overrides"])],
+  rc = launcher.run(["--config", run["config"], "--workdir", workdir, *override_flags(run["overrides"])],
                     log_path)
   if rc != 0 and not launcher.stop_requested:
     if rc == 2:  # refused at start: a problem of the setup, which every other run would share
@@ -364,7 +373,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   results_path = os.path.join(args.outdir, "results.jsonl")
   if args.dry_run:
     for run in runs:
-      print(f"{run['name']}: launch.py --config {args.config} --workdir {run['workdir']} "
+      print(f"{run['name']}: launch.py --config {os.path.relpath(run['config'], REPO)} --workdir {run['workdir']} "
             f"{' '.join(override_flags(run['overrides']))}")
     return 0
   os.makedirs(os.path.join(args.outdir, "logs"), exist_ok=True)

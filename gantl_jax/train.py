@@ -218,7 +218,7 @@ def _summarise(fetched: list[dict]) -> dict:
 def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   """Every check of a launch, in the order that fails fastest; writes nothing to ``workdir``.
   Returns (resolved config, absolute workdir, prepared data, the prepared real images of the
-  evaluation: the same data or the held-out set of ``eval.heldout_seed``)."""
+  evaluation: the same data or the held-out set of ``eval.heldout``)."""
   config = config_lib.resolve(config, num_devices=jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)

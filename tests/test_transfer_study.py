@@ -1,5 +1,5 @@
 """The transfer study (benchmarks/transfer_study.py, transfer_study_report.py) and the held-out
-real images its evaluations use (eval.heldout_seed).
+real images its evaluations use (eval.heldout).
 
 The end-to-end test runs the study's --quick grid (scratch and fine-tune, one seed) on a tiny
 source through real launches, then runs it again to prove that finished runs are skipped. Its
@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from configs import tiny
+from gantl_jax import compare
 from gantl_jax import config as config_lib
 from gantl_jax import metrics
 from gantl_jax import train
-from gantl_jax.data import pipeline
+from gantl_jax.data import DataError, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -60,7 +61,7 @@ def test_quick_study_runs_the_grid_reports_and_skips_finished_runs(source, capsy
   for r in results:
     # One step, evaluated: the curve's last point is the final value.
     assert [p["step"] for p in r["curve"]] == [1] and r["curve"][-1]["swd"] == r["final"]["swd"] > 0
-    assert r["overrides"]["eval.heldout_seed"] == transfer_study.HELDOUT_SEED
+    assert r["overrides"]["eval.heldout"] is True
     assert r["overrides"]["data.num_images"] == 10 and r["overrides"]["data.seed"] == transfer_study.DATA_SEED
   # Only the transfer arm started from the source.
   assert (out / "runs" / "finetune-n10-s0" / "transfer_report.json").exists()
@@ -82,22 +83,25 @@ def test_quick_study_runs_the_grid_reports_and_skips_finished_runs(source, capsy
 
 
 def test_heldout_images_are_other_images_of_the_domain(tmp_path):
-  config = config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 10, "eval.heldout_seed": 1000,
+  config = config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 10, "eval.heldout": True,
                                                         "eval.num_real": 200}))
   prepared = pipeline.prepare(config.data, resolution=16, verbose=False)
   heldout = metrics.prepare_reals(config, prepared, verbose=False)
-  assert heldout.num_examples == 200 and heldout.report["seed"] == 1000
+  assert heldout.num_examples == 200 and heldout.report["start"] == 1_000_000
+  # They are the images compare.py takes as held out, rendered directly.
+  np.testing.assert_array_equal(np.stack([heldout.data_source[i] for i in range(3)]),
+                                compare.target_images(config, 3, held_out=True)[0])
   shots = {prepared.data_source[i].tobytes() for i in range(10)}
   assert not shots & {heldout.data_source[i].tobytes() for i in range(200)}
   # The 10 shots are the first images of the 100-shot set of the same data seed.
   hundred = pipeline.prepare(config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 100})).data,
                              resolution=16, verbose=False)
   assert shots == {hundred.data_source[i].tobytes() for i in range(10)}
-  assert metrics.prepare_reals(tiny_config(tmp_path), prepared) is prepared  # -1: the training images
-  with pytest.raises(config_lib.ConfigError, match="eval.heldout_seed=0 equals data.seed"):
-    config_lib.resolve(tiny_config(tmp_path, **{"eval.heldout_seed": 0}))
-  with pytest.raises(config_lib.ConfigError, match="eval.heldout_seed=3 renders held-out images of a synthetic"):
-    config_lib.resolve(tiny_config(tmp_path, **{"eval.heldout_seed": 3, "data.source": "folder", "data.folder": "/x"}))
+  assert metrics.prepare_reals(tiny_config(tmp_path), prepared) is prepared  # False: the training images
+  with pytest.raises(config_lib.ConfigError, match="eval.heldout=True needs held-out images"):
+    config_lib.resolve(tiny_config(tmp_path, **{"eval.heldout": True, "data.source": "folder", "data.folder": "/x"}))
+  with pytest.raises(DataError, match=r"data.num_images must be > 0 and at most 1000000"):
+    config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 1_000_001}))
 
 
 def result(arm, shots, seed, swd, kid=None, kimg=1.0, status="done"):

@@ -90,15 +90,13 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
 
 def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
   """The prepared dataset the evaluators compare with: ``prepared`` (the training data), or with
-  ``eval.heldout_seed >= 0`` the first ``eval.num_real`` images of the same synthetic domain
-  rendered with that seed (none of them a training image), prepared once like any dataset."""
-  seed = config.eval.get("heldout_seed", -1)
-  if seed < 0:
+  ``eval.heldout`` ``eval.num_real`` held-out images of the same synthetic domain (none of them in
+  a training set; `pipeline.prepare_held_out`)."""
+  if not config.eval.get("heldout", False):
     return prepared
   from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
-  heldout = ml_collections.ConfigDict(config.data.to_dict())
-  heldout.update(seed=int(seed), num_images=int(config.eval.num_real), n_shot=0, mirror_dataset=False)
-  return pipeline.prepare(heldout, resolution=config.model.resolution, verbose=verbose)
+  return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
+                                   num=int(config.eval.num_real), verbose=verbose)
 
 
 class RealImages:
