@@ -50,7 +50,7 @@ _BLEND_WITH = flags.DEFINE_string("blend_with", "", "blend: the generator whose 
                                   "fine-tuned run).")
 _BLEND_RES = flags.DEFINE_integer("blend_resolution", 0, "blend/compare: the last block resolution taken "
                                   "from --workdir (one of 4, 8, ..., the model's resolution; compare: "
-                                  "default the middle one).")
+                                  "default the one below the model resolution).")
 _BLEND_WIDTH = flags.DEFINE_float("blend_width", 0.0, "blend: 0 = hard switch; > 0 = a sigmoid over "
                                   "log2 resolution of this width in octaves.")
 _METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
@@ -197,6 +197,7 @@ def main(argv):
   del argv
   _quiet_orbax()
   from gantl_jax import checkpoint
+  from gantl_jax import compilation
   from gantl_jax import config as config_lib
   from gantl_jax import jsonl
   from gantl_jax import parallel
@@ -205,6 +206,7 @@ def main(argv):
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
+  compilation.enable_cache(config.train.compile_cache_dir if config is not None else "auto")
   try:
     if config is not None:
       # Every value is checked before a backend starts or a coordinator is waited for; one device

@@ -318,11 +318,11 @@ def last_error(log_path: str) -> str:
   return (errors or lines or ["(no output)"])[-1]
 
 
-def child_env(outdir: str) -> dict[str, str]:
-  """The launches' environment: a persistent XLA compilation cache under ``outdir`` (unless one is
-  set), so that the runs of one arm compile their step once."""
+def child_env() -> dict[str, str]:
+  """The launches' environment: this one, with the repository importable. (Launches share the
+  persistent compilation cache of ``train.compile_cache_dir``, so the runs of one arm compile
+  their programs once.)"""
   env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(outdir), "xla_cache"))
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH", "")]))
   return env
 
@@ -385,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   t_start = time.time()
   done, failed, outcome = 0, 0, "complete"
   try:
-    with Launcher(child_env(args.outdir)) as launcher:
+    with Launcher(child_env()) as launcher:
       for i, run in enumerate(todo):
         if launcher.stop_requested:
           outcome = "stopped"

@@ -49,6 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
       sample_every=1000,         # steps between sample grids (0: only at the end)
       sample_grid=(8, 4),        # columns x rows of the fixed-latent sample grid
       sample_psi=1.0,            # truncation of the sample grid
+      tensorboard=True,          # write TensorBoard event files (scalars, eval metrics, sample grids) to the workdir
+      # JAX's persistent compilation cache: 'auto' = $JAX_COMPILATION_CACHE_DIR if set, else
+      # ~/.cache/gantl_jax/jax_cache; a path; '' = off (every launch compiles its programs again).
+      compile_cache_dir="auto",
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

@@ -45,7 +45,7 @@ def target_images(config, num: int, held_out: bool) -> tuple[np.ndarray, str]:
     start = checks.HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
     pixels = synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed))
-    return pixels, (f"{count} held-out '{d.domain}' images" if held_out else f"training images")
+    return pixels, (f"{count} held-out '{d.domain}' images" if held_out else "training images")
   prepared = pipeline.prepare(d, resolution=res, verbose=False)
   count = min(num, prepared.num_examples)
   return (np.stack([prepared.data_source[i] for i in range(count)]),
@@ -83,8 +83,8 @@ def _training_seconds(workdir: str, batch_size: int) -> Optional[float]:
 def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eval: int = 2000,
             outdir: str = "") -> dict:
   """Writes ``comparison.png`` and ``comparison.json`` for the transfer run in ``workdir`` (into
-  ``outdir``, default the run directory) and returns the table. ``blend_resolution`` 0 takes the
-  middle block resolution."""
+  ``outdir``, default the run directory) and returns the table. ``blend_resolution`` 0 takes
+  every block but the last from the run."""
   t0 = time.time()
   seed_list = generate.parse_seeds(seeds)
   run = runs.load_network(workdir)
@@ -96,7 +96,7 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
   blend.check_parents(run, source)
   res = config.model.resolution
   blocks = block_resolutions(res)
-  blend_resolution = blend_resolution or blocks[len(blocks) // 2 - 1]
+  blend_resolution = blend_resolution or blocks[-2]  # Toonify: the target's structure, the source's finest texture
   weights = blend.high_weights(res, blend_resolution)
   blended = run._replace(variables=blend.blend_variables(run.variables, source.variables, weights))
 

@@ -86,6 +86,11 @@ def schedule(step: int, config: ml_collections.ConfigDict) -> StepFlags:
                       for name, interval in _lazy_phases(config).items()})
 
 
+def schedule_period(config: ml_collections.ConfigDict) -> int:
+  """Steps after which :func:`schedule` repeats itself: the lcm of the lazy phases' intervals."""
+  return math.lcm(*[i for i in _lazy_phases(config).values() if i])  # lcm() is 1
+
+
 def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source networks the step's regularisers read from ``frozen``, as {name in ``frozen``:
   transfer-source item}. Empty: the step needs no ``frozen`` (the loop then passes None). The

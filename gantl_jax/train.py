@@ -25,11 +25,13 @@ import numpy as np
 from absl import logging
 
 from gantl_jax import checkpoint
+from gantl_jax import compilation
 from gantl_jax import config as config_lib
 from gantl_jax import fisher as fisher_lib
 from gantl_jax import images as image_io
 from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
+from gantl_jax import monitor as monitor_lib
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
 from gantl_jax import steps
@@ -39,6 +41,7 @@ from gantl_jax.models import stylegan2
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
+                     "train.compile_cache_dir", "train.tensorboard",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
@@ -63,6 +66,8 @@ ADDED_KEYS = {
     "fewshot.adapter_fisher_quantile": 0.0,
     "fewshot.fisher_samples": 1000,
     "fewshot.fisher_batch": 8,
+    "train.compile_cache_dir": "auto",
+    "train.tensorboard": True,
 }
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
@@ -241,6 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   files cannot be written (its last good checkpoint is kept).
   """
   t_launch = time.time()
+  compilation.enable_cache(config.train.compile_cache_dir)  # before anything compiles
   config, workdir, prepared, eval_reals = prepare_run(config, workdir)
   is_main = jax.process_index() == 0
   if is_main:
@@ -255,6 +261,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
            t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
+  cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
   mesh = parallel.make_mesh()
   fisher_path = os.path.join(workdir, fisher_lib.FILE)
   g_fisher, fisher_is_new = None, False
@@ -317,8 +324,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     if not is_main:
       return
     g_ema = parallel.first_replica(state.g_ema.variables, mode)
-    images = np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi))
-    image_io.save_grid(images, cols, os.path.join(workdir, f"samples_{tag}.png"))
+    grid = image_io.make_grid(np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi)), cols)
+    image_io.save_png(grid, os.path.join(workdir, f"samples_{tag}.png"))
+    monitor.image("samples", step, grid)
 
   def fail_if_diverged(fetched: list[dict], first_step: int) -> None:
     where = _first_non_finite(fetched, first_step)
@@ -352,23 +360,34 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
     if is_main:
       jsonl.append(eval_path, record)
-      logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    monitor.log_eval(step, values)
     if best_manager is not None:
       save_checkpoint(force=True, manager=best_manager, metrics=values)
 
-  if is_main and start_step == 0:
-    reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
-    image_io.save_grid(reals, cols, os.path.join(workdir, "reals.png"))
-    write_samples("init")
-
+  monitor = monitor_lib.Monitor(workdir, enabled=is_main, total_kimg=total_steps * batch / 1000,
+                                kimg_per_step=batch / 1000, start_step=start_step,
+                                tensorboard=config.train.tensorboard)
+  monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
   eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
   t_log, step_log = time.time(), start_step
-  first_step_seconds = None
+  first_step_seconds = compile_seconds = None
   try:
+    if is_main and start_step == 0:
+      reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
+      reals = image_io.make_grid(reals, cols)
+      image_io.save_png(reals, os.path.join(workdir, "reals.png"))
+      monitor.image("reals", 0, reals)
+      write_samples("init")
     with _StopSignals() as stop:
       while step < total_steps:
-        state, metrics = step_fn(state, parallel.place_batch(next(data_iter), mode, mesh), step, frozen)
+        placed = parallel.place_batch(next(data_iter), mode, mesh)
+        if compile_seconds is None:
+          compile_seconds = _compile_ahead(step_fn, config, step, total_steps, (state, placed, frozen), monitor)
+          monitor.start_bar()
+          t_log = time.time()  # the first line's images/s measures training, not compiling
+        state, metrics = step_fn(state, placed, step, frozen)
         step += 1
+        monitor.advance(step)
         checkpoint.check(manager)  # a failed asynchronous save stops the run now
         pending.append(metrics)
         if first_step_seconds is None:
@@ -385,15 +404,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
           record = _summarise(fetched)
           images_per_s = (step - step_log) * batch / max(now - t_log, 1e-9)
           record.update(step=step, kimg=step * batch / 1000, images_per_s=images_per_s,
-                        sec_per_kimg=1000 / max(images_per_s, 1e-9))
+                        sec_per_kimg=1000 / max(images_per_s, 1e-9), **monitor_lib.device_memory())
           t_log, step_log = now, step
           if is_main:
             jsonl.append(metrics_path, record)
-            # aug_p: the augmentation probability, averaged over the line's steps.
-            aug = f"  aug_p {_fmt(record['aug_p'])}" if "aug_p" in record else ""
-            logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s%s  %.1f img/s", step,
-                         record["kimg"], _fmt(record["g_loss"]), _fmt(record["d_loss"]),
-                         _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), aug, images_per_s)
+          monitor.log(record)
           fail_if_diverged(fetched, first)
         if config.train.sample_every and step % config.train.sample_every == 0:
           write_samples(f"{step:07d}")
@@ -416,11 +431,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
       checkpoint.wait(best_manager)
   finally:
     data_iter.close()
+    monitor.close()
   manager.close()
   if best_manager is not None:
     best_manager.close()
   summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
-             "first_step_seconds": first_step_seconds, "transfer_report": transfer_report}
+             "first_step_seconds": first_step_seconds, "compile_seconds": compile_seconds,
+             "compile_cache": {k: v - cache_counts[k] for k, v in compilation.cache_counts().items()},
+             "transfer_report": transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
 
@@ -455,9 +473,26 @@ def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[
   return g_fisher, True
 
 
+def _compile_ahead(step_fn, config: ml_collections.ConfigDict, start: int, stop: int, args: tuple,
+                   monitor: monitor_lib.Monitor) -> float:
+  """Compiles every variant of the train step that steps ``start .. stop-1`` run, before the
+  first step, saying why nothing moves meanwhile; returns the seconds it took."""
+  variants = compilation.step_variants(config, start, stop)
+  cache = jax.config.jax_compilation_cache_dir
+  hits = compilation.cache_counts()["hits"]
+  later = (f"later launches read them from the cache in {cache}" if cache else
+           "the compilation cache is off (train.compile_cache_dir='')")
+  monitor.write(f"compiling the train step ({len(variants)} variants: "
+                f"{', '.join(map(compilation.variant_name, variants))}) on {jax.default_backend()}; "
+                f"a first launch takes a minute or more, {later}")
+  t0 = time.time()
+  compilation.compile_step_variants(step_fn, list(variants.values()), *args)
+  seconds = time.time() - t0
+  hits = compilation.cache_counts()["hits"] - hits
+  monitor.write(f"compiled in {seconds:.1f} s" + (f" ({hits} of {len(variants)} read from the cache)" if cache else ""))
+  return seconds
+
+
 def _steps_per_kimg(kimg: float, batch: int) -> int:
   return max(1, int(round(kimg * 1000 / batch))) if kimg > 0 else 0
 
-
-def _fmt(value: Optional[float]) -> str:
-  return "-" if value is None else f"{value:.4g}"
