@@ -130,7 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Evaluation during training: every eval.every_kimg, the metrics named in eval.metrics run on
   # eval.num_fake G-EMA samples (generated sharded over all devices) against up to eval.num_real
-  # training images; values go to DIR/eval.jsonl.
+  # training images (or held-out ones, eval.heldout); values go to DIR/eval.jsonl.
   c.eval = ml_collections.ConfigDict(dict(
       every_kimg=0.0,            # 0: no evaluation during training
       metrics="",                # comma-separated names of gantl_jax.metrics.EVALUATORS
@@ -141,6 +141,10 @@ def get_config() -> ml_collections.ConfigDict:
       # KID / FID need the FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth
       # or NVIDIA's inception-2015-12-05.pt (read without torch, no code run). '' skips them.
       inception_weights="",
+      # The real images compared with: False = the first num_real training images; True (synthetic
+      # data only) = num_real held-out images of data.domain, none of them in a training set
+      # (images 1,000,000 on of data.seed; gantl_jax/data/checks.py), prepared once.
+      heldout=False,
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

@@ -10,7 +10,7 @@ written as ``RUN/comparison.png`` (labelled and upscaled so that 32 px samples c
 table, ``RUN/comparison.json`` and printed, holds SWD x 10^3 against target images of the source
 and of the transfer (how far the transfer moved towards the target), the images the run showed D,
 and its training wall time. For a synthetic target the SWD references are held-out images of the
-domain (indices from ``HELD_OUT_START``, never in a training set); for a folder they are the
+domain (indices from ``data.checks.HELD_OUT_START``, never in a training set); for a folder they are the
 training images themselves, and the table says so.
 """
 from __future__ import annotations
@@ -29,12 +29,10 @@ from gantl_jax import images as image_io
 from gantl_jax import jsonl
 from gantl_jax import runs
 from gantl_jax.config import ConfigError
-from gantl_jax.data import pipeline, synthetic
+from gantl_jax.data import checks, pipeline, synthetic
 from gantl_jax.metrics import swd
 from gantl_jax.resolutions import block_resolutions
 
-# Synthetic held-out images start here: far beyond any training set this project renders.
-HELD_OUT_START = 1_000_000
 _LABEL_WIDTH = 128
 _ROW_LABELS = ("source", "transferred", "blend", "target shots")
 
@@ -44,7 +42,7 @@ def target_images(config, num: int, held_out: bool) -> tuple[np.ndarray, str]:
   ``held_out`` (synthetic domains only) ``num`` unseen images of the same domain."""
   d, res = config.data, config.model.resolution
   if d.source == "synthetic":
-    start = HELD_OUT_START if held_out else 0
+    start = checks.HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
     pixels = synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed))
     return pixels, (f"{count} held-out '{d.domain}' images" if held_out else "training images")

@@ -222,7 +222,8 @@ def _summarise(fetched: list[dict]) -> dict:
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   """Every check of a launch, in the order that fails fastest; writes nothing to ``workdir``.
-  Returns (resolved config, absolute workdir, prepared data)."""
+  Returns (resolved config, absolute workdir, prepared data, the prepared real images of the
+  evaluation: the same data or the held-out set of ``eval.heldout``)."""
   config = config_lib.resolve(config, num_devices=jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
@@ -230,10 +231,11 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   # configs/ffhq_to_anime.py), goes through the preflight, which explains what to provide.
   if config.transfer.source != "":
     transfer.preflight(config, workdir)
-  metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
-                              verbose=jax.process_index() == 0)
-  return config, workdir, prepared
+  evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
+  verbose = jax.process_index() == 0
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=verbose)
+  eval_reals = metrics_lib.prepare_reals(config, prepared, verbose) if evaluators else prepared
+  return config, workdir, prepared, eval_reals
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -245,17 +247,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   t_launch = time.time()
   compilation.enable_cache(config.train.compile_cache_dir)  # before anything compiles
-  config, workdir, prepared = prepare_run(config, workdir)
+  config, workdir, prepared, eval_reals = prepare_run(config, workdir)
   is_main = jax.process_index() == 0
   if is_main:
     _check_writable(workdir, "the workdir")
   with workdir_lock(workdir) if is_main else contextlib.nullcontext():
     check_workdir(workdir, config)  # again, now that no other launch can be writing
     _check_writable(os.path.join(workdir, "checkpoints"), "the checkpoint directory")
-    return _train(config, workdir, prepared, t_launch)
+    return _train(config, workdir, prepared, eval_reals, t_launch)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: float) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals,
+           t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
   cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
@@ -353,7 +356,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     values = metrics_lib.run_evaluators(
         evaluators, lambda num: parallel.sample_batches(
             nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
-        prepared, config.eval)
+        eval_reals, config.eval)
     record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
     if is_main:
       jsonl.append(eval_path, record)
