@@ -6,6 +6,8 @@ source through real launches, then runs it again to prove that finished runs are
 tiny config is test_loop's (batch 8 over the 8 simulated devices), so its programs come from the
 shared compilation cache.
 """
+import contextlib
+import io
 import json
 import os
 import sys
@@ -17,6 +19,7 @@ from PIL import Image
 from configs import tiny
 from gantl_jax import compare
 from gantl_jax import config as config_lib
+from gantl_jax import jsonl
 from gantl_jax import metrics
 from gantl_jax import train
 from gantl_jax.data import DataError, pipeline
@@ -25,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import transfer_study  # noqa: E402
 import transfer_study_report as report  # noqa: E402
+import fewshot_numbers  # noqa: E402
 
 # test_loop's tiny config: one example per device.
 TINY = {"model.mbstd_group_size": 1, "train.pl_batch_shrink": 1, "train.log_every": 1}
@@ -132,3 +136,25 @@ def test_report_table_plot_and_doc_block(tmp_path):
   mean_curve = report.curves(report.select_kimg(report.read_jsonl(str(tmp_path / "results.jsonl"))), "freezed", 10)
   np.testing.assert_allclose(mean_curve[1], [32.0, 22.0])
   np.testing.assert_allclose(mean_curve[2], [2.0, 2.0])
+
+
+def test_fewshot_numbers_speed_ratio_gap_saturation_and_swd(tmp_path):
+  gaps = {"finetune": [1.0, 2.0, 4.0, 5.0, 5.0, 5.0], "freezed": [1.0, 1.0, 1.0, 2.0, 3.0, 6.0]}
+  for arm, secs in (("finetune", 10.0), ("freezed", 7.5)):
+    run = tmp_path / "runs" / f"{arm}-n10-s0"
+    run.mkdir(parents=True)
+    for i, gap in enumerate(gaps[arm]):
+      jsonl.append(str(run / "metrics.jsonl"), dict(step=i + 1, kimg=i + 1.0, real_logits=gap / 2,
+                                                    fake_logits=-gap / 2, sec_per_kimg=99.0 if i == 0 else secs))
+    for kimg, swd in ((1.0, 50.0), (6.0, 40.0 if arm == "finetune" else 45.0)):
+      jsonl.append(str(run / "eval.jsonl"), dict(step=int(kimg), kimg=kimg, swd=swd))
+  numbers = fewshot_numbers.run_numbers(str(tmp_path / "runs" / "freezed-n10-s0"))
+  # Smoothed over 3 intervals: 1, 1, 1, 1.33, 2, 3.67 -> 90 % of the top is reached at kimg 6 only.
+  assert numbers == dict(sec_per_kimg=7.5, gap_kimg=6.0, final_gap=6.0, final_swd=45.0, lowest_swd=45.0)
+  # finetune: 1, 1.5, 2.33, 3.67, 4.67, 5 -> 4.67 >= 4.5 at kimg 5.
+  assert fewshot_numbers.run_numbers(str(tmp_path / "runs" / "finetune-n10-s0"))["gap_kimg"] == 5.0
+  sys.argv = ["fewshot_numbers", "--outdir", str(tmp_path)]
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    fewshot_numbers.main()
+  assert "| freezed | 10 | 1 | 7.5 | 0.75 | 6.0 | 6.00 | 45.00 | 45.00 |" in out.getvalue()
