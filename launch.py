@@ -1,8 +1,19 @@
-"""Entry point: ``python launch.py --config configs/X.py --workdir DIR [--config.key=value ...]``.
+"""Entry point: ``python launch.py --config configs/X.py --workdir DIR [--mode MODE] [--config.key=value ...]``.
 
-Modes: ``train`` (default; resumes from DIR if it holds a checkpoint), ``generate`` (writes a
-grid of G-EMA samples from the latest checkpoint in DIR) and ``eval`` (metrics of a checkpoint's
-G-EMA, appended to DIR/eval.jsonl).
+Modes (``--mode``):
+  train        (default) train, or resume from DIR if it holds a checkpoint
+  generate     images of seeds and a grid (``--seeds``, ``--grid CxR``, ``--outdir``)
+  interpolate  W-space interpolation between seeds: a strip PNG and an animated GIF (``--frames``)
+  blend        Toonify-style layer swapping of DIR (blocks up to ``--blend_resolution``, mapping)
+               with ``--blend_with`` (the blocks above; ``--blend_width`` for a smooth switch): a
+               network checkpoint and a comparison grid
+  export       DIR's G-EMA as a network checkpoint at ``--outdir``
+  compare      for a transfer run: source | transferred | blend | target shots from the same seeds
+               (DIR/comparison.png) and SWD of source and transfer against target images
+  eval         metrics of a checkpoint's G-EMA, appended to DIR/eval.jsonl
+
+Every mode but train needs no ``--config``; generate, interpolate, blend and export read DIR as a
+run directory, a checkpoint directory or a network checkpoint (export, blend, the weight importer).
 """
 import difflib
 import os
@@ -18,11 +29,30 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, samples, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "eval"], "What to do.")
-_SEEDS = flags.DEFINE_string("seeds", "0-15", "generate: latent seeds, e.g. '0-15' or '1,5,9'.")
-_PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate: truncation psi.")
-_STEP = flags.DEFINE_integer("step", -1, "eval: the checkpoint step (-1: the latest).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: config.json, checkpoints, samples, metrics. "
+                                "generate/interpolate/blend/export: also a checkpoint or network checkpoint "
+                                "directory.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "generate", "interpolate", "blend", "export", "compare", "eval"],
+                          "What to do (see the module docstring).")
+_SEEDS = flags.DEFINE_string("seeds", "0-15", "generate/interpolate/blend/compare: latent seeds, e.g. '0-15' "
+                             "or '1,5,9' (interpolate: the path's seeds in order; compare: default 0-7).")
+_PSI = flags.DEFINE_float("truncation_psi", 1.0, "generate/interpolate/blend: truncation psi.")
+_STEP = flags.DEFINE_integer("step", -1, "The checkpoint step of --workdir to read (-1: the latest).")
+_OUTDIR = flags.DEFINE_string("outdir", "", "generate/interpolate/blend/export/compare: where to write "
+                              "(default: generated/, interpolated/, blend_r{R}_w{W}/, exported/ in the run "
+                              "or checkpoint directory; compare: the run directory).")
+_GRID = flags.DEFINE_string("grid", "", "generate: COLUMNSxROWS, e.g. '4x2': a grid of consecutive seeds "
+                            "from the first of --seeds.")
+_FRAMES = flags.DEFINE_integer("frames", 16, "interpolate: frames per pair of consecutive seeds.")
+_BLEND_WITH = flags.DEFINE_string("blend_with", "", "blend: the generator whose blocks above "
+                                  "--blend_resolution are taken (Toonify: the source, e.g. runs/demo_photo); "
+                                  "--workdir gives the blocks up to it and the mapping network (the "
+                                  "fine-tuned run).")
+_BLEND_RES = flags.DEFINE_integer("blend_resolution", 0, "blend/compare: the last block resolution taken "
+                                  "from --workdir (one of 4, 8, ..., the model's resolution; compare: "
+                                  "default the one below the model resolution).")
+_BLEND_WIDTH = flags.DEFINE_float("blend_width", 0.0, "blend: 0 = hard switch; > 0 = a sigmoid over "
+                                  "log2 resolution of this width in octaves.")
 _METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
 _NUM_FAKE = flags.DEFINE_integer("num_fake", 0, "eval: generated images (0: the run's eval.num_fake).")
 _INCEPTION = flags.DEFINE_string("inception_weights", "", "eval: Inception weight file for kid/fid "
@@ -153,10 +183,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _quiet_orbax() -> None:
   """Orbax logs every save phase at INFO: keep its warnings, drop the chatter. A failed
   asynchronous save makes Orbax's threads and asyncio log hundreds of lines of traces for one
-  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError)."""
+  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError). The
+  warnings that a manager is read-only are dropped too: every checkpoint read opens one so."""
   import logging as std_logging
+  read_only = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
   std_logging.getLogger("absl").addFilter(
-      lambda r: "/orbax/" not in r.pathname or std_logging.WARNING <= r.levelno < std_logging.ERROR)
+      lambda r: "/orbax/" not in r.pathname or (std_logging.WARNING <= r.levelno < std_logging.ERROR
+                                                and not r.getMessage().startswith(read_only)))
   std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
 
 
@@ -164,6 +197,7 @@ def main(argv):
   del argv
   _quiet_orbax()
   from gantl_jax import checkpoint
+  from gantl_jax import compilation
   from gantl_jax import config as config_lib
   from gantl_jax import jsonl
   from gantl_jax import parallel
@@ -172,6 +206,7 @@ def main(argv):
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
+  compilation.enable_cache(config.train.compile_cache_dir if config is not None else "auto")
   try:
     if config is not None:
       # Every value is checked before a backend starts or a coordinator is waited for; one device
@@ -182,7 +217,28 @@ def main(argv):
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "generate":
       from gantl_jax import generate
-      generate.generate_from_workdir(_WORKDIR.value, _SEEDS.value, _PSI.value)
+      generate.generate(_WORKDIR.value, _SEEDS.value, _PSI.value, outdir=_OUTDIR.value,
+                        grid=_GRID.value, step=_STEP.value)
+    elif _MODE.value == "interpolate":
+      from gantl_jax import generate
+      generate.interpolate(_WORKDIR.value, _SEEDS.value, frames=_FRAMES.value,
+                           truncation_psi=_PSI.value, outdir=_OUTDIR.value, step=_STEP.value)
+    elif _MODE.value == "blend":
+      from gantl_jax import blend
+      if not _BLEND_WITH.value or not _BLEND_RES.value:
+        raise config_lib.ConfigError("--mode blend needs --blend_with (the other generator) and "
+                                     "--blend_resolution (the last block resolution from --workdir)")
+      blend.blend(_WORKDIR.value, _BLEND_WITH.value, _BLEND_RES.value, _BLEND_WIDTH.value,
+                  outdir=_OUTDIR.value, seeds=_SEEDS.value, truncation_psi=_PSI.value,
+                  step=_STEP.value)
+    elif _MODE.value == "export":
+      from gantl_jax import export
+      export.export(_WORKDIR.value, _OUTDIR.value, step=_STEP.value)
+    elif _MODE.value == "compare":
+      from gantl_jax import compare
+      compare.compare(_WORKDIR.value, blend_resolution=_BLEND_RES.value,
+                      seeds=_SEEDS.value if flags.FLAGS["seeds"].present else "0-7",
+                      outdir=_OUTDIR.value)
     else:
       from gantl_jax import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,

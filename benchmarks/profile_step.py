@@ -1,7 +1,7 @@
 """Where the train step's time goes: a jax.profiler trace of N steps, summed by kernel kind.
 
     python benchmarks/profile_step.py --config configs/bench256.py --steps 16 --out_dir /tmp/prof \
-        [--variant schedule|g_reg=1,d_reg=1|g_reg=0,d_reg=0|...] [--trace_dir DIR] [--config.key=value ...]
+        [--variant schedule|main|g_reg|g_reg+d_reg|...] [--trace_dir DIR] [--config.key=value ...]
 
 Compiles the step's variants (``gantl_jax.bench.compile_schedule``), runs each once to warm up,
 then traces ``--steps`` steps (the real lazy-regularisation schedule, or one variant repeated)
@@ -39,7 +39,9 @@ import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gantl_jax import bench  # noqa: E402
+from gantl_jax import compilation  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
+from gantl_jax import steps  # noqa: E402
 
 KINDS = ("conv forward", "conv weight-grad", "conv data-grad", "conv backward (XLA:CPU, either)",
          "dense matmuls", "slice / concat / pad / copy fusions", "layout conversions", "reductions",
@@ -242,9 +244,9 @@ def profile(config, num_steps: int, out_dir: str, variant: str = "schedule", tra
   if variant == "schedule":
     plan = sched.plan
   else:
-    wanted = [f for f in sched.programs if bench.variant_name(f) == variant]
+    wanted = [f for f in sched.programs if compilation.variant_name(f) == variant]
     if not wanted:
-      names = [bench.variant_name(f) for f in sched.programs]
+      names = [compilation.variant_name(f) for f in sched.programs]
       raise ValueError(f"--variant {variant!r} is not one the first {num_steps} steps use ({names}); "
                        f"pass one of them or 'schedule'")
     plan = wanted * num_steps
@@ -259,21 +261,23 @@ def profile(config, num_steps: int, out_dir: str, variant: str = "schedule", tra
   shutil.copy(os.path.join(os.path.dirname(xspace), "perfetto_trace.json.gz"), out_dir)
   data = jax.profiler.ProfileData.from_file(xspace)
 
-  # Every variant is the same jitted function, so its events carry the same module name; they
-  # differ in program id. Program ids, in the order they first run, are the plan's variants in
-  # the order they first appear. With one program (merged variants) or without program ids, one
-  # index of every program serves.
-  variants = list(dict.fromkeys(plan))
+  # Every program is the same jitted function, so its events carry the same module name; they
+  # differ in program id. Program ids, in the order they first run, are the plan's programs in
+  # the order they first appear. With one program, or without program ids, one index of every
+  # program serves.
+  merged = steps.merged_variants(config.train)
+  names = list(dict.fromkeys(compilation.variant_name(steps.program_key(v, merged)) for v in plan))
   texts = {name: c.as_text() for name, c in sched.compiled.items()}
   module = re.match(r"HloModule\s+([\w.\-]+)", next(iter(texts.values()))).group(1)
   events = op_events(data, module)
   programs = list(dict.fromkeys(e[1] for e in events))
-  if len(texts) > 1 and None not in programs and len(programs) == len(variants):
-    indexes = {p: hlo_index(texts[bench.variant_name(v)]) for p, v in zip(programs, variants)}
+  if len(names) > 1 and None not in programs and len(programs) == len(names):
+    indexes = {p: hlo_index(texts[name]) for p, name in zip(programs, names)}
   else:
     indexes = {None: hlo_index("\n".join(texts.values()))}
   summary = summarize(events, indexes, len(plan), wall_s)
-  summary.update(variant=variant, plan={bench.variant_name(v): plan.count(v) for v in variants},
+  variants = list(dict.fromkeys(plan))
+  summary.update(variant=variant, plan={compilation.variant_name(v): plan.count(v) for v in variants},
                  backend=jax.default_backend(), device=str(jax.devices()[0].device_kind),
                  compute_dtype=config.model.compute_dtype,
                  num_low_precision_res=config.model.num_low_precision_res,
@@ -301,7 +305,7 @@ if __name__ == "__main__":
   _STEPS = flags.DEFINE_integer("steps", 16, "Traced steps.")
   _OUT_DIR = flags.DEFINE_string("out_dir", None, "Where the trace and the summary go.")
   _VARIANT = flags.DEFINE_string("variant", "schedule", "'schedule' (the real lazy-regularisation "
-                                 "mix) or one variant repeated, e.g. 'g_reg=0,d_reg=0'.")
+                                 "mix) or one variant repeated, e.g. 'main' or 'g_reg+d_reg'.")
   _TRACE_DIR = flags.DEFINE_string("trace_dir", "", "The profiler's folder (default: out_dir/trace).")
   flags.mark_flags_as_required(["config", "out_dir"])
   app.run(main)

@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
       sample_every=1000,         # steps between sample grids (0: only at the end)
       sample_grid=(8, 4),        # columns x rows of the fixed-latent sample grid
       sample_psi=1.0,            # truncation of the sample grid
+      tensorboard=True,          # write TensorBoard event files (scalars, eval metrics, sample grids) to the workdir
+      # JAX's persistent compilation cache: 'auto' = $JAX_COMPILATION_CACHE_DIR if set, else
+      # ~/.cache/gantl_jax/jax_cache; a path; '' = off (every launch compiles its programs again).
+      compile_cache_dir="auto",
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -102,9 +106,14 @@ def get_config() -> ml_collections.ConfigDict:
       cdc_weight=0.0,            # CDC (Ojha et al. 2021): weight of the cross-domain distance-consistency KL (paper: 1000); 0 = off
       cdc_batch=4,               # CDC: shared latents whose pairwise feature similarities are compared
       cdc_anchor_interval=0,     # CDC: every N-th step uses anchor latents and image-level D, the others patch-level D; 0 = image-level D always
-      ewc_weight=0.0,            # EWC (Li et al. 2020): weight of sum F * (theta - theta_source)^2; 0 = off
+      cdc_anchors=10,            # CDC: anchor latents of the anchor steps (official: n_train = 10, the number of shots)
+      cdc_anchor_std=0.1,        # CDC: std of the gaussian offset of a latent from its anchor (official subspace_std)
+      cdc_patch_resolution=0,    # CDC: side of D's patch-logit map, a D block output's (0 = resolution / 8, at least 4: 32 at 256 px, as official)
+      ewc_weight=0.0,            # EWC (Li et al. 2020, gantl_jax/fisher.py): weight of sum F * (theta - theta_source)^2 in G's loss; 0 = off
       adapter="none",            # 'none' | 'kernel_modulation' (source conv weights frozen, rank-1 modulation trained)
       adapter_fisher_quantile=0.0,  # kernel_modulation: adapt only layers above this Fisher-importance quantile, fine-tune the rest (0 = all)
+      fisher_samples=1000,       # EWC / adapter_fisher_quantile: source-G samples G's Fisher is averaged over (computed once, stored in DIR/g_fisher.npz)
+      fisher_batch=8,            # samples whose per-sample gradients are computed at once (memory: this many copies of G's params)
   ))
 
   # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read
@@ -131,7 +140,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Evaluation during training: every eval.every_kimg, the metrics named in eval.metrics run on
   # eval.num_fake G-EMA samples (generated sharded over all devices) against up to eval.num_real
-  # training images; values go to DIR/eval.jsonl.
+  # training images (or held-out ones, eval.heldout); values go to DIR/eval.jsonl.
   c.eval = ml_collections.ConfigDict(dict(
       every_kimg=0.0,            # 0: no evaluation during training
       metrics="",                # comma-separated names of gantl_jax.metrics.EVALUATORS
@@ -142,6 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
       # KID / FID need the FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth
       # or NVIDIA's inception-2015-12-05.pt (read without torch, no code run). '' skips them.
       inception_weights="",
+      # The real images compared with: False = the first num_real training images; True (synthetic
+      # data only) = num_real held-out images of data.domain, none of them in a training set
+      # (images 1,000,000 on of data.seed; gantl_jax/data/checks.py), prepared once.
+      heldout=False,
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

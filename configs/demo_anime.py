@@ -1,22 +1,28 @@
-"""Demo few-shot transfer: the demo photo source fine-tuned on 32 synthetic 'anime' faces, FreezeD.
+"""The demo: the shipped photo source (pretrained/photo32) adapted to 32 synthetic 'anime' faces.
 
-    python launch.py --config configs/demo_photo.py --workdir runs/demo_photo   # the source, first
     python launch.py --config configs/demo_anime.py --workdir runs/demo_anime
+    python launch.py --mode compare --workdir runs/demo_anime     # comparison.png + results table
 
-Run from the repository root (the default source path is relative), or pass
-``--config.transfer.source=runs/demo_photo/checkpoints`` explicitly. The model section must equal
-the source's (it is copied from configs/demo_photo.py); transfer_report.json in the workdir says
-what was restored and frozen.
+FreezeD (D's two highest-resolution blocks keep the source's features) with ADA (StyleGAN2-ADA's
+augmentation at the adaptive probability, 100 kimg to move p by 1 as the official code sets it
+for transfer). The model section must equal the source's (it comes from configs/demo_photo.py);
+transfer_report.json in the workdir says what was restored and frozen. To transfer from a source
+of your own: --config.transfer.source=runs/demo_photo/checkpoints.
 """
+import os
+
 from configs import demo_photo
+
+# The shipped source checkpoint, found from this file so the demo runs from any directory.
+SHIPPED_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", "photo32")
 
 
 def get_config():
   c = demo_photo.get_config()
-  c.train.update(total_kimg=3.2, sample_every=50)
+  c.train.update(total_kimg=16.0, log_every=25, sample_every=250)
   c.data.update(domain="anime", num_images=32)  # the few-shot target set
-  c.checkpoint.update(every_steps=50)
-  c.transfer.update(source="runs/demo_photo/checkpoints", on_mismatch="error")
-  # FreezeD: D's two highest-resolution blocks (b32, b16) keep the source's features.
+  c.checkpoint.update(every_steps=250)
+  c.transfer.update(source=SHIPPED_SOURCE, on_mismatch="error")
   c.freeze.update(preset="freezed", d_blocks=2)
+  c.augment.update(kind="ada")
   return c

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gantl_jax import compilation
 from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax import steps
@@ -105,15 +106,11 @@ def freeze_flops(config: ml_collections.ConfigDict) -> dict:
               ratio=frozen / everything)
 
 
-def variant_name(step_flags: steps.StepFlags) -> str:
-  """'g_reg=1,d_reg=0': how the records name a step variant."""
-  return ",".join(f"{k}={int(v)}" for k, v in step_flags._asdict().items())
-
-
 class Schedule(NamedTuple):
   """The train step of a config compiled for ``plan``, the flags of ``num_steps`` scheduled steps:
   ``programs[flags](state, real)`` runs one step; the compiled programs, and each compile's wall
-  and CPU seconds, by name (:func:`variant_name`, or 'merged'); XLA's FLOP count per variant."""
+  and CPU seconds, by name (``compilation.variant_name`` of the program key); XLA's FLOP count
+  per variant."""
   state: Any
   real: jax.Array
   plan: list[steps.StepFlags]
@@ -124,11 +121,25 @@ class Schedule(NamedTuple):
   flops: dict[steps.StepFlags, float]
 
 
+def _jit_step(config, nets) -> Callable:
+  """The train step jitted with the state donated, as ``program(state, real, key, args)``: one
+  program per static ``key`` (:func:`_key_and_args`)."""
+  train_step = steps.make_train_step(config, nets)
+  return jax.jit(lambda s, r, key, args: train_step(s, r, flags=steps.with_cond_args(key, args)),
+                 static_argnums=2, donate_argnums=0)
+
+
+def _key_and_args(flags: steps.StepFlags, merged: bool) -> tuple:
+  """The program key and the traced arguments of a step of ``flags``: the flags and () with
+  separate programs; ``steps.program_key`` and ``steps.cond_args`` with merged ones."""
+  return steps.program_key(flags, merged), (steps.cond_args(flags) if merged else ())
+
+
 def compile_schedule(config, num_steps: int, compiler_options: dict | None = None) -> Schedule:
   """Builds the state of a resolved ``config`` and compiles (timed, tracing included) the
   train-step programs its first ``num_steps`` steps need, the state donated: one per variant, or
-  one for all with merged variants (``train.variant_programs``). Real images are uniform noise in
-  [-1, 1].
+  with merged variants (``train.variant_programs``) one per value of the static flags. Real
+  images are uniform noise in [-1, 1].
 
   ``compiler_options`` (XLA debug options, e.g. ``{'xla_backend_optimization_level': 1}``) are
   passed to every compile."""
@@ -137,32 +148,28 @@ def compile_schedule(config, num_steps: int, compiler_options: dict | None = Non
   m, t = config.model, config.train
   real = jnp.asarray(np.random.default_rng(0).uniform(
       -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
-  train_step = steps.make_train_step(config, nets)
-  separate = jax.jit(train_step, static_argnames=("flags",), donate_argnums=0)
-  plan = [steps.schedule(i, t) for i in range(num_steps)]
-  variants = sorted(set(plan), reverse=True)
+  program = _jit_step(config, nets)
+  merged = steps.merged_variants(t)
+  plan = [steps.schedule(i, config) for i in range(num_steps)]
+  variants = list(dict.fromkeys(sorted(plan, reverse=True)))
+  keys = {v: steps.program_key(v, merged) for v in variants}
   programs, compiled, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}, {}
-  if steps.merged_variants(t):
-    merged = jax.jit(lambda s, r, f: train_step(s, r, flags=f), donate_argnums=0)
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    program = compiled["merged"] = merged.lower(state, real, steps.traced_flags(variants[0])).compile(
-        compiler_options)
-    compile_s["merged"], compile_cpu_s["merged"] = time.perf_counter() - t0, cpu_seconds() - c0
-    for variant in variants:
-      programs[variant] = lambda s, r, f=steps.traced_flags(variant): program(s, r, f)
-    # XLA counts a conditional at its largest branch, so the merged program counts as the fullest
-    # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
-    # programs' counts, which agrees with compiling it alone to ~1%.
-    lowered = {v: flops(separate.lower(state, real, flags=v)) for v in variants}
-    step_flops = {v: flops(program) * lowered[v] / max(lowered.values()) for v in variants}
-  else:
-    for variant in variants:
+  for variant in variants:
+    key, args = _key_and_args(variant, merged)
+    name = compilation.variant_name(key)
+    if name not in compiled:
       t0, c0 = time.perf_counter(), cpu_seconds()
-      programs[variant] = compiled[variant_name(variant)] = separate.lower(state, real, flags=variant).compile(
-          compiler_options)
-      compile_s[variant_name(variant)] = time.perf_counter() - t0
-      compile_cpu_s[variant_name(variant)] = cpu_seconds() - c0
-      step_flops[variant] = flops(programs[variant])
+      compiled[name] = program.lower(state, real, key, args).compile(compiler_options)
+      compile_s[name], compile_cpu_s[name] = time.perf_counter() - t0, cpu_seconds() - c0
+    programs[variant] = lambda s, r, c=compiled[name], a=args: c(s, r, a)
+    step_flops[variant] = flops(compiled[name])
+  if merged:
+    # XLA counts a conditional at its largest branch, so a merged program counts as its fullest
+    # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
+    # programs' counts of the separate variants, which agrees with compiling each to ~1%.
+    lowered = {v: flops(program.lower(state, real, v, ())) for v in variants}
+    for v in variants:
+      step_flops[v] *= lowered[v] / max(lowered[u] for u in variants if keys[u] == keys[v])
   return Schedule(state, real, plan, programs, compiled, compile_s, compile_cpu_s, step_flops)
 
 
@@ -186,19 +193,16 @@ def train_losses(config, images: np.ndarray, num_steps: int) -> tuple[dict[str, 
   data and latents."""
   nets = state_lib.build_networks(config)
   state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
-  train_step = steps.make_train_step(config, nets)
-  if steps.merged_variants(config.train):
-    merged = jax.jit(lambda s, r, f: train_step(s, r, flags=f), donate_argnums=0)
-    step_fn = lambda s, r, flags: merged(s, r, steps.traced_flags(flags))
-  else:
-    step_fn = jax.jit(train_step, static_argnames=("flags",), donate_argnums=0)
+  program = _jit_step(config, nets)
+  merged = steps.merged_variants(config.train)
   finite = jax.jit(lambda s: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       [state_lib.network(s, n).params for n in state_lib.NETWORKS])])))
   b = config.train.batch_size
   out = {name: [] for name in LOSSES + ("finite_params",)}
   for i in range(num_steps):
     start = (i * b) % (len(images) - b + 1)
-    state, metrics = step_fn(state, jnp.asarray(images[start:start + b]), flags=steps.schedule(i, config.train))
+    state, metrics = program(state, jnp.asarray(images[start:start + b]),
+                             *_key_and_args(steps.schedule(i, config), merged))
     metrics = jax.device_get(metrics)
     for name in LOSSES:
       out[name].append(float(metrics[name]))

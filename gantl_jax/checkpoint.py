@@ -239,13 +239,13 @@ def _stored_keys(manager: ocp.CheckpointManager, step: int, item: str) -> set[st
   return set(tree or {})
 
 
-def save_networks(directory: str, *, g: Any, g_ema: Any, d: Optional[Any], meta: dict, step: int = 0) -> str:
-  """Writes network items only (no optimizer or progress), e.g. imported weights, as a transfer
-  source. Blocks until the checkpoint is committed; raises ``CheckpointError`` if ``directory``
-  already holds that step (Orbax would keep the old one and only return False)."""
-  items = {"g": g, "g_ema": g_ema}
-  if d is not None:
-    items["d"] = d
+def save_networks(directory: str, *, g_ema: Any, g: Optional[Any] = None, d: Optional[Any] = None,
+                  meta: dict, step: int = 0) -> str:
+  """Writes network items only (no optimizer or progress), e.g. imported weights or an exported
+  G-EMA, as a transfer source; ``g`` and ``d`` are optional. Blocks until the checkpoint is
+  committed; raises ``CheckpointError`` if ``directory`` already holds that step (Orbax would keep
+  the old one and only return False)."""
+  items = {name: v for name, v in (("g", g), ("g_ema", g_ema), ("d", d)) if v is not None}
   args = {k: ocp.args.PyTreeSave(v) for k, v in items.items()}
   args["meta"] = ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})
   with make_manager(directory, max_to_keep=None, async_save=False, item_names=tuple(args)) as mngr:

@@ -115,6 +115,12 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   optim.check_freeze(config.freeze, m.resolution)
   data_checks.check_config(config.data)
   _check_augment(config)
+  from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
+  fewshot.check_config(config)
+  _check_ewc_and_adapters(config)
+  _check(not config.eval.get("heldout", False) or config.data.source == "synthetic",
+         f"eval.heldout=True needs held-out images, which only a synthetic domain has "
+         f"(data.source={config.data.source!r}); set --config.eval.heldout=False")
 
   if t.r1_gamma < 0:  # StyleGAN2-ADA's heuristic
     t.r1_gamma = 0.0002 * m.resolution ** 2 / b
@@ -149,6 +155,34 @@ def _check_augment(config: ml_collections.ConfigDict) -> None:
   # 'ada' only, so that other runs' configs stay what they were before augmentation existed.
   if a.kind == "ada" and a.ada_kimg == -1:
     a.ada_kimg = 100.0 if config.transfer.source != "" else 500.0
+
+
+def _check_ewc_and_adapters(config: ml_collections.ConfigDict) -> None:
+  """Validates the EWC and adapter keys of ``config.fewshot`` (absent in configs written before it)."""
+  f = config.get("fewshot")
+  if f is None:
+    return
+  # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
+  from gantl_jax import adapters  # pylint: disable=g-import-not-at-top
+  _check(f.ewc_weight >= 0, f"fewshot.ewc_weight must be >= 0 (0 turns EWC off), got {f.ewc_weight}")
+  _check(f.adapter in adapters.KINDS, f"fewshot.adapter must be one of "
+         f"{', '.join(map(repr, adapters.KINDS))}, got {f.adapter!r}")
+  _check(0 <= f.adapter_fisher_quantile < 1, f"fewshot.adapter_fisher_quantile must be in [0, 1) "
+         f"(0 adapts every conv layer), got {f.adapter_fisher_quantile}")
+  _check(f.adapter_fisher_quantile == 0 or f.adapter != "none",
+         f"fewshot.adapter_fisher_quantile={f.adapter_fisher_quantile} chooses the layers of the "
+         f"adapters; set fewshot.adapter='kernel_modulation' too, or the quantile to 0")
+  for key in ("fisher_samples", "fisher_batch"):
+    _check(f[key] >= 1, f"fewshot.{key} must be >= 1, got {f[key]}")
+  uses = [k for k, on in (("fewshot.ewc_weight", f.ewc_weight > 0),
+                          ("fewshot.adapter", f.adapter != "none")) if on]
+  _check(not uses or config.transfer.source != "",
+         f"{uses[0] if uses else ''} adapts a pretrained generator, but transfer.source is '' (from "
+         f"scratch); set --config.transfer.source to a source checkpoint")
+  # EWC pulls G towards the source G-EMA, so G has to start there.
+  _check(f.ewc_weight == 0 or config.transfer.g_from == "g_ema",
+         f"fewshot.ewc_weight > 0 anchors G at the source's G-EMA, but transfer.g_from is "
+         f"{config.transfer.g_from!r}; set --config.transfer.g_from=g_ema")
 
 
 def num_steps(config: ml_collections.ConfigDict) -> int:

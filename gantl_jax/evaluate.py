@@ -34,13 +34,14 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   if not evaluators:
     raise ConfigError(f"--metrics {e.metrics}: nothing left to run (kid and fid need "
                       f"--inception_weights or eval.inception_weights)")
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
-                              verbose=jax.process_index() == 0)
+  verbose = jax.process_index() == 0
+  reals = metrics_lib.prepare_reals(
+      config, pipeline.prepare(config.data, resolution=config.model.resolution, verbose=verbose), verbose)
   t0 = time.time()
   values = metrics_lib.run_evaluators(
       evaluators, lambda num: parallel.sample_batches(nets, g_vars, mesh, num=num,
                                                       batch_size=e.batch_size, seed=e.seed),
-      prepared, e)
+      reals, e)
   record = dict(step=step, kimg=step * config.train.batch_size / 1000, offline=True,
                 num_fake=e.num_fake, seconds=round(time.time() - t0, 2), **values)
   if jax.process_index() == 0:

@@ -1,15 +1,30 @@
-"""Sampling from a trained run: G-EMA of the latest checkpoint of a workdir -> PNGs."""
+"""Sampling from a generator on disk (a run's G-EMA or a network checkpoint, see ``runs``): seed
+images and grids (``launch.py --mode generate``) and W-space interpolations between seeds, as a
+strip PNG and an animated GIF (``--mode interpolate``).
+
+The latent of seed N is ``np.random.RandomState(N).randn(z_dim)``, as in StyleGAN2's tools, so a
+seed names the same latent everywhere. Noise inputs are the generator's constant noise, so an
+image is a function of its latent (and truncation) only.
+"""
 from __future__ import annotations
 
+import functools
 import os
+import re
+from typing import Optional
 
 import jax
 import numpy as np
+from PIL import Image
 
 from gantl_jax import images as image_io
-from gantl_jax import parallel
 from gantl_jax import runs
 from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
+
+# Images per device call: one compiled shape, and memory bounded whatever the number of images.
+BATCH = 16
+GIF_FRAME_MS = 80
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -37,22 +52,112 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
-def generate_from_workdir(workdir: str, seeds: str = "0-15", truncation_psi: float = 1.0) -> str:
-  """Writes ``generated/seed{N}.png`` and ``generated/grid.png`` for G-EMA at the latest step.
+def parse_grid(text: str) -> tuple[int, int]:
+  """'4x2' -> (4 columns, 2 rows). Raises ConfigError naming ``--grid`` and the expected form."""
+  m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+  if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+    raise ConfigError(f"--grid={text!r}: give COLUMNSxROWS with both at least 1, e.g. '4x2' "
+                      f"(4 columns, 2 rows of consecutive seeds from the first of --seeds)")
+  return int(m.group(1)), int(m.group(2))
 
-  The latent of seed N is ``np.random.RandomState(N).randn(z_dim)``, as in StyleGAN2's tools, so
-  a seed names the same latent everywhere.
-  """
+
+def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:
+  """[len(seeds), z_dim] float32: the latent of each seed."""
+  return np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds]).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "truncation_psi"))
+def map_latents(generator: stylegan2.Generator, variables, z, truncation_psi: float = 1.0):
+  """z [N, z_dim] -> ws [N, num_ws, w_dim] through the mapping network, truncated towards the
+  generator's w_avg by ``truncation_psi``."""
+  return generator.apply(variables, z, truncation_psi, method=stylegan2.Generator.map)
+
+
+@functools.partial(jax.jit, static_argnames=("generator",))
+def _synthesize(generator: stylegan2.Generator, variables, ws):
+  images = generator.apply(variables, ws, noise_mode="const", method=stylegan2.Generator.synthesize)
+  return image_io.to_uint8(images)
+
+
+def synthesize(generator: stylegan2.Generator, variables, ws) -> np.ndarray:
+  """ws [N, num_ws, w_dim] -> uint8 images [N, R, R, C] (constant noise), ``BATCH`` at a time."""
+  ws = np.asarray(ws)
+  size = min(BATCH, len(ws))
+  out = []
+  for start in range(0, len(ws), size):
+    chunk = ws[start:start + size]
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+    out.append(np.asarray(_synthesize(generator, variables, padded))[:len(chunk)])
+  return np.concatenate(out)
+
+
+def seed_images(network: runs.Network, seeds: list[int], truncation_psi: float = 1.0) -> np.ndarray:
+  """uint8 images [len(seeds), R, R, C] of ``network`` for ``seeds``."""
+  z = seed_latents(seeds, network.generator.z_dim)
+  ws = map_latents(network.generator, network.variables, z, truncation_psi=truncation_psi)
+  return synthesize(network.generator, network.variables, ws)
+
+
+def interpolation_ws(ws: np.ndarray, frames: int) -> np.ndarray:
+  """Linear paths through ``ws`` [S, ...] in order, ``frames`` per consecutive pair (the pair's
+  start included, its end not), then the last: [(S - 1) * frames + 1, ...]."""
+  ws = np.asarray(ws, np.float32)
+  t = (np.arange(frames, dtype=np.float32) / frames)[:, None, None]
+  path = [a + t * (b - a) for a, b in zip(ws[:-1], ws[1:])]
+  return np.concatenate(path + [ws[-1:]])
+
+
+def generate(path: str, seeds: str = "0-15", truncation_psi: float = 1.0, outdir: str = "",
+             grid: str = "", step: Optional[int] = None) -> str:
+  """Writes ``seed{N}.png`` for each seed and ``grid.png`` for the G-EMA at ``path`` (a run or a
+  network checkpoint) into ``outdir`` (default: ``generated/`` in the run or checkpoint
+  directory). ``grid`` 'CxR': C columns x R rows of consecutive seeds from the first of
+  ``seeds``; otherwise every seed of ``seeds``, up to 8 per row. Returns ``outdir``."""
   seed_list = parse_seeds(seeds)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  config, nets, step, g_ema = runs.load_g_ema(workdir)
-  generate = parallel.make_generate(nets)
-  z = np.stack([np.random.RandomState(s).randn(config.model.z_dim) for s in seed_list]).astype(np.float32)
-  pixels = image_io.to_uint8(np.asarray(jax.device_get(generate(g_ema, z, truncation_psi=truncation_psi))))
-  out_dir = os.path.join(workdir, "generated")
+  if grid:
+    cols, rows = parse_grid(grid)
+    seed_list = list(range(seed_list[0], seed_list[0] + cols * rows))
+  else:
+    cols = min(len(seed_list), 8)
+  network = runs.load_network(path, step)
+  pixels = seed_images(network, seed_list, truncation_psi)
+  out_dir = os.path.abspath(outdir or os.path.join(network.home, "generated"))
   os.makedirs(out_dir, exist_ok=True)
   for s, img in zip(seed_list, pixels):
     image_io.save_png(img, os.path.join(out_dir, f"seed{s:04d}.png"))
-  image_io.save_grid(pixels, min(len(seed_list), 8), os.path.join(out_dir, "grid.png"))
-  print(f"step {step}: wrote {len(seed_list)} images and grid.png to {out_dir}")
+  image_io.save_grid(pixels, cols, os.path.join(out_dir, "grid.png"))
+  print(f"{network.where}: wrote {len(seed_list)} images and grid.png to {out_dir}")
+  return out_dir
+
+
+def save_gif(frames: np.ndarray, path: str, frame_ms: int = GIF_FRAME_MS) -> None:
+  """Writes uint8 NHWC ``frames`` as an endlessly looping animated GIF (through a temporary file)."""
+  pictures = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f) for f in frames]
+  tmp = path + ".tmp.gif"
+  pictures[0].save(tmp, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+  os.replace(tmp, path)
+
+
+def interpolate(path: str, seeds: str, frames: int = 16, truncation_psi: float = 1.0,
+                outdir: str = "", step: Optional[int] = None) -> str:
+  """W-space interpolation of the G-EMA at ``path`` through ``seeds`` in order: each seed's z is
+  mapped (and truncated) to w, consecutive ws are joined by ``frames`` linear steps, and the
+  frames are synthesised with constant noise. Writes ``interpolation.png`` (one row) and
+  ``interpolation.gif`` into ``outdir`` (default: ``interpolated/`` in the run or checkpoint
+  directory); returns ``outdir``."""
+  seed_list = parse_seeds(seeds)
+  if len(seed_list) < 2:
+    raise ConfigError(f"--seeds={seeds!r}: interpolation needs at least two seeds, e.g. '0,5,9'")
+  if frames < 1:
+    raise ConfigError(f"--frames={frames}: give at least 1 frame per pair of seeds")
+  network = runs.load_network(path, step)
+  z = seed_latents(seed_list, network.generator.z_dim)
+  ws = map_latents(network.generator, network.variables, z, truncation_psi=truncation_psi)
+  pixels = synthesize(network.generator, network.variables, interpolation_ws(ws, frames))
+  out_dir = os.path.abspath(outdir or os.path.join(network.home, "interpolated"))
+  os.makedirs(out_dir, exist_ok=True)
+  image_io.save_grid(pixels, len(pixels), os.path.join(out_dir, "interpolation.png"))
+  save_gif(pixels, os.path.join(out_dir, "interpolation.gif"))
+  print(f"{network.where}: wrote {len(pixels)} frames through seeds {seed_list} as "
+        f"interpolation.png and interpolation.gif to {out_dir}")
   return out_dir

@@ -51,3 +51,18 @@ def trim(path: str, last_step: int) -> int:
       f.writelines(keep)
     os.replace(tmp, path)
   return dropped
+
+
+def read(path: str) -> list[dict]:
+  """The whole, parsable records of a JSON-lines log, in order ([] when the file is missing)."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        if line.endswith(b"\n"):
+          records.append(json.loads(line))
+      except ValueError:
+        pass  # a torn or corrupt line: the run re-logs its steps on resume
+  return records

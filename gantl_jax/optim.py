@@ -128,7 +128,9 @@ def make_optimizer(params: Any, opt: ml_collections.ConfigDict, *, freeze: Any =
   ``lr_mults`` 'regex=mult' entries.
   """
   labels = label_params(params, as_patterns(freeze), parse_lr_mults(lr_mults))
-  groups = set(jax.tree.leaves(labels))
+  # Sorted: the groups' order is the order of their updates in the compiled step, which must not
+  # depend on the process's string hashing, or the persistent compilation cache misses.
+  groups = sorted(set(jax.tree.leaves(labels)))
   transforms = {}
   for group in groups:
     if group == FROZEN:

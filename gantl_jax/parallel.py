@@ -110,62 +110,62 @@ def place_batch(local_batch: np.ndarray, mode: str, mesh: Mesh) -> jax.Array:
   return local_batch.reshape((n, -1) + local_batch.shape[1:])
 
 
-def _bind_flags(train_step: Callable, flags: Optional[steps.StepFlags]) -> Callable:
-  """``(state, batch, frozen)`` with static ``flags``, or for None (merged variants)
-  ``(state, batch, frozen, flags)`` with the flags traced."""
-  if flags is None:
-    return lambda state, batch, frozen, flags: train_step(state, batch, frozen, flags=flags)
-  return functools.partial(train_step, flags=flags)
+def _program(train_step: Callable, key: steps.StepFlags, merged: bool) -> Callable:
+  """What one compiled program runs: ``(state, batch, frozen)`` with the static flags ``key``, or
+  with merged programs ``(state, batch, frozen, cond_args)`` (``steps.with_cond_args``)."""
+  if merged:
+    return lambda state, batch, frozen, args: train_step(state, batch, frozen,
+                                                         flags=steps.with_cond_args(key, args))
+  return functools.partial(train_step, flags=key)
 
 
 def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode: str,
               mesh: Mesh) -> Callable[..., tuple[Any, dict]]:
   """``step(state, placed_batch, step_index, frozen=None) -> (state, metrics)``: the compiled
-  train step of ``mode``, one program per ``steps.StepFlags`` value, or with
-  ``train.variant_programs`` merged one program for all that takes the flags as a fourth argument
-  (``steps.traced_flags``); compiled on first use.
+  train step of ``mode``, one program per ``steps.StepFlags`` value; with
+  ``train.variant_programs`` merged, one per value of the static flags, which takes the lazy
+  regularisers' flags as a fourth argument (``steps.cond_args``). Compiled on first use.
 
   The state is donated; ``frozen`` (source-network variables for the few-shot regularisers, in
   the ``jit`` layout: global replicated arrays, see :func:`replicate`) is replicated and never
   donated, so the same arrays serve every step. ``step.variant(step_index)`` is the jitted
   (pmapped) program of that step; ``step.lower(state, placed_batch, step_index, frozen=None)``
-  lowers it.
+  lowers it with that step's arguments.
   """
   merged = steps.merged_variants(config.train)
-  flag_axes = (None,) if merged else ()  # the merged program's flags: replicated
+  flag_axes = (None,) if merged else ()  # a merged program's flags: replicated
   if mode == "jit":
     train_step = steps.make_train_step(config, nets, num_shards=mesh.devices.size)
-    compile_variant = lambda flags: jax.jit(
-        _bind_flags(train_step, flags),
-        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)) + (replicated(mesh),) * len(flag_axes),
+    compile_variant = lambda key: jax.jit(
+        _program(train_step, key, merged),
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)) + tuple(replicated(mesh) for _ in flag_axes),
         out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
   elif mode == "pmap":
     train_step = steps.make_train_step(config, nets, axis_name=AXIS)
-    compile_variant = lambda flags: jax.pmap(
-        _bind_flags(train_step, flags), axis_name=AXIS, in_axes=(0, 0, None) + flag_axes, donate_argnums=0)
+    compile_variant = lambda key: jax.pmap(
+        _program(train_step, key, merged), axis_name=AXIS, in_axes=(0, 0, None) + flag_axes, donate_argnums=0)
   else:
     raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {mode!r}")
-  variants: dict[Optional[steps.StepFlags], Callable] = {}
+  variants: dict[steps.StepFlags, Callable] = {}
+  placed_args: dict[steps.StepFlags, tuple] = {}
 
   def variant(step_index: int) -> Callable:
-    """The jitted (pmapped) program of this step's flags (merged: the one program)."""
-    flags = None if merged else steps.schedule(step_index, config.train)
-    if flags not in variants:
-      variants[flags] = compile_variant(flags)
-    return variants[flags]
-
-  placed_flags: dict[steps.StepFlags, Any] = {}
+    """The jitted (pmapped) program that runs step ``step_index``."""
+    key = steps.program_key(steps.schedule(step_index, config), merged)
+    if key not in variants:
+      variants[key] = compile_variant(key)
+    return variants[key]
 
   def flag_args(step_index: int) -> tuple:
-    """The merged program's flags argument ((), with separate programs): global replicated arrays
+    """The merged program's last argument, () with separate programs: global replicated arrays
     under jit (every process passes the same), host arrays for pmap to broadcast."""
     if not merged:
       return ()
-    flags = steps.schedule(step_index, config.train)
-    if flags not in placed_flags:
-      host = steps.traced_flags(flags)
-      placed_flags[flags] = replicate(host, mesh) if mode == "jit" else host
-    return (placed_flags[flags],)
+    flags = steps.schedule(step_index, config)
+    if flags not in placed_args:
+      args = steps.cond_args(flags)
+      placed_args[flags] = replicate(args, mesh) if mode == "jit" else args
+    return (placed_args[flags],)
 
   def step(state, batch, step_index: int, frozen: Any = None):
     return variant(step_index)(state, batch, frozen, *flag_args(step_index))

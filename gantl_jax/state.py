@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from gantl_jax import adapters
 from gantl_jax import augment
+from gantl_jax import fewshot
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
@@ -91,21 +93,29 @@ class Networks(NamedTuple):
   # Statistics the step keeps beyond pl_mean, with their fresh values, as (name, numpy scalar)
   # pairs: ADA's p and its accumulators (augment.initial_extras); empty otherwise.
   extras: tuple[tuple[str, Any], ...] = ()
+  # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/adapters.py).
+  g_adapters: bool = False
 
   def optimizer(self, name: str) -> optax.GradientTransformation:
     return {"g": self.g_tx, "d": self.d_tx}[name]
 
 
-def build_networks(config: ml_collections.ConfigDict) -> Networks:
-  """Modules from ``config.model``, optimizers from ``config.optim`` and ``config.freeze``, the
-  statistics of ``config.augment``."""
+def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> Networks:
+  """Modules from ``config.model`` (D with CDC's patch head when ``config.fewshot`` asks for it),
+  optimizers from ``config.optim``, ``config.freeze`` and the adapters of ``config.fewshot``, the
+  statistics of ``config.augment``.
+
+  ``g_fisher`` (G's Fisher on the source, ``fisher.g_fisher``) chooses the adapted layers when
+  ``fewshot.adapter_fisher_quantile`` > 0; without it every conv layer counts as adapted, which
+  changes only G's optimizer (enough for shapes, sampling and export; the loop passes it)."""
   g = stylegan2.generator_from_config(config.model)
-  d = stylegan2.discriminator_from_config(config.model)
+  d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
+  with_adapters = adapters.kind(config) != "none"
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
-  g_shapes = jax.eval_shape(lambda k: stylegan2.init_generator(g, k), jax.random.key(0))["params"]
+  g_shapes = jax.eval_shape(lambda k: init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
   d_shapes = jax.eval_shape(lambda k: stylegan2.init_discriminator(d, k), jax.random.key(0))["params"]
   intervals = optim.reg_intervals(config.train)
-  g_freeze, d_freeze = optim.freeze_patterns(config.freeze, config.model.resolution)
+  g_freeze, d_freeze = freeze_patterns(config, g_shapes, g_fisher)
   g_tx = optim.make_optimizer(g_shapes, config.optim.g, freeze=g_freeze,
                               lr_mults=config.freeze.g_lr_mults,
                               reg_interval=intervals["g"])
@@ -114,7 +124,25 @@ def build_networks(config: ml_collections.ConfigDict) -> Networks:
                               reg_interval=intervals["d"])
   # Configs written before augmentation existed have no 'augment' section.
   extras = tuple(augment.initial_extras(config.get("augment")).items())
-  return Networks(g, d, g_tx, d_tx, extras)
+  return Networks(g, d, g_tx, d_tx, extras, g_adapters=with_adapters)
+
+
+def freeze_patterns(config: ml_collections.ConfigDict, g_params: Any, g_fisher: Any = None
+                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(G regexes, D regexes) of the frozen parameters: ``config.freeze`` (``optim.freeze_patterns``)
+  and, with adapters, the adapted source kernels (``adapters.frozen_patterns``). ``g_params``:
+  G's params tree (arrays or shapes)."""
+  g, d = optim.freeze_patterns(config.freeze, config.model.resolution)
+  return g + adapters.frozen_patterns(config, g_params, g_fisher), d
+
+
+def init_g_variables(generator: stylegan2.Generator, key: jax.Array, with_adapters: bool) -> dict[str, Any]:
+  """Fresh G variables ``{'params', 'buffers'}``, with the adapter leaves when ``with_adapters``
+  (``Networks.g_adapters``): at init the adapted G is the plain one, bit for bit."""
+  g_vars = stylegan2.init_generator(generator, key)
+  if with_adapters:
+    g_vars = {**g_vars, "params": adapters.init(g_vars["params"], jax.random.fold_in(key, 1))}
+  return g_vars
 
 
 def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
@@ -122,7 +150,7 @@ def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
   optimizer counters included, is created as a global array with the intended sharding."""
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   k_g, k_d, k_run = jax.random.split(key, 3)
-  g_vars = stylegan2.init_generator(nets.generator, k_g)
+  g_vars = init_g_variables(nets.generator, k_g, nets.g_adapters)
   d_vars = stylegan2.init_discriminator(nets.discriminator, k_d)
   return state_from_variables(nets, {"g": g_vars, "g_ema": g_vars, "d": d_vars}, jax.random.key_data(k_run))
 

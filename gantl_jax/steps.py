@@ -9,7 +9,12 @@ D main (logistic loss), D regularisation (R1, lazy); then the G-EMA update. ``fl
 
 ``frozen`` holds variables of source networks that the few-shot regularisers compare against
 (``{'g': {'params', 'buffers'}}`` of the transfer source's G-EMA, say). It is an ordinary input:
-replicated, never donated and never part of the state, so never checkpointed.
+replicated, never donated and never part of the state, so never checkpointed. EWC
+(``fewshot.ewc_weight``) reads the source G there and G's Fisher (``frozen['g_fisher']``), and adds
+``ewc_weight * sum F * (theta - theta_source)^2`` to G main's loss (logged as ``ewc_penalty``).
+
+G's params may carry kernel-modulation adapters (``adapters.py``): every use of G merges them into
+the kernels first, so the step trains the adapter leaves through the merged weights.
 
 Randomness is a pure function of (state.rng, step, phase, *global* example index): the same global
 batch gives the same update on 1 or 8 devices, under ``jit`` or ``pmap``.
@@ -19,6 +24,11 @@ the fakes in G main, reals and fakes in D main, and the reals in R1 (whose gradi
 respect to the un-augmented reals, through the augmentation). ADA's controller runs at the end of
 the step on D main's E[sign(D(real))] and keeps p in ``state.extras``. With ``'none'`` the step is
 the program it was before augmentation existed.
+
+With ``fewshot.cdc_weight`` > 0, G main adds CDC's distance-consistency term against
+``frozen['g']`` (``fewshot.py``); with ``fewshot.cdc_anchor_interval`` > 0 the ``anchor`` flag
+chooses between latents near the anchors with image-level D, and free latents with patch-level D.
+Both off, the step is the program it was before CDC existed.
 
 With ``axis_name`` set (``pmap``), gradients and every cross-device statistic are ``pmean``-ed over
 that axis; without it (single device, or ``jit`` over a sharded global batch) the batch is global
@@ -36,7 +46,10 @@ import numpy as np
 import optax
 from jax import lax
 
+from gantl_jax import adapters
 from gantl_jax import augment
+from gantl_jax import fewshot
+from gantl_jax import fisher
 from gantl_jax import losses
 from gantl_jax import optim
 from gantl_jax.state import GANState, Networks
@@ -48,21 +61,30 @@ TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]
 _Z, _Z_MIX, _NOISE, _PL_NOISE, _AUG_FAKE, _AUG_REAL = 0, 1, 2, 3, 4, 5
 # Phases of one step.
 _G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
+_CDC = 5  # CDC's shared latents (fewshot.cdc_inputs)
 
 
 class StepFlags(NamedTuple):
   """The lazy phases one step runs. Python bools (static): each value is its own compiled program
-  without dead branches. Traced bools (:func:`traced_flags`, passed as an argument): one program
-  serves every value, each lazy phase behind a ``lax.cond``."""
+  without dead branches. The lazy regularisers' flags (:data:`COND_FLAGS`) may also be traced
+  bools passed as an argument (:func:`with_cond_args`): one program then serves all their values,
+  each of those phases behind a ``lax.cond``."""
   g_reg: bool = False  # path-length regularisation of G
   d_reg: bool = False  # R1 regularisation of D
+  # CDC: latents near the anchors and image-level D (False, with fewshot.cdc_anchor_interval > 0:
+  # free latents and patch-level D).
+  anchor: bool = False
 
 
 VARIANT_PROGRAMS = ("auto", "separate", "merged")
+# The StepFlags fields that a merged program takes as an argument, each lazy phase behind a
+# lax.cond. CDC's ``anchor`` changes the latents and the D of the whole step, so it stays static:
+# a merged run compiles one program per value of it.
+COND_FLAGS = ("g_reg", "d_reg")
 
 
 def merged_variants(train: ml_collections.ConfigDict) -> bool:
-  """Whether the drivers compile one program for every :class:`StepFlags` value
+  """Whether the drivers compile one program for the values of :data:`COND_FLAGS`
   (``train.variant_programs``): 'merged' yes, 'separate' no, 'auto' on CPU only."""
   value = train.get("variant_programs", "separate")  # configs written before the key: separate
   if value not in VARIANT_PROGRAMS:
@@ -70,30 +92,49 @@ def merged_variants(train: ml_collections.ConfigDict) -> bool:
   return value == "merged" or (value == "auto" and jax.default_backend() == "cpu")
 
 
-def traced_flags(flags: StepFlags) -> StepFlags:
-  """``flags`` as arrays: the argument of the merged program."""
-  return StepFlags(*(np.asarray(f, bool) for f in flags))
+def program_key(flags: StepFlags, merged: bool) -> StepFlags:
+  """Which compiled program runs a step of ``flags``: its own (separate programs), or with merged
+  programs the one of its static flags (the fields of :data:`COND_FLAGS` set to None)."""
+  return flags._replace(**{name: None for name in COND_FLAGS}) if merged else flags
 
 
-def _lazy_phases(train: ml_collections.ConfigDict) -> dict[str, Optional[int]]:
+def cond_args(flags: StepFlags) -> tuple:
+  """The :data:`COND_FLAGS` of ``flags`` as bool arrays: the argument of a merged program."""
+  return tuple(np.asarray(getattr(flags, name), bool) for name in COND_FLAGS)
+
+
+def with_cond_args(key: StepFlags, args: tuple) -> StepFlags:
+  """The flags that the merged program of ``key`` (:func:`program_key`) runs with its argument
+  ``args`` (traced inside the program)."""
+  return key._replace(**dict(zip(COND_FLAGS, args)))
+
+
+def _lazy_phases(config: ml_collections.ConfigDict) -> dict[str, Optional[int]]:
   """StepFlags field -> its interval in steps, or None where the phase is off. Adding a lazy
   phase means a field above and an entry here."""
-  intervals = optim.reg_intervals(train)
-  return dict(g_reg=intervals["g"], d_reg=intervals["d"])
+  intervals = optim.reg_intervals(config.train)
+  return dict(g_reg=intervals["g"], d_reg=intervals["d"], anchor=fewshot.anchor_interval(config))
 
 
-def schedule(step: int, train: ml_collections.ConfigDict) -> StepFlags:
-  """The flags of step ``step``: each lazy phase runs every ``interval`` steps, from step 0."""
+def schedule(step: int, config: ml_collections.ConfigDict) -> StepFlags:
+  """The flags of step ``step`` of the run of ``config``: each lazy phase runs every
+  ``interval`` steps, from step 0."""
   return StepFlags(**{name: bool(interval is not None and step % interval == 0)
-                      for name, interval in _lazy_phases(train).items()})
+                      for name, interval in _lazy_phases(config).items()})
+
+
+def schedule_period(config: ml_collections.ConfigDict) -> int:
+  """Steps after which :func:`schedule` repeats itself: the lcm of the lazy phases' intervals."""
+  return math.lcm(*[i for i in _lazy_phases(config).values() if i])  # lcm() is 1
 
 
 def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source networks the step's regularisers read from ``frozen``, as {name in ``frozen``:
   transfer-source item}. Empty: the step needs no ``frozen`` (the loop then passes None). The
-  few-shot regularisers that compare with the source G add ``'g': 'g_ema'`` here."""
-  del config  # no regulariser of this step reads a source network yet
-  return {}
+  few-shot regularisers that compare with the source G add ``'g': 'g_ema'`` here (CDC, EWC). EWC
+  also needs ``frozen['g_fisher']``, which the loop adds (``fisher.g_fisher``; not a source item)."""
+  needs_source_g = fewshot.cdc_weight(config) > 0 or fisher.ewc_weight(config) > 0
+  return {"g": "g_ema"} if needs_source_g else {}
 
 
 def ema_beta(images_seen: Array, global_batch: int, ema_kimg: float, ema_rampup: Optional[float]) -> Array:
@@ -140,22 +181,34 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
   aug_config = config.get("augment")
   augment_fn = augment.make(aug_config)
+  cdc_weight = fewshot.cdc_weight(config)
+  patch_d = fewshot.patch_resolution(config) > 0
+  ewc_weight = fisher.ewc_weight(config)
 
-  def run_g(params, buffers, key, n, phase):
-    """Samples n images: latents, style mixing and noise from per-example keys."""
+  def run_g(params, buffers, key, n, phase, anchor_key=None):
+    """Samples n images: latents, style mixing and noise from per-example keys. With
+    ``anchor_key`` (the run's key, on CDC's anchor steps) the latents are drawn near the anchors,
+    without style mixing, as the official code."""
     phase_key = jax.random.fold_in(key, phase)
     keys = _example_keys(phase_key, n, axis_name)
-    variables = {"params": params, "buffers": buffers}
-    ws = g.apply(variables, _normal_per_example(keys, _Z, (g.z_dim,)), method=g.map)
-    if t.style_mixing_prob > 0:
+    # With kernel-modulation adapters, the kernels the model uses are the merged ones.
+    variables = {"params": adapters.merge(params), "buffers": buffers}
+    if anchor_key is None:
+      z = _normal_per_example(keys, _Z, (g.z_dim,))
+    else:
+      z_keys = jax.vmap(lambda k: jax.random.fold_in(k, _Z))(keys)
+      z = fewshot.near_anchors(anchor_key, z_keys, config.fewshot, g.z_dim)
+    ws = g.apply(variables, z, method=g.map)
+    if t.style_mixing_prob > 0 and anchor_key is None:
       ws_mix = g.apply(variables, _normal_per_example(keys, _Z_MIX, (g.z_dim,)), method=g.map)
       ws = losses.mix_styles(ws, ws_mix, jax.random.fold_in(phase_key, _MIX), t.style_mixing_prob)
     noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, _NOISE))(keys)
     synthesize = lambda w: g.apply(variables, w, "random", noise_keys, method=g.synthesize)
     return synthesize, ws, keys
 
-  def d_logits(d_params, images):
-    return d.apply({"params": d_params}, images, mbstd_num_shards=num_shards)
+  def d_logits(d_params, images, patch=False):
+    """One logit per image, or with ``patch`` (CDC) one per patch: [N, P, P]."""
+    return d.apply({"params": d_params}, images, mbstd_num_shards=num_shards, patch=patch)
 
   def augmented(images, keys, stream, p):
     """What D sees of ``images``: augmented with the examples' ``keys`` (sub-stream ``stream``),
@@ -166,29 +219,55 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
   def train_step(state: GANState, real_images: Array, frozen: Any = None, *,
                  flags: StepFlags = StepFlags()) -> tuple[GANState, dict[str, Array]]:
-    del frozen  # no regulariser of this step reads the source networks yet
     n = real_images.shape[0]
     global_batch = n * (lax.psum(1, axis_name) if axis_name else 1)
     key = jax.random.fold_in(state.key, state.step)
     metrics = {}
     g_state, d_state = state.g, state.d
     aug_p = augment.probability(aug_config, state.extras) if augment_fn is not None else None
+    # CDC's anchor-region patch D: anchor steps draw G main's and D main's latents near the
+    # anchors and D judges images; the other steps draw free latents and D judges patches.
+    anchor_key = state.key if flags.anchor else None
+    patch = patch_d and not flags.anchor
+    if cdc_weight > 0:
+      if frozen is None or "g" not in frozen:
+        raise ValueError("fewshot.cdc_weight > 0 needs the source G: pass frozen={'g': "
+                         "{'params', 'buffers'}} (see steps.frozen_networks and transfer.read_frozen)")
+      # No device offset: every device computes the term on the same latents.
+      cdc_z, cdc_noise_keys = fewshot.cdc_inputs(jax.random.fold_in(key, _CDC), config.fewshot.cdc_batch, g.z_dim)
+    if ewc_weight > 0 and (frozen is None or "g" not in frozen or "g_fisher" not in frozen):
+      raise ValueError("fewshot.ewc_weight > 0 needs the source G and its Fisher: pass frozen={'g': "
+                       "{'params', 'buffers'}, 'g_fisher': params-shaped tree} (see fisher.g_fisher)")
 
-    # Phase 1, G main: make D call the fakes real.
+    # Phase 1, G main: make D call the fakes real (with CDC, keep the source's distances; with
+    # EWC, stay near the source's weights where they matter to it).
     def g_main_loss(g_params):
-      synthesize, ws, keys = run_g(g_params, g_state.buffers, key, n, _G_MAIN)
-      logits = d_logits(d_state.params, augmented(synthesize(ws), keys, _AUG_FAKE, aug_p))
-      return jnp.mean(losses.g_logistic_ns(logits)), (ws[:, 0], logits)
+      synthesize, ws, keys = run_g(g_params, g_state.buffers, key, n, _G_MAIN, anchor_key)
+      logits = d_logits(d_state.params, augmented(synthesize(ws), keys, _AUG_FAKE, aug_p), patch)
+      loss = jnp.mean(losses.g_logistic_ns(logits))
+      parts = {"g_loss": loss}  # logged apart: g_loss stays the adversarial loss
+      plain = adapters.merge(g_params)  # the weights the model uses
+      if cdc_weight > 0:
+        parts["cdc_loss"] = cdc_weight * fewshot.cdc_loss(
+            g, {"params": plain, "buffers": g_state.buffers}, frozen["g"], cdc_z, cdc_noise_keys)
+        loss = loss + parts["cdc_loss"]
+      if ewc_weight > 0:  # logged unweighted, as the other penalties
+        parts["ewc_penalty"] = fisher.ewc_penalty(plain, frozen["g"]["params"], frozen["g_fisher"])
+        loss = loss + ewc_weight * parts["ewc_penalty"]
+      return loss, (ws[:, 0], parts)
 
-    (g_loss, (w_batch, fake_logits)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
+    (_, (w_batch, parts)), g_grads = jax.value_and_grad(g_main_loss, has_aux=True)(g_state.params)
     updates, g_opt_state = nets.g_tx.update(pmean(g_grads), g_state.opt_state, g_state.params)
     g_params = optax.apply_updates(g_state.params, updates)
-    metrics["g_loss"] = pmean(g_loss)
+    metrics.update({name: pmean(value) for name, value in parts.items()})
 
-    # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network).
-    w_mean = pmean(jnp.mean(w_batch, axis=0))
-    w_avg = w_mean + t.w_avg_beta * (g_state.buffers["mapping"]["w_avg"] - w_mean)
-    g_buffers = {**g_state.buffers, "mapping": {**g_state.buffers["mapping"], "w_avg": w_avg}}
+    # The tracked average w, for truncation (StyleGAN2 tracks it in the mapping network). Not
+    # from anchor steps, whose latents are not drawn from the prior.
+    g_buffers = g_state.buffers
+    if not flags.anchor:
+      w_mean = pmean(jnp.mean(w_batch, axis=0))
+      w_avg = w_mean + t.w_avg_beta * (g_state.buffers["mapping"]["w_avg"] - w_mean)
+      g_buffers = {**g_state.buffers, "mapping": {**g_state.buffers["mapping"], "w_avg": w_avg}}
 
     # Phase 2, G regularisation: path length, every pl_interval steps, scaled by the interval.
     def g_reg_phase(g_params, g_opt_state, pl_mean):
@@ -211,14 +290,14 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
     metrics["pl_mean"] = pl_mean
 
     # Phase 3, D main: real vs fake from the updated G.
-    synthesize, ws, d_keys = run_g(g_params, g_buffers, key, n, _D_MAIN)
+    synthesize, ws, d_keys = run_g(g_params, g_buffers, key, n, _D_MAIN, anchor_key)
     fake_images = lax.stop_gradient(synthesize(ws))
     d_reals = augmented(real_images, d_keys, _AUG_REAL, aug_p)
     d_fakes = augmented(fake_images, d_keys, _AUG_FAKE, aug_p)
 
     def d_main_loss(d_params):
-      real_logits = d_logits(d_params, d_reals)
-      fake_logits = d_logits(d_params, d_fakes)
+      real_logits = d_logits(d_params, d_reals, patch)
+      fake_logits = d_logits(d_params, d_fakes, patch)
       loss_real, loss_fake = losses.d_logistic(real_logits, fake_logits)
       return jnp.mean(loss_real + loss_fake), (real_logits, fake_logits)
 
@@ -235,8 +314,12 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                  if augment_fn is not None else None)
 
       def d_r1_loss(d_params):
-        # The gradient is w.r.t. the un-augmented reals, through the augmentation (as ADA).
-        d_fn = lambda x: d_logits(d_params, augmented(x, r1_keys, _AUG_REAL, aug_p))
+        # The gradient is w.r.t. the un-augmented reals, through the augmentation (as ADA). On
+        # CDC's patch steps, of each image's mean patch logit (as the official code).
+        def d_fn(x):
+          logits = d_logits(d_params, augmented(x, r1_keys, _AUG_REAL, aug_p), patch)
+          return jnp.mean(logits, axis=(1, 2)) if patch else logits
+
         penalty, _ = losses.r1_penalty(d_fn, real_images)
         return jnp.mean(penalty) * (t.r1_gamma / 2) * t.r1_interval, jnp.mean(penalty)
 
@@ -273,6 +356,6 @@ def generate(nets: Networks, g_vars: Any, z: Array, *, truncation_psi: float = 1
              noise_mode: str = "const", noise_keys: Optional[Array] = None) -> Array:
   """Images [N, R, R, C] in [-1, 1] (nominally) from latents z with a generator's variables
   (``{'params', 'buffers'}``, e.g. ``state.g_ema.variables``). ``noise_mode='random'`` needs
-  ``noise_keys``, one PRNG key per example."""
-  return nets.generator.apply(g_vars, z, truncation_psi=truncation_psi, noise_mode=noise_mode,
-                              noise_keys=noise_keys)
+  ``noise_keys``, one PRNG key per example. Kernel-modulation adapters in ``g_vars`` are merged."""
+  return nets.generator.apply(adapters.merge_variables(g_vars), z, truncation_psi=truncation_psi,
+                              noise_mode=noise_mode, noise_keys=noise_keys)

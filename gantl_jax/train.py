@@ -25,18 +25,23 @@ import numpy as np
 from absl import logging
 
 from gantl_jax import checkpoint
+from gantl_jax import compilation
 from gantl_jax import config as config_lib
+from gantl_jax import fisher as fisher_lib
 from gantl_jax import images as image_io
 from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
+from gantl_jax import monitor as monitor_lib
 from gantl_jax import parallel
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import transfer
 from gantl_jax.data import pipeline
+from gantl_jax.models import stylegan2
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
+                     "train.compile_cache_dir", "train.tensorboard",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "train.variant_programs", "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
@@ -54,9 +59,16 @@ ADDED_KEYS = {
     "fewshot.cdc_weight": 0.0,
     "fewshot.cdc_batch": 4,
     "fewshot.cdc_anchor_interval": 0,
+    "fewshot.cdc_anchors": 10,
+    "fewshot.cdc_anchor_std": 0.1,
+    "fewshot.cdc_patch_resolution": 0,
     "fewshot.ewc_weight": 0.0,
     "fewshot.adapter": "none",
     "fewshot.adapter_fisher_quantile": 0.0,
+    "fewshot.fisher_samples": 1000,
+    "fewshot.fisher_batch": 8,
+    "train.compile_cache_dir": "auto",
+    "train.tensorboard": True,
 }
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
@@ -211,7 +223,8 @@ def _summarise(fetched: list[dict]) -> dict:
 
 def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   """Every check of a launch, in the order that fails fastest; writes nothing to ``workdir``.
-  Returns (resolved config, absolute workdir, prepared data)."""
+  Returns (resolved config, absolute workdir, prepared data, the prepared real images of the
+  evaluation: the same data or the held-out set of ``eval.heldout``)."""
   config = config_lib.resolve(config, num_devices=jax.device_count())
   workdir = os.path.abspath(os.path.expanduser(workdir))
   check_workdir(workdir, config)
@@ -219,10 +232,11 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   # configs/ffhq_to_anime.py), goes through the preflight, which explains what to provide.
   if config.transfer.source != "":
     transfer.preflight(config, workdir)
-  metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
-                              verbose=jax.process_index() == 0)
-  return config, workdir, prepared
+  evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
+  verbose = jax.process_index() == 0
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=verbose)
+  eval_reals = metrics_lib.prepare_reals(config, prepared, verbose) if evaluators else prepared
+  return config, workdir, prepared, eval_reals
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -233,21 +247,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   files cannot be written (its last good checkpoint is kept).
   """
   t_launch = time.time()
-  config, workdir, prepared = prepare_run(config, workdir)
+  compilation.enable_cache(config.train.compile_cache_dir)  # before anything compiles
+  config, workdir, prepared, eval_reals = prepare_run(config, workdir)
   is_main = jax.process_index() == 0
   if is_main:
     _check_writable(workdir, "the workdir")
   with workdir_lock(workdir) if is_main else contextlib.nullcontext():
     check_workdir(workdir, config)  # again, now that no other launch can be writing
     _check_writable(os.path.join(workdir, "checkpoints"), "the checkpoint directory")
-    return _train(config, workdir, prepared, t_launch)
+    return _train(config, workdir, prepared, eval_reals, t_launch)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: float) -> dict[str, Any]:
+def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals,
+           t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
-  nets = state_lib.build_networks(config)
+  cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
   mesh = parallel.make_mesh()
+  fisher_path = os.path.join(workdir, fisher_lib.FILE)
+  g_fisher, fisher_is_new = None, False
+  if fisher_lib.needed(config):
+    g_fisher, fisher_is_new = _source_fisher(config, fisher_path, mesh)
+  nets = state_lib.build_networks(config, g_fisher=g_fisher)
   evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
                                     max_to_keep=config.checkpoint.max_to_keep)
@@ -262,9 +283,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     state, data_state, _ = checkpoint.restore(manager, state)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.transfer.source:
-    state, transfer_report = transfer.transfer_state(config, state)
+    state, transfer_report = transfer.transfer_state(config, state, g_fisher=g_fisher)
   frozen_items = steps.frozen_networks(config)
   frozen = transfer.read_frozen(config, state, frozen_items) if frozen_items else None
+  if fisher_lib.ewc_weight(config) > 0:
+    frozen = {**(frozen or {}), "g_fisher": parallel.replicate(g_fisher, mesh)}
   start_step = int(jax.device_get(state.step))
 
   # From here on the run writes to its workdir.
@@ -273,6 +296,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
   if is_main:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config_lib.to_json(config))
+    if fisher_is_new:  # before the first checkpoint: a resume reads it instead of recomputing
+      fisher_lib.save(fisher_path, g_fisher)
     for path in (metrics_path, eval_path):
       dropped = jsonl.trim(path, start_step)
       if dropped:
@@ -300,8 +325,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     if not is_main:
       return
     g_ema = parallel.first_replica(state.g_ema.variables, mode)
-    images = np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi))
-    image_io.save_grid(images, cols, os.path.join(workdir, f"samples_{tag}.png"))
+    grid = image_io.make_grid(np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi)), cols)
+    image_io.save_png(grid, os.path.join(workdir, f"samples_{tag}.png"))
+    monitor.image("samples", step, grid)
 
   def fail_if_diverged(fetched: list[dict], first_step: int) -> None:
     where = _first_non_finite(fetched, first_step)
@@ -331,27 +357,38 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
     values = metrics_lib.run_evaluators(
         evaluators, lambda num: parallel.sample_batches(
             nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
-        prepared, config.eval)
+        eval_reals, config.eval)
     record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
     if is_main:
       jsonl.append(eval_path, record)
-      logging.info("eval at step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    monitor.log_eval(step, values)
     if best_manager is not None:
       save_checkpoint(force=True, manager=best_manager, metrics=values)
 
-  if is_main and start_step == 0:
-    reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
-    image_io.save_grid(reals, cols, os.path.join(workdir, "reals.png"))
-    write_samples("init")
-
+  monitor = monitor_lib.Monitor(workdir, enabled=is_main, total_kimg=total_steps * batch / 1000,
+                                kimg_per_step=batch / 1000, start_step=start_step,
+                                tensorboard=config.train.tensorboard)
+  monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
   eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
   t_log, step_log = time.time(), start_step
-  first_step_seconds = None
+  first_step_seconds = compile_seconds = None
   try:
+    if is_main and start_step == 0:
+      reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
+      reals = image_io.make_grid(reals, cols)
+      image_io.save_png(reals, os.path.join(workdir, "reals.png"))
+      monitor.image("reals", 0, reals)
+      write_samples("init")
     with _StopSignals() as stop:
       while step < total_steps:
-        state, metrics = step_fn(state, parallel.place_batch(next(data_iter), mode, mesh), step, frozen)
+        placed = parallel.place_batch(next(data_iter), mode, mesh)
+        if compile_seconds is None:
+          compile_seconds = _compile_ahead(step_fn, config, step, total_steps, (state, placed, frozen), monitor)
+          monitor.start_bar()
+          t_log = time.time()  # the first line's images/s measures training, not compiling
+        state, metrics = step_fn(state, placed, step, frozen)
         step += 1
+        monitor.advance(step)
         checkpoint.check(manager)  # a failed asynchronous save stops the run now
         pending.append(metrics)
         if first_step_seconds is None:
@@ -368,15 +405,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
           record = _summarise(fetched)
           images_per_s = (step - step_log) * batch / max(now - t_log, 1e-9)
           record.update(step=step, kimg=step * batch / 1000, images_per_s=images_per_s,
-                        sec_per_kimg=1000 / max(images_per_s, 1e-9))
+                        sec_per_kimg=1000 / max(images_per_s, 1e-9), **monitor_lib.device_memory())
           t_log, step_log = now, step
           if is_main:
             jsonl.append(metrics_path, record)
-            # aug_p: the augmentation probability, averaged over the line's steps.
-            aug = f"  aug_p {_fmt(record['aug_p'])}" if "aug_p" in record else ""
-            logging.info("step %d kimg %.1f  g %s  d %s  r1 %s  pl %s%s  %.1f img/s", step,
-                         record["kimg"], _fmt(record["g_loss"]), _fmt(record["d_loss"]),
-                         _fmt(record["r1_penalty"]), _fmt(record["pl_penalty"]), aug, images_per_s)
+          monitor.log(record)
           fail_if_diverged(fetched, first)
         if config.train.sample_every and step % config.train.sample_every == 0:
           write_samples(f"{step:07d}")
@@ -399,18 +432,68 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, t_launch: 
       checkpoint.wait(best_manager)
   finally:
     data_iter.close()
+    monitor.close()
   manager.close()
   if best_manager is not None:
     best_manager.close()
   summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
-             "first_step_seconds": first_step_seconds, "transfer_report": transfer_report}
+             "first_step_seconds": first_step_seconds, "compile_seconds": compile_seconds,
+             "compile_cache": {k: v - cache_counts[k] for k, v in compilation.cache_counts().items()},
+             "transfer_report": transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
+
+
+def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[Any, bool]:
+  """(G's Fisher on the transfer source as host arrays, whether it was computed now): read from
+  ``path`` when the run has stored it (a resume), else computed from the source's G-EMA and D
+  (``fisher.g_fisher``, with ``fewshot.fisher_samples`` samples from ``seed``), sharded over the
+  devices. The caller stores a new one."""
+  g = stylegan2.generator_from_config(config.model)
+  d = stylegan2.discriminator_from_config(config.model)
+  shapes = jax.eval_shape(lambda k: {"g": stylegan2.init_generator(g, k),
+                                     "d": stylegan2.init_discriminator(d, k)}, jax.random.key(0))
+  if os.path.exists(path):
+    logging.info("G's Fisher information read from %s", path)
+    return fisher_lib.load(path, shapes["g"]["params"]), False
+  f = config.fewshot
+  # Whole groups of minibatch-stddev samples, spread evenly over the devices.
+  per_call = fisher_lib.sample_group(d) * mesh.devices.size
+  batch = max(per_call, f.fisher_batch // per_call * per_call)
+  logging.info("computing G's Fisher information on the source (%d samples, %d at a time)",
+               f.fisher_samples, batch)
+  t0 = time.time()
+  sharding = parallel.replicated(mesh)
+  templates = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+  source = transfer.read_networks(config, {"g": "g_ema", "d": "d"}, templates)
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  g_fisher = fisher_lib.g_fisher(g, d, source["g"], source["d"]["params"], key, num_samples=f.fisher_samples,
+                                 batch=batch, sharding=parallel.batch_sharding(mesh))
+  g_fisher = parallel.first_replica(g_fisher, "jit")
+  logging.info("G's Fisher information computed in %.1f s", time.time() - t0)
+  return g_fisher, True
+
+
+def _compile_ahead(step_fn, config: ml_collections.ConfigDict, start: int, stop: int, args: tuple,
+                   monitor: monitor_lib.Monitor) -> float:
+  """Compiles every variant of the train step that steps ``start .. stop-1`` run, before the
+  first step, saying why nothing moves meanwhile; returns the seconds it took."""
+  variants = compilation.step_variants(config, start, stop)
+  cache = jax.config.jax_compilation_cache_dir
+  hits = compilation.cache_counts()["hits"]
+  later = (f"later launches read them from the cache in {cache}" if cache else
+           "the compilation cache is off (train.compile_cache_dir='')")
+  monitor.write(f"compiling the train step ({len(variants)} program{'' if len(variants) == 1 else 's'}: "
+                f"{', '.join(map(compilation.variant_name, variants))}) on {jax.default_backend()}; "
+                f"a first launch takes a minute or more, {later}")
+  t0 = time.time()
+  compilation.compile_step_variants(step_fn, list(variants.values()), *args)
+  seconds = time.time() - t0
+  hits = compilation.cache_counts()["hits"] - hits
+  monitor.write(f"compiled in {seconds:.1f} s" + (f" ({hits} of {len(variants)} read from the cache)" if cache else ""))
+  return seconds
 
 
 def _steps_per_kimg(kimg: float, batch: int) -> int:
   return max(1, int(round(kimg * 1000 / batch))) if kimg > 0 else 0
 
-
-def _fmt(value: Optional[float]) -> str:
-  return "-" if value is None else f"{value:.4g}"

@@ -12,11 +12,14 @@ target config and overlays on it the source's weights:
    (``transfer.g_from`` / ``g_ema_from`` / ``d_from``) by path and shape, using Orbax's item
    metadata (shapes without reading data). Leaves missing from the source or of another shape are
    an error listing all of them (``transfer.on_mismatch='error'``), or keep their fresh
-   initialisation (``'init'``).
+   initialisation (``'init'``). Parameters that only a training method adds (``NEW_IN_TARGET``:
+   CDC's patch head of D; and G's kernel-modulation adapter leaves, whose initialisation is the
+   identity modulation) keep their initialisation when the source lacks them, without either.
 4. The matched leaves are read with a partial restore straight into the target's shardings and
    replace the fresh ones. Optimizer moments, step and counters stay fresh (step 0).
 5. The report (the loop writes it as ``transfer_report.json``) lists what was restored, kept at
-   init, present only in the source, frozen and trainable; :func:`summary` prints it.
+   init (of which ``new``: those only a training method adds), present only in the source,
+   frozen and trainable (with adapters: which layers are modulated); :func:`summary` prints it.
 
 ``read_frozen`` reads a source network's variables for the steps' ``frozen`` argument (the
 few-shot regularisers compare the adapted G with the source G).
@@ -35,12 +38,26 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
+from gantl_jax import adapters
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import optim
 from gantl_jax import state as state_lib
+from gantl_jax.models import stylegan2
 
 NETWORKS = tuple(state_lib.NETWORKS)
+# Path prefixes, per network, of parameters that only a training method adds and that no source
+# has (pretrained StyleGAN2, or a run without that method): CDC's patch head of D. When the source
+# lacks them they keep their fresh initialisation whatever transfer.on_mismatch says, and the
+# report lists them under 'new'. (One of another shape in the source is still a mismatch.)
+NEW_IN_TARGET = {"d": (f"params/{stylegan2.PATCH_HEAD}/",)}
+
+
+def _new_in_target(net: str, path: str) -> bool:
+  """Whether ``path`` of network ``net`` is a parameter only a training method adds: those of
+  ``NEW_IN_TARGET``, and the adapter leaves of G (``fewshot.adapter``)."""
+  return path.startswith(NEW_IN_TARGET.get(net, ())) or adapters.is_adapter_path(path)
+
 # Model hyper-parameters whose change makes the source weights meaningless for the target.
 # (resolution may differ; conv_clamp only clips activations and is reported, not enforced.)
 MUST_MATCH = ("img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",
@@ -167,13 +184,18 @@ def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANSt
     item = t[f"{net}_from"]
     fresh = _flat(_variables(state, net))
     if not item:
-      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[])
+      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[], new=[])
       continue
     if item not in src.shapes:
       raise TransferError(f"transfer.{net}_from={item!r}: the source {where} has no item {item!r} "
                           f"(it has {sorted(src.shapes)}); set --config.transfer.{net}_from to one "
                           f"of those, or to '' to keep {net} at its initialisation")
-    plan[net] = dict(item=item, fresh=fresh, **match({p: v.shape for p, v in fresh.items()}, src.shapes[item]))
+    _refuse_adapted_source(src, item)
+    m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
+    is_new = lambda mm: mm["source"] is None and _new_in_target(net, mm["path"])
+    plan[net] = dict(item=item, fresh=fresh, restored=m["restored"], source_only=m["source_only"],
+                     mismatched=[mm for mm in m["mismatched"] if not is_new(mm)],
+                     new=[mm["path"] for mm in m["mismatched"] if is_new(mm)])
   mismatched = [(net, m) for net in NETWORKS for m in plan[net]["mismatched"]]
   if mismatched and t.on_mismatch == "error":
     lines = "\n".join(f"  {net} <- {plan[net]['item']}: {m['path']}  target {tuple(m['target'])}, "
@@ -184,6 +206,15 @@ def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANSt
         f"of the same shape in the source:\n{lines}\nSet --config.transfer.on_mismatch=init to keep "
         f"the fresh initialisation for these (expected when the resolution differs).")
   return plan
+
+
+def _refuse_adapted_source(src: Source, item: str) -> None:
+  """A source trained with adapters holds its adaptation in the adapter leaves, which a plain
+  read of its kernels would lose."""
+  if any(adapters.is_adapter_path(p) for p in src.shapes[item]):
+    raise TransferError(f"transfer.source {src.directory}/{src.step}: its {item!r} was trained with "
+                        f"kernel-modulation adapters; export it to a plain checkpoint first "
+                        f"(adapters.merge_variables) and transfer from that")
 
 
 # ---------------------------------------------------------------------------
@@ -226,10 +257,11 @@ def _count(flat: dict[str, Any], paths) -> int:
   return int(sum(np.prod(flat[p].shape, dtype=np.int64) for p in paths))
 
 
-def freeze_report(config: ml_collections.ConfigDict, state: state_lib.GANState) -> dict:
-  """Frozen and trainable parameter paths of G and D under ``config.freeze``."""
+def freeze_report(config: ml_collections.ConfigDict, state: state_lib.GANState, g_fisher: Any = None) -> dict:
+  """Frozen and trainable parameter paths of G and D under ``config.freeze`` and the adapters
+  (whose layers ``g_fisher`` may choose; see ``state.build_networks``)."""
   f = config.freeze
-  g_patterns, d_patterns = optim.freeze_patterns(f, config.model.resolution)
+  g_patterns, d_patterns = state_lib.freeze_patterns(config, state.g.params, g_fisher)
   out = dict(preset=f.preset, g_patterns=list(g_patterns), d_patterns=list(d_patterns))
   for net, params, patterns, mults in (("g", state.g.params, g_patterns, f.g_lr_mults),
                                        ("d", state.d.params, d_patterns, f.d_lr_mults)):
@@ -241,10 +273,11 @@ def freeze_report(config: ml_collections.ConfigDict, state: state_lib.GANState) 
   return out
 
 
-def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState
+def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState, g_fisher: Any = None
                    ) -> tuple[state_lib.GANState, dict]:
   """Overlays the source weights of ``config.transfer`` on the fresh ``state`` (global arrays,
-  the ``jit`` layout) and returns (state, report). Writes no file.
+  the ``jit`` layout) and returns (state, report). Writes no file. ``g_fisher``: G's Fisher on the
+  source, when the adapters choose their layers by it (the report says which).
 
   The optimizer state, step and counters of ``state`` are kept: they are fresh (Adam moments are
   zeros whatever the weights), so the run starts at step 0.
@@ -267,14 +300,16 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState
 
   report = dict(
       source=dict(path=t.source, directory=src.directory, step=src.step, model=src.meta.get("model")),
-      on_mismatch=t.on_mismatch, notes=notes, networks={}, freeze=freeze_report(config, state))
+      on_mismatch=t.on_mismatch, notes=notes, networks={}, freeze=freeze_report(config, state, g_fisher))
   for net in NETWORKS:
     p = plan[net]
-    kept = [m["path"] for m in p["mismatched"]] if p["item"] else sorted(p["fresh"])
+    kept = sorted([m["path"] for m in p["mismatched"]] + p["new"]) if p["item"] else sorted(p["fresh"])
     report["networks"][net] = dict(
-        source_item=p["item"], restored=p["restored"], kept_at_init=kept,
+        source_item=p["item"], restored=p["restored"], kept_at_init=kept, new=p["new"],
         mismatched=p["mismatched"], source_only=p["source_only"],
         restored_count=_count(p["fresh"], p["restored"]), kept_at_init_count=_count(p["fresh"], kept))
+  if adapters.kind(config) != "none":
+    report["adapters"] = adapters.report(config, state.g.params, report["freeze"]["g"]["trainable"], g_fisher)
   logging.info("transfer from %s done", where)
   return state, report
 
@@ -283,16 +318,29 @@ def read_frozen(config: ml_collections.ConfigDict, state: state_lib.GANState,
                 networks: dict[str, str]) -> dict[str, dict]:
   """Variables of source networks for the steps' ``frozen`` argument: ``networks`` maps a name
   of the frozen tree to the source item it is read from (e.g. ``{'g': 'g_ema'}``), into the
-  structure, dtypes and shardings of the same-named network of ``state`` (global arrays). Every
-  leaf must exist in the source with the target's shape."""
+  structure, dtypes and shardings of the same-named network of ``state`` (global arrays; adapter
+  leaves left out: the source G is plain). Every leaf must exist in the source with the target's
+  shape."""
+  templates = {name: traverse_util.unflatten_dict(
+      {p: v for p, v in _flat(_variables(state, name)).items() if not adapters.is_adapter_path(p)}, sep="/")
+      for name in networks}
+  return read_networks(config, networks, templates)
+
+
+def read_networks(config: ml_collections.ConfigDict, networks: dict[str, str],
+                  templates: dict[str, Any]) -> dict[str, dict]:
+  """Variables of source items (``networks``: {name: source item}), each read into ``templates[name]``
+  (variables of arrays or ``jax.ShapeDtypeStruct`` with shardings). Every leaf must exist in the
+  source with the template's shape."""
   src = read_source(config.transfer.source)
   out = {}
   with _open(src.directory, src.step) as mngr:
     for name, item in networks.items():
-      fresh = _flat(_variables(state, name))
+      fresh = _flat(templates[name])
       if item not in src.shapes:
         raise TransferError(f"the few-shot regularisers need the source's {item!r}, but "
                             f"{src.directory}/{src.step} has only {sorted(src.shapes)}")
+      _refuse_adapted_source(src, item)
       m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
       if m["mismatched"]:
         raise TransferError(f"the few-shot regularisers need the whole source {item!r} with the "
@@ -313,8 +361,9 @@ def summary(report: dict) -> str:
     lines.append(f"  {net:5s} <- {r['source_item'] or '(none)':5s}  restored {len(r['restored'])} "
                  f"({r['restored_count']:,} values), kept at init {len(r['kept_at_init'])} "
                  f"({r['kept_at_init_count']:,}), only in source {len(r['source_only'])}")
+    new = set(r.get("new", ()))
     for path in r["kept_at_init"][:20]:
-      lines.append(f"        init: {path}")
+      lines.append(f"        {'new' if path in new else 'init'}: {path}")
     if len(r["kept_at_init"]) > 20:
       lines.append(f"        ... {len(r['kept_at_init']) - 20} more in transfer_report.json")
   f = report["freeze"]
@@ -322,4 +371,9 @@ def summary(report: dict) -> str:
   for net in ("g", "d"):
     lines.append(f"  {net}: frozen {len(f[net]['frozen'])} ({f[net]['frozen_count']:,} values), "
                  f"trainable {len(f[net]['trainable'])} ({f[net]['trainable_count']:,} values)")
+  a = report.get("adapters")
+  if a:
+    lines.append(f"  adapters {a['kind']}: {len(a['modulated'])} conv layers modulated (source kernels "
+                 f"frozen), {len(a['fine_tuned'])} fine-tuned; {a['trainable_adapter_count']:,} "
+                 f"trainable adapter values")
   return "\n".join(lines)

@@ -40,6 +40,12 @@ CASES = {
     "seeds_backwards": (["--mode", "generate", "--seeds", "5-1"],
                         "error: --seeds='5-1': the range '5-1' runs backwards; give comma-separated "
                         "seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"),
+    "grid_not_columns_x_rows": (["--mode", "generate", "--grid", "4"],
+                                "error: --grid='4': give COLUMNSxROWS with both at least 1, e.g. '4x2' "
+                                "(4 columns, 2 rows of consecutive seeds from the first of --seeds)"),
+    "blend_without_parent": (["--mode", "blend", "--blend_resolution", "8"],
+                             "error: --mode blend needs --blend_with (the other generator) and "
+                             "--blend_resolution (the last block resolution from --workdir)"),
     "bad_freeze_regex": (["--config", TINY, "--config.freeze.g=(["],
                          "error: freeze.g: invalid regular expression '([' (unterminated character set "
                          "at position 1); give comma-separated Python regular expressions"),

@@ -252,6 +252,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   count: int = 0
   resolution: int = 0
   seed: int = 0
+  start: int = 0  # the first image's index (checks.HELD_OUT_START for a held-out set)
 
 
 class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -274,12 +275,13 @@ class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self):
     cfg: SyntheticConfig = self.builder_config
-    report = _new_report(self, source="synthetic", domain=cfg.domain, count=cfg.count, seed=cfg.seed)
-    for start in range(0, cfg.count, 256):
-      idx = np.arange(start, min(start + 256, cfg.count))
-      images = synthetic.render(cfg.domain, idx, resolution=cfg.resolution, seed=cfg.seed)
+    report = _new_report(self, source="synthetic", domain=cfg.domain, count=cfg.count, seed=cfg.seed,
+                         start=cfg.start)
+    for first in range(0, cfg.count, 256):
+      idx = np.arange(first, min(first + 256, cfg.count))
+      images = synthetic.render(cfg.domain, cfg.start + idx, resolution=cfg.resolution, seed=cfg.seed)
       for i, im in zip(idx, images):
-        yield int(i), {"image": Image.fromarray(im), "file": f"{cfg.domain}/{int(i):06d}"}
+        yield int(i), {"image": Image.fromarray(im), "file": f"{cfg.domain}/{cfg.start + int(i):06d}"}
     report["num_examples"] = cfg.count
 
   def _download_and_prepare(self, dl_manager, download_config=None):
@@ -352,16 +354,18 @@ def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int =
   return GantlFolder(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
-def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0, data_dir: str) -> GantlSynthetic:
-  """A `GantlSynthetic` builder; its name includes a hash of the renderer source."""
+def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0, start: int = 0,
+                      data_dir: str) -> GantlSynthetic:
+  """A `GantlSynthetic` builder of images start..start+count-1; its name includes a hash of the
+  renderer source."""
   _check_resolution(resolution)
   synthetic.domain_id(domain)
   if count <= 0:
     raise DataError(f"synthetic num_images must be > 0, got {count}")
   with open(synthetic.__file__, "rb") as f:
     code = hashlib.sha256(f.read()).hexdigest()[:12]
-  name = f"{domain}_r{resolution}_n{count}_s{seed}_{code}"
-  cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed)
+  name = f"{domain}_r{resolution}_n{count}_s{seed}{f'_from{start}' if start else ''}_{code}"
+  cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed, start=start)
   return GantlSynthetic(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 

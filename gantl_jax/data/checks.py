@@ -11,6 +11,9 @@ from typing import Any
 from gantl_jax.data import synthetic
 
 SOURCES = ("synthetic", "folder")
+# A synthetic dataset of n images holds images 0..n-1 of its domain and seed; images from here on
+# are in none (data.num_images must stay below), so every domain has an unlimited held-out set.
+HELD_OUT_START = 1_000_000
 
 
 class DataError(ValueError):
@@ -30,8 +33,9 @@ def check_config(c: Any) -> None:
       synthetic.domain_id(c.domain)
     except ValueError as e:
       raise DataError(f"data.domain: {e}") from None
-    if c.num_images <= 0:
-      raise DataError(f"data.num_images must be > 0 for data.source='synthetic', got {c.num_images}")
+    if not 0 < c.num_images <= HELD_OUT_START:
+      raise DataError(f"data.num_images must be > 0 and at most {HELD_OUT_START} for data.source='synthetic' "
+                      f"(images from there on are the held-out set), got {c.num_images}")
   if c.n_shot < 0:
     raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {c.n_shot}")
   for key in ("prefetch", "num_workers"):

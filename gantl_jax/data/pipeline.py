@@ -84,7 +84,26 @@ def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose:
     if not c.folder:
       raise DataError("data.folder is required when data.source == 'folder'")
     make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed), data_dir=data_dir)
-  builder, report = builders.prepare_builder(make, verbose=verbose)
+  return _open(*builders.prepare_builder(make, verbose=verbose), c, resolution)
+
+
+def prepare_held_out(data_config: ml_collections.ConfigDict, *, resolution: int, num: int,
+                     verbose: bool = True) -> PreparedData:
+  """``num`` held-out images of the synthetic domain of ``data_config``: images
+  ``checks.HELD_OUT_START`` on, of its ``seed``, which no training set holds. Prepared (once)
+  and opened like a dataset; DataError for a folder source, which has no held-out images."""
+  c = data_config
+  checks.check_config(c)
+  if c.source != "synthetic":
+    raise DataError(f"held-out images need data.source='synthetic' (a folder has none), got {c.source!r}")
+  make = lambda: builders.synthetic_builder(c.domain, count=int(num), resolution=resolution, seed=int(c.seed),
+                                            start=checks.HELD_OUT_START, data_dir=str(c.data_dir))
+  held_out = ml_collections.ConfigDict(dict(c.to_dict(), mirror_dataset=False))
+  return _open(*builders.prepare_builder(make, verbose=verbose), held_out, resolution)
+
+
+def _open(builder, report: dict, c: ml_collections.ConfigDict, resolution: int) -> PreparedData:
+  """The prepared ``builder`` as a `PreparedData` (``c``: the data config's read options)."""
   source = builder.as_data_source()[_SPLIT]
   images = ImageSource(source, len(source), bool(c.mirror_dataset))
   return PreparedData(

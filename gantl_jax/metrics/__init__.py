@@ -21,15 +21,32 @@ import ml_collections
 import numpy as np
 
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import kid_fid, swd
+from gantl_jax.metrics import cache, kid_fid, swd
 
 Batches = Iterator[np.ndarray]
 Evaluator = Callable[[Batches, Batches, ml_collections.ConfigDict], dict]
 
+# Bump when the descriptors of an image set change (pyramid, patches, normalisation sums), so
+# that accumulators cached by an older version are not compared with new ones.
+SWD_CACHE_VERSION = 1
+
+
+def cached_swd_reals(reals: Batches, seed: int) -> swd.SWDAccumulator:
+  """The SWD accumulator of the real images ``reals`` with ``seed``, read from / written to the
+  cache when ``reals`` says where (a `RealImages`): the same images and seed give the same
+  accumulator, so a run's evaluations and every run on one dataset share one."""
+  path = cache.path_for(reals, f"swd_s{seed}_m{swd.DEFAULT_MAX_DESCRIPTORS}_v{SWD_CACHE_VERSION}")
+  acc = cache.read(path, swd.SWDAccumulator.from_arrays, "SWD descriptors")
+  if acc is None:
+    acc = swd.accumulate(reals, seed=seed)
+    cache.write(path, acc.to_arrays(), "SWD descriptors")
+  return acc
+
+
 def evaluate_swd(fakes: Batches, reals: Batches, eval_config: ml_collections.ConfigDict) -> dict:
   """SWD x 10^3 per Laplacian level ('swd_r{S}') and their mean ('swd')."""
-  values = swd.compute_swd(swd.accumulate(reals, seed=eval_config.seed),
-                           swd.accumulate(fakes, seed=eval_config.seed), seed=eval_config.seed)
+  seed = eval_config.seed
+  values = swd.compute_swd(cached_swd_reals(reals, seed), swd.accumulate(fakes, seed=seed), seed=seed)
   values["swd"] = values.pop("swd_avg")
   return values
 
@@ -69,6 +86,17 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
   num = min(num, len(data_source))
   for start in range(0, num, batch_size):
     yield np.stack([data_source[i] for i in range(start, min(start + batch_size, num))])
+
+
+def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
+  """The prepared dataset the evaluators compare with: ``prepared`` (the training data), or with
+  ``eval.heldout`` ``eval.num_real`` held-out images of the same synthetic domain (none of them in
+  a training set; `pipeline.prepare_held_out`)."""
+  if not config.eval.get("heldout", False):
+    return prepared
+  from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
+  return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
+                                   num=int(config.eval.num_real), verbose=verbose)
 
 
 class RealImages:

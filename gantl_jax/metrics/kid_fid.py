@@ -39,8 +39,6 @@ image count and the SHA-256 of the weight file, so each run computes them once.
 from __future__ import annotations
 
 import functools
-import os
-import uuid
 from typing import Iterable, Iterator
 
 import jax
@@ -50,7 +48,7 @@ from absl import logging
 
 from gantl_jax import parallel
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import inception
+from gantl_jax.metrics import cache, inception
 
 METRICS = ("kid", "fid")
 KID_SUBSETS = 100
@@ -304,9 +302,10 @@ def feature_stats(weights: inception.InceptionWeights, batches: Iterable[np.ndar
 # Real-image statistics, cached beside the prepared data.
 
 
-def cache_path(cache_dir: str, cache_tag: str, weights: inception.InceptionWeights) -> str:
-  """The cache file of real statistics: one per image set (tag), weight file and feature version."""
-  return os.path.join(cache_dir, f"inception_{weights.sha256[:16]}_v{FEATURE_VERSION}_{cache_tag}.npz")
+def cache_name(weights: inception.InceptionWeights) -> str:
+  """The cache name of real statistics: one per weight file and feature version (and, added by
+  `cache.path_for`, per image set)."""
+  return f"inception_{weights.sha256[:16]}_v{FEATURE_VERSION}"
 
 
 def cached_real_stats(reals, weights: inception.InceptionWeights, *, keep_features: bool,
@@ -317,31 +316,17 @@ def cached_real_stats(reals, weights: inception.InceptionWeights, *, keep_featur
   A cached file without features is recomputed when ``keep_features``; an unreadable one is
   recomputed and replaced; an unwritable cache directory only costs the recomputation.
   """
-  cache_dir, tag = getattr(reals, "cache_dir", None), getattr(reals, "cache_tag", None)
-  path = cache_path(cache_dir, tag, weights) if cache_dir and tag else None
-  stats = None
-  if path and os.path.exists(path):
-    try:
-      with np.load(path, allow_pickle=False) as f:
-        stats = FeatureStats.from_arrays(dict(f))
-      if keep_features and not stats.keep_features:
-        stats = None
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning("eval: ignoring unreadable Inception statistics cache %s (%s)", path, e)
+  path = cache.path_for(reals, cache_name(weights))
+  stats = cache.read(path, FeatureStats.from_arrays, "Inception statistics")
+  if stats is not None and keep_features and not stats.keep_features:
+    stats = None
   # Computing is a collective over every process's devices: all of them must take the same
   # branch, so a cache counts only when every process has it (each has its own data directory).
   if _on_every_process(stats is not None):
     logging.info("eval: real Inception statistics of %d images from %s", stats.num, path)
     return stats
   stats = feature_stats(weights, reals, keep_features=keep_features, batch_size=batch_size, mesh=mesh)
-  if path:
-    try:
-      os.makedirs(cache_dir, exist_ok=True)
-      tmp = f"{path}.{uuid.uuid4().hex}.tmp.npz"
-      np.savez(tmp, **stats.to_arrays())
-      os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
-    except OSError as e:
-      logging.warning("eval: could not cache Inception statistics in %s (%s)", cache_dir, e)
+  cache.write(path, stats.to_arrays(), "Inception statistics")
   return stats
 
 

@@ -296,6 +296,34 @@ class SWDAccumulator:
     return out.T
 
 
+  def to_arrays(self) -> dict[str, np.ndarray]:
+    """The state as plain arrays (for ``np.savez``; no pickle): `from_arrays` restores an
+    accumulator that compares, and goes on adding, exactly as this one."""
+    out = dict(seed=np.array(self.seed), num_images=np.array(self.num_images),
+               max_descriptors=np.array(-1 if self.max_descriptors is None else self.max_descriptors),
+               resolutions=np.array(self.resolutions, np.int64), channels=np.array(self.channels))
+    for size in self.resolutions:
+      out.update({f"kept_{size}": self._kept[size][: self.num_kept], f"sum_{size}": self._sum[size],
+                  f"sumsq_{size}": self._sumsq[size]})
+    return out
+
+  @classmethod
+  def from_arrays(cls, arrays) -> "SWDAccumulator":
+    """The inverse of `to_arrays`."""
+    cap = int(arrays["max_descriptors"])
+    acc = cls(seed=int(arrays["seed"]), max_descriptors=None if cap < 0 else cap)
+    acc.num_images = int(arrays["num_images"])
+    acc.resolutions = [int(r) for r in arrays["resolutions"]]
+    acc.channels = int(arrays["channels"])
+    for size in acc.resolutions:
+      acc._kept[size] = np.array(arrays[f"kept_{size}"], np.float32)
+      acc._sum[size] = np.asarray(arrays[f"sum_{size}"], np.float64)
+      acc._sumsq[size] = np.asarray(arrays[f"sumsq_{size}"], np.float64)
+    if any(len(acc._kept[s]) != acc.num_kept for s in acc.resolutions):
+      raise ValueError(f"kept descriptors do not match {acc.num_images} images")
+    return acc
+
+
 def accumulate(batches: Iterable[np.ndarray], *, seed: int = 0,
                max_descriptors: int | None = DEFAULT_MAX_DESCRIPTORS) -> SWDAccumulator:
   """A new `SWDAccumulator` fed every batch of `batches` (uint8 NHWC arrays), in order."""

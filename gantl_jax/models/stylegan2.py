@@ -22,6 +22,7 @@ Discriminator ``{'params'}``::
   b{R}/fromrgb/{weight,bias}         (the highest resolution only)
   b{R}/conv0, b{R}/conv1/{weight,bias}, b{R}/skip/weight
   b4/conv, b4/fc, b4/out/{weight,bias}
+  patch_head/{weight,bias}           (only with ``patch_resolution`` > 0: CDC's patch logits)
 
 A block is named by the resolution it works at, so a 256 px and a 1024 px model share the names
 of their common blocks.
@@ -46,6 +47,9 @@ Dtype = Any
 NOISE_MODES = ("random", "const", "none")
 # The Flax collection that blocks ``sow`` their outputs into (see :func:`apply_with_features`).
 FEATURES = "intermediates"
+# The discriminator's patch-logit head (CDC's anchor-region patch discriminator). No source
+# network has it: transfer initialises it fresh (transfer.NEW_IN_TARGET).
+PATCH_HEAD = "patch_head"
 
 
 def _normal(stddev: float):
@@ -426,6 +430,11 @@ class Discriminator(nn.Module):
 
   ``mbstd_grouping`` ('contiguous' | 'strided') and the call's ``mbstd_num_shards`` say which
   samples share a minibatch-stddev group; see :func:`minibatch_stddev`.
+
+  With ``patch_resolution`` > 0 D also has a patch head (``patch_head/{weight,bias}``), and
+  ``__call__(img, patch=True)`` returns patch logits [N, P, P] (P = ``patch_resolution``) instead
+  of one logit per image, without running the layers after them. With 0 (the default) the
+  parameters are exactly those of StyleGAN2's D.
   """
   resolution: int
   img_channels: int = 3
@@ -438,9 +447,12 @@ class Discriminator(nn.Module):
   mbstd_grouping: str = "contiguous"
   dtype: Dtype = jnp.float32  # compute dtype of the blocks; the 4x4 epilogue is float32
   num_low_precision_res: int = 0  # blocks in ``dtype``: see resolutions.low_precision_blocks
+  patch_resolution: int = 0  # side of the patch-logit map (a block output's); 0: no patch head
 
   @nn.compact
-  def __call__(self, img: Array, *, mbstd_num_shards: int = 1) -> Array:
+  def __call__(self, img: Array, *, mbstd_num_shards: int = 1, patch: bool = False) -> Array:
+    if patch and not self.patch_resolution:
+      raise ValueError("patch=True needs a Discriminator with patch_resolution > 0")
     ch = lambda r: channels_at(r, self.channel_base, self.channel_max)
     kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl)
     low = low_precision_blocks(self.resolution, self.num_low_precision_res)
@@ -450,6 +462,17 @@ class Discriminator(nn.Module):
                              from_rgb=(res == self.resolution),
                              dtype=self.dtype if res in low else jnp.float32,
                              name=f"b{res}", **kw)(x)
+      # The official CDC code reads a 3x3 conv to one channel off an intermediate D map (the
+      # 32x32 output of a block's down-sampling conv, before the residual sum, at 256 px). Here
+      # the head reads a block's output, the residual sum, which is what our blocks expose and
+      # the next block reads. The official head ends in its conv class's default activation, a
+      # biased leaky ReLU; ours is linear, so that a patch logit ranges over both signs as the
+      # image logit does and the logistic losses treat both alike.
+      if self.patch_resolution and res // 2 == self.patch_resolution and (patch or self.is_initializing()):
+        logits = ConvLayer(out_channels=1, kernel_size=3, act="linear", conv_impl=self.conv_impl,
+                           name=PATCH_HEAD)(x.astype(jnp.float32))[..., 0]
+        if patch:
+          return logits
     return DiscriminatorEpilogue(channels=ch(4), mbstd_group_size=self.mbstd_group_size,
                                  mbstd_num_channels=self.mbstd_num_channels,
                                  mbstd_grouping=self.mbstd_grouping, name="b4", **kw)(x, mbstd_num_shards)
@@ -467,8 +490,9 @@ def generator_from_config(model: ml_collections.ConfigDict) -> Generator:
       num_low_precision_res=model.get("num_low_precision_res", 0))
 
 
-def discriminator_from_config(model: ml_collections.ConfigDict) -> Discriminator:
-  """Builds the Discriminator from the ``config.model`` section."""
+def discriminator_from_config(model: ml_collections.ConfigDict, patch_resolution: int = 0) -> Discriminator:
+  """Builds the Discriminator from the ``config.model`` section; ``patch_resolution`` > 0 adds
+  the patch head (the training step asks for it: ``fewshot.patch_resolution``)."""
   return Discriminator(
       resolution=model.resolution, img_channels=model.img_channels,
       channel_base=model.channel_base, channel_max=model.channel_max,
@@ -477,7 +501,7 @@ def discriminator_from_config(model: ml_collections.ConfigDict) -> Discriminator
       # Configs saved before the key existed used contiguous groups.
       mbstd_grouping=model.get("mbstd_grouping", "contiguous"),
       dtype=jnp.dtype(model.get("compute_dtype", "float32")),
-      num_low_precision_res=model.get("num_low_precision_res", 0))
+      num_low_precision_res=model.get("num_low_precision_res", 0), patch_resolution=patch_resolution)
 
 
 def init_generator(g: Generator, rng: Array) -> dict[str, Any]:

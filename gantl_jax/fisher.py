@@ -1,0 +1,152 @@
+"""Fisher information of G's parameters on the source model, and EWC's penalty (Li et al. 2020,
+"Few-shot image generation with elastic weight consolidation").
+
+EWC keeps the weights that matter for the source where they were:
+
+    penalty = sum_theta F(theta) * (theta - theta_source)^2,   added to G main's loss times fewshot.ewc_weight
+
+F is the diagonal empirical Fisher information, E_z[(d log L(z) / d theta)^2] at theta_source. A GAN
+has no likelihood; as the paper does, the source discriminator stands in for it: a sample's
+log-likelihood is log D_s(G_s(z)) = log sigmoid(logit), the log-probability that the source D calls
+the source G's image real (its gradient is that of G's non-saturating loss, with the opposite
+sign). Decisions, each for a reason:
+
+- Per sample, not per batch: the squared gradient of each sample's log-likelihood, averaged over
+  ``fewshot.fisher_samples`` samples (the square of a batch-mean gradient would shrink F by up to
+  the batch size, and make it depend on it).
+- D's minibatch-stddev layer needs a group: each sample is judged with the other members of its
+  group (``model.mbstd_group_size`` consecutive samples) as constants, so its gradient flows
+  through its own image only.
+- Latents z ~ N(0, I) with random noise inputs, no truncation and no style mixing: the source G's
+  own distribution. Sample i is a function of (key, i) only.
+- All of G's parameters (mapping, affines, kernels, biases, toRGB, the constant) get a Fisher, so
+  the penalty covers whatever the freeze settings leave trainable. With kernel-modulation adapters
+  the penalty is taken on the merged kernels, i.e. on the weights the model uses.
+
+The loop computes F once, when the run starts from its transfer source, and stores it in the run
+(``DIR/g_fisher.npz``, written atomically before the first checkpoint), so a resume reads it back
+instead of recomputing. It reaches the step in ``frozen['g_fisher']``, next to the source G in
+``frozen['g']``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax import lax
+
+from gantl_jax.config import ConfigError
+
+FILE = "g_fisher.npz"  # in the run's workdir
+
+
+def ewc_weight(config) -> float:
+  """``config.fewshot.ewc_weight``; 0 (off) for configs written before the fewshot section existed."""
+  fewshot = config.get("fewshot")
+  return float(fewshot.get("ewc_weight", 0.0)) if fewshot is not None else 0.0
+
+
+def needed(config) -> bool:
+  """Whether a run needs G's Fisher: EWC is on, or adapters choose their layers by it."""
+  fewshot = config.get("fewshot")
+  if fewshot is None:
+    return False
+  return ewc_weight(config) > 0 or (fewshot.get("adapter", "none") != "none"
+                                    and fewshot.get("adapter_fisher_quantile", 0.0) > 0)
+
+
+def ewc_penalty(params: Any, source_params: Any, g_fisher: Any) -> jax.Array:
+  """sum F * (theta - theta_source)^2 over every leaf (float32 scalar). The three trees have G's
+  plain params layout (merge adapters first)."""
+  terms = jax.tree.map(lambda p, s, f: jnp.sum(f * jnp.square(p - s)), params, source_params, g_fisher)
+  return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def sample_group(discriminator) -> int:
+  """Samples D judges together (its minibatch-stddev group; 1 without that layer): a Fisher batch
+  is made of whole groups."""
+  return discriminator.mbstd_group_size if discriminator.mbstd_num_channels > 0 else 1
+
+
+def g_fisher(generator, discriminator, g_vars: Any, d_params: Any, key: jax.Array, *,
+             num_samples: int, batch: int, sharding: Optional[jax.sharding.NamedSharding] = None) -> Any:
+  """The diagonal empirical Fisher of G's params at ``g_vars`` ({'params', 'buffers'}), with the
+  log-likelihood log sigmoid(D(G(z))) through the discriminator ``d_params``: a tree like
+  ``g_vars['params']``, float32, averaged over ``num_samples`` samples.
+
+  ``batch`` samples are processed at once (their per-sample gradients are in memory together); it
+  must be a multiple of D's minibatch-stddev group. With ``sharding`` (e.g.
+  ``parallel.batch_sharding(mesh)``) each batch's groups are spread over its devices; the number
+  of groups per batch must then divide evenly.
+  """
+  group = sample_group(discriminator)
+  if batch % group:
+    raise ValueError(f"the Fisher batch {batch} must be a multiple of the minibatch-stddev group {group}")
+  z_dim = generator.z_dim
+
+  def log_likelihood(params, buffers, d_params, z, noise_keys, images, j):
+    """log sigmoid(D(x_j)), x_j regenerated from ``params``; the group's other images constant."""
+    x = generator.apply({"params": params, "buffers": buffers}, z[j][None], noise_mode="random",
+                        noise_keys=noise_keys[j][None])
+    images = lax.dynamic_update_index_in_dim(images, x[0], j, 0)
+    logit = discriminator.apply({"params": d_params}, images)[j]
+    return -jax.nn.softplus(-logit)
+
+  def group_sum(g_vars, d_params, key, ids):
+    """Sum over one group's samples (global indices ``ids``) of their squared gradients."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+    z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), (z_dim,)))(keys)
+    noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    images = lax.stop_gradient(generator.apply(g_vars, z, noise_mode="random", noise_keys=noise_keys))
+    grad = jax.grad(log_likelihood)
+
+    def squared(j):
+      g = grad(g_vars["params"], g_vars["buffers"], d_params, z, noise_keys, images, j)
+      valid = ids[j] < num_samples  # the last batch may run past num_samples
+      return jax.tree.map(lambda x: jnp.where(valid, jnp.square(x), 0.0), g)
+
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), jax.vmap(squared)(jnp.arange(group)))
+
+  def batch_sum(g_vars, d_params, key, ids):
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0),
+                        jax.vmap(lambda i: group_sum(g_vars, d_params, key, i))(ids))
+
+  replicated = None
+  if sharding is not None:
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(batch_sum, out_shardings=replicated)
+  total = None
+  for start in range(0, num_samples, batch):
+    ids = np.arange(start, start + batch, dtype=np.int32).reshape(batch // group, group)
+    if sharding is not None:
+      ids = jax.make_array_from_callback(ids.shape, sharding, lambda index, v=ids: v[index])
+    part = step(g_vars, d_params, key, ids)
+    total = part if total is None else jax.tree.map(jnp.add, total, part)
+  return jax.tree.map(lambda x: x / num_samples, total)
+
+
+def save(path: str, g_fisher: Any) -> None:
+  """Writes ``g_fisher`` (host arrays) to ``path`` (.npz, keys are parameter paths), atomically:
+  a reader finds the whole file or none."""
+  flat = {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(g_fisher, sep="/").items()}
+  tmp = f"{path}.tmp-{os.getpid()}.npz"
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def load(path: str, template: Any) -> Any:
+  """The Fisher stored at ``path``, as numpy arrays in the structure of ``template`` (G's plain
+  params, arrays or shapes). Raises ConfigError naming the file if it does not fit."""
+  with np.load(path) as data:
+    stored = {k: data[k] for k in data.files}
+  want = traverse_util.flatten_dict(template, sep="/")
+  wrong = sorted(p for p, x in want.items() if p not in stored or stored[p].shape != tuple(x.shape))
+  if wrong:
+    raise ConfigError(f"{path} does not fit this run's generator ({len(wrong)} parameters missing or "
+                      f"of another shape, e.g. {wrong[0]}); delete it to recompute the Fisher from "
+                      f"transfer.source")
+  return traverse_util.unflatten_dict({p: stored[p] for p in want}, sep="/")
