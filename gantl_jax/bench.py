@@ -3,16 +3,18 @@
     python -m gantl_jax.bench --config configs/bench32.py [--config.model.conv_impl=xla] [--steps 16]
     python -m gantl_jax.bench --config configs/demo_anime.py --freeze_flops
 
-It builds the state under ``jit``, compiles every train-step variant the lazy-regularisation
-schedule needs (timing the compiles in wall and in CPU seconds, the latter meaningful on a shared
-machine), warms each up once, then times ``--steps`` steps that follow the real schedule (path
-length every ``pl_interval``, R1 every ``r1_interval``), blocking only at the end. Real images are
-uniform noise in [-1, 1]: no data pipeline, so this is the model's speed. FLOPs come from XLA's
-cost analysis of each compiled variant, weighted by how often the schedule runs it; the device's
-own matmul rate in the step's compute dtype is measured once (:func:`matmul_rate`) so that the
-step's rate can be read as a fraction of it. Memory: the host's peak RSS and the device's peak
-bytes in use (``null`` where the backend keeps no statistics, as on CPU). ``--freeze_flops`` prints instead the FLOPs of one step with the config's freezing and
-with nothing frozen: frozen parameters cost no weight-gradient FLOPs.
+It builds the state under ``jit``, compiles the train-step programs the lazy-regularisation
+schedule needs (one per variant, or one merged program: ``train.variant_programs``), timing the
+compiles in wall and in CPU seconds (the latter meaningful on a shared machine), warms each up
+once, then times ``--steps`` steps that follow the real schedule (path length every
+``pl_interval``, R1 every ``r1_interval``), blocking only at the end. Real images are uniform noise
+in [-1, 1]: no data pipeline, so this is the model's speed. FLOPs come from XLA's cost analysis of
+the compiled programs, weighted by how often the schedule runs each variant; the device's own
+matmul rate in the step's compute dtype is measured once (:func:`matmul_rate`) so that the step's
+rate can be read as a fraction of it. Memory: the host's peak RSS and the device's peak bytes in
+use (``null`` where the backend keeps no statistics, as on CPU). ``--freeze_flops`` prints
+instead the FLOPs of one step with the config's freezing and with nothing frozen: frozen
+parameters cost no weight-gradient FLOPs.
 
 This module is the one place that compiles a step for counting (:func:`compile_step`,
 :func:`flops`).
