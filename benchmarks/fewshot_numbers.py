@@ -3,8 +3,9 @@ real/fake gap saturates, and SWD.
 
     python benchmarks/fewshot_numbers.py --outdir runs/transfer_study
 
-For each run directory ``<arm>-n<shots>-s<seed>`` under ``OUTDIR/runs`` it reads metrics.jsonl and
-eval.jsonl and prints one markdown row per (arm, shots), over the seeds found:
+For each finished run (status 'done' in ``OUTDIR/results.jsonl``; its directory
+``runs/<arm>-n<shots>-s<seed>``) it reads metrics.jsonl and eval.jsonl and prints one markdown row
+per (arm, shots), over the seeds found:
 
 * ``s/kimg vs finetune``: the median seconds per kimg of the logged intervals (the first one,
   which includes compiling, left out), divided by the ``finetune`` arm's on the same target.
@@ -49,11 +50,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--outdir", default="runs/transfer_study", help="the transfer study's --outdir")
   args = parser.parse_args()
-  runs_dir = os.path.join(args.outdir, "runs")
+  done = {os.path.basename(r["workdir"]) for r in jsonl.read(os.path.join(args.outdir, "results.jsonl"))
+          if r.get("status") == "done"}  # a run still going has a partial curve
   found = collections.defaultdict(list)
-  for name in sorted(os.listdir(runs_dir)):
+  for name in sorted(done):
     m = _RUN.match(name)
-    numbers = run_numbers(os.path.join(runs_dir, name)) if m else None
+    numbers = run_numbers(os.path.join(args.outdir, "runs", name)) if m else None
     if numbers:
       found[(m["arm"], int(m["shots"]))].append(numbers)
   mean = lambda rows, k: statistics.fmean(r[k] for r in rows)

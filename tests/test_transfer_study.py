@@ -140,9 +140,12 @@ def test_report_table_plot_and_doc_block(tmp_path):
 
 def test_fewshot_numbers_speed_ratio_gap_saturation_and_swd(tmp_path):
   gaps = {"finetune": [1.0, 2.0, 4.0, 5.0, 5.0, 5.0], "freezed": [1.0, 1.0, 1.0, 2.0, 3.0, 6.0]}
-  for arm, secs in (("finetune", 10.0), ("freezed", 7.5)):
+  for arm, secs in (("finetune", 10.0), ("freezed", 7.5), ("affine", 5.0)):
     run = tmp_path / "runs" / f"{arm}-n10-s0"
     run.mkdir(parents=True)
+    if arm != "affine":  # affine is still running: no results line, left out
+      jsonl.append(str(tmp_path / "results.jsonl"), dict(workdir=f"runs/{arm}-n10-s0", status="done"))
+    gaps.setdefault(arm, [1.0, 2.0])
     for i, gap in enumerate(gaps[arm]):
       jsonl.append(str(run / "metrics.jsonl"), dict(step=i + 1, kimg=i + 1.0, real_logits=gap / 2,
                                                     fake_logits=-gap / 2, sec_per_kimg=99.0 if i == 0 else secs))
@@ -158,3 +161,4 @@ def test_fewshot_numbers_speed_ratio_gap_saturation_and_swd(tmp_path):
   with contextlib.redirect_stdout(out):
     fewshot_numbers.main()
   assert "| freezed | 10 | 1 | 7.5 | 0.75 | 6.0 | 6.00 | 45.00 | 45.00 |" in out.getvalue()
+  assert "affine" not in out.getvalue()
