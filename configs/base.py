@@ -20,7 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
       mapping_lr_mul=0.01,
       channel_base=16384,        # channels at res r: min(channel_base // r, channel_max)
       channel_max=512,
-      conv_clamp=config_dict.placeholder(float),  # None: no clamping (fp32 training)
+      # Clamp each conv layer's output (after bias and activation; not D's linear skips) to
+      # +-conv_clamp, in every block of G and D whatever its dtype, as stylegan2-ada-pytorch
+      # (which sets 256 with its fp16 mixed precision). None: no clamping.
+      conv_clamp=config_dict.placeholder(float),
       mbstd_group_size=4,        # must divide the per-device batch
       mbstd_num_channels=1,
       # Which samples share an mbstd group: 'contiguous' (runs of consecutive samples; the
@@ -30,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
       conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients)
       compute_dtype="float32",   # 'float32' | 'bfloat16': the convolutions' dtype (parameters,
                                  # optimizer, losses and demodulation stay float32)
+      # With compute_dtype='bfloat16': the N highest resolutions' blocks of G and D compute in
+      # bf16, the others in float32 (the official num_fp16_res, which uses 4); 0 = every block.
+      num_low_precision_res=0,
   ))
 
   c.train = ml_collections.ConfigDict(dict(
@@ -39,6 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
       r1_interval=16,
       pl_weight=2.0,             # 0 disables path-length regularisation
       pl_interval=4,
+      # The lazy phases' programs: 'separate' compiles one program per combination of lazy phases
+      # the schedule runs (no dead branches); 'merged' one program for every step, each lazy
+      # phase behind a lax.cond (fewer compiles); 'auto': merged on CPU, separate elsewhere.
+      variant_programs="auto",
       pl_batch_shrink=2,
       pl_decay=0.01,
       style_mixing_prob=0.9,

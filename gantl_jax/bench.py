@@ -3,13 +3,18 @@
     python -m gantl_jax.bench --config configs/bench32.py [--config.model.conv_impl=xla] [--steps 16]
     python -m gantl_jax.bench --config configs/demo_anime.py --freeze_flops
 
-It builds the state under ``jit``, compiles every train-step variant the lazy-regularisation
-schedule needs (timing the compiles), warms each up once, then times ``--steps`` steps that follow
-the real schedule (path length every ``pl_interval``, R1 every ``r1_interval``), blocking only at
-the end. Real images are uniform noise in [-1, 1]: no data pipeline, so this is the model's speed.
-FLOPs come from XLA's cost analysis of each compiled variant, weighted by how often the schedule
-runs it. ``--freeze_flops`` prints instead the FLOPs of one step with the config's freezing and
-with nothing frozen: frozen parameters cost no weight-gradient FLOPs.
+It builds the state under ``jit``, compiles the train-step programs the lazy-regularisation
+schedule needs (one per variant, or one merged program: ``train.variant_programs``), timing the
+compiles in wall and in CPU seconds (the latter meaningful on a shared machine), warms each up
+once, then times ``--steps`` steps that follow the real schedule (path length every
+``pl_interval``, R1 every ``r1_interval``), blocking only at the end. Real images are uniform noise
+in [-1, 1]: no data pipeline, so this is the model's speed. FLOPs come from XLA's cost analysis of
+the compiled programs, weighted by how often the schedule runs each variant; the device's own
+matmul rate in the step's compute dtype is measured once (:func:`matmul_rate`) so that the step's
+rate can be read as a fraction of it. Memory: the host's peak RSS and the device's peak bytes in
+use (``null`` where the backend keeps no statistics, as on CPU). ``--freeze_flops`` prints
+instead the FLOPs of one step with the config's freezing and with nothing frozen: frozen
+parameters cost no weight-gradient FLOPs.
 
 This module is the one place that compiles a step for counting (:func:`compile_step`,
 :func:`flops`).
@@ -23,6 +28,7 @@ import os
 import resource
 import statistics
 import time
+from typing import Any, Callable, NamedTuple
 
 from absl import app, flags
 import jax
@@ -30,14 +36,50 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gantl_jax import compilation
 from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax.models import ops
 
 
+def cpu_seconds() -> float:
+  """User + system CPU time of this process so far, all threads (``resource.getrusage``)."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def device_peak_mb(device=None) -> float | None:
+  """Peak bytes in use on ``device`` (default: the first) in MB, or None where the backend keeps no
+  memory statistics (CPU)."""
+  stats = (device or jax.devices()[0]).memory_stats()
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return round(stats["peak_bytes_in_use"] / 2 ** 20, 1)
+
+
+def matmul_rate(dtype, n: int | None = None, repeats: int = 10) -> float:
+  """The default device's measured FLOP/s on an n x n by n x n ``jnp.dot`` in ``dtype`` at the
+  default precision (TF32 for float32 on recent NVIDIA GPUs): the fastest of ``repeats`` timed
+  calls after a warm-up (the chip's rate, as free of a shared machine's load as it gets). n
+  defaults to 4096 on accelerators and 1024 on CPU. The operands are random normal numbers:
+  zeros run faster on some chips."""
+  n = n or (1024 if jax.default_backend() == "cpu" else 4096)
+  a, b = (jax.random.normal(k, (n, n), jnp.float32).astype(dtype)
+          for k in jax.random.split(jax.random.key(0), 2))
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2 * n ** 3 / min(times)
+
+
 def flops(compiled) -> float:
-  """XLA's FLOP estimate of one compiled program (the API returns a dict or a list of dicts)."""
+  """XLA's FLOP estimate of one compiled (or lowered) program (the API returns a dict or a list of
+  dicts)."""
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
@@ -66,55 +108,153 @@ def freeze_flops(config: ml_collections.ConfigDict) -> dict:
               ratio=frozen / everything)
 
 
-def bench(config, num_steps: int, repeats: int, name: str = "") -> dict:
-  """Compiles, warms up and times the train step of a resolved ``config``; returns the record."""
+class Schedule(NamedTuple):
+  """The train step of a config compiled for ``plan``, the flags of ``num_steps`` scheduled steps:
+  ``programs[flags](state, real)`` runs one step; the compiled programs, and each compile's wall
+  and CPU seconds, by name (``compilation.variant_name`` of the program key); XLA's FLOP count
+  per variant."""
+  state: Any
+  real: jax.Array
+  plan: list[steps.StepFlags]
+  programs: dict[steps.StepFlags, Callable]
+  compiled: dict[str, Any]
+  compile_s: dict[str, float]
+  compile_cpu_s: dict[str, float]
+  flops: dict[steps.StepFlags, float]
+
+
+def _jit_step(config, nets) -> Callable:
+  """The train step jitted with the state donated, as ``program(state, real, key, args)``: one
+  program per static ``key`` (:func:`_key_and_args`)."""
+  train_step = steps.make_train_step(config, nets)
+  return jax.jit(lambda s, r, key, args: train_step(s, r, flags=steps.with_cond_args(key, args)),
+                 static_argnums=2, donate_argnums=0)
+
+
+def _key_and_args(flags: steps.StepFlags, merged: bool) -> tuple:
+  """The program key and the traced arguments of a step of ``flags``: the flags and () with
+  separate programs; ``steps.program_key`` and ``steps.cond_args`` with merged ones."""
+  return steps.program_key(flags, merged), (steps.cond_args(flags) if merged else ())
+
+
+def compile_schedule(config, num_steps: int, compiler_options: dict | None = None) -> Schedule:
+  """Builds the state of a resolved ``config`` and compiles (timed, tracing included) the
+  train-step programs its first ``num_steps`` steps need, the state donated: one per variant, or
+  with merged variants (``train.variant_programs``) one per value of the static flags. Real
+  images are uniform noise in [-1, 1].
+
+  ``compiler_options`` (XLA debug options, e.g. ``{'xla_backend_optimization_level': 1}``) are
+  passed to every compile."""
   nets = state_lib.build_networks(config)
   state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
   m, t = config.model, config.train
   real = jnp.asarray(np.random.default_rng(0).uniform(
       -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
-  step_fn = jax.jit(steps.make_train_step(config, nets), static_argnames=("flags",), donate_argnums=0)
-
+  program = _jit_step(config, nets)
+  merged = steps.merged_variants(t)
   plan = [steps.schedule(i, config) for i in range(num_steps)]
-  counts = collections.Counter(plan)
-  compiled, compile_s, step_flops = {}, {}, {}
-  for variant in sorted(counts, reverse=True):
-    t0 = time.perf_counter()
-    compiled[variant] = step_fn.lower(state, real, flags=variant).compile()
-    compile_s[variant] = time.perf_counter() - t0
-    step_flops[variant] = flops(compiled[variant])
+  variants = list(dict.fromkeys(sorted(plan, reverse=True)))
+  keys = {v: steps.program_key(v, merged) for v in variants}
+  programs, compiled, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}, {}
+  for variant in variants:
+    key, args = _key_and_args(variant, merged)
+    name = compilation.variant_name(key)
+    if name not in compiled:
+      t0, c0 = time.perf_counter(), cpu_seconds()
+      compiled[name] = program.lower(state, real, key, args).compile(compiler_options)
+      compile_s[name], compile_cpu_s[name] = time.perf_counter() - t0, cpu_seconds() - c0
+    programs[variant] = lambda s, r, c=compiled[name], a=args: c(s, r, a)
+    step_flops[variant] = flops(compiled[name])
+  if merged:
+    # XLA counts a conditional at its largest branch, so a merged program counts as its fullest
+    # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
+    # programs' counts of the separate variants, which agrees with compiling each to ~1%.
+    lowered = {v: flops(program.lower(state, real, v, ())) for v in variants}
+    for v in variants:
+      step_flops[v] *= lowered[v] / max(lowered[u] for u in variants if keys[u] == keys[v])
+  return Schedule(state, real, plan, programs, compiled, compile_s, compile_cpu_s, step_flops)
 
+
+def run_plan(schedule: Schedule, state, plan=None):
+  """Runs the steps of ``plan`` (default: the schedule's) from ``state``, blocking at the end
+  only; returns the final (state, metrics)."""
+  metrics = None
+  for variant in schedule.plan if plan is None else plan:
+    state, metrics = schedule.programs[variant](state, schedule.real)
+  return jax.block_until_ready((state, metrics))
+
+
+LOSSES = ("g_loss", "d_loss", "pl_penalty", "r1_penalty")
+
+
+def train_losses(config, images: np.ndarray, num_steps: int) -> tuple[dict[str, np.ndarray], Any]:
+  """The losses of ``num_steps`` train steps of a resolved ``config`` from its seed, on batches
+  taken in turn from ``images`` (float [-1, 1], NHWC, at least one batch): ({name: [num_steps]},
+  final state). Losses are NaN where a lazy phase did not run; ``'finite_params'`` is 1 where every
+  parameter of G, G-EMA and D was finite after the step. For comparing precisions on identical
+  data and latents."""
+  nets = state_lib.build_networks(config)
+  state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
+  program = _jit_step(config, nets)
+  merged = steps.merged_variants(config.train)
+  finite = jax.jit(lambda s: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+      [state_lib.network(s, n).params for n in state_lib.NETWORKS])])))
+  b = config.train.batch_size
+  out = {name: [] for name in LOSSES + ("finite_params",)}
+  for i in range(num_steps):
+    start = (i * b) % (len(images) - b + 1)
+    state, metrics = program(state, jnp.asarray(images[start:start + b]),
+                             *_key_and_args(steps.schedule(i, config), merged))
+    metrics = jax.device_get(metrics)
+    for name in LOSSES:
+      out[name].append(float(metrics[name]))
+    out["finite_params"].append(float(finite(state)))
+  return {k: np.asarray(v) for k, v in out.items()}, state
+
+
+def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options: dict | None = None) -> dict:
+  """Compiles, warms up and times the train step of a resolved ``config``; returns the record.
+  ``compiler_options``: see :func:`compile_schedule`."""
+  load_at_start = os.getloadavg()[0]
+  m, t = config.model, config.train
+  sched = compile_schedule(config, num_steps, compiler_options)
   # Warm-up: each variant once (first-run allocations, thread pools).
-  for variant in compiled:
-    state, _ = compiled[variant](state, real)
-  jax.block_until_ready(state)
+  state, _ = run_plan(sched, sched.state, list(sched.programs))
 
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    for variant in plan:
-      state, metrics = compiled[variant](state, real)
-    jax.block_until_ready((state, metrics))
+    state, _ = run_plan(sched, state)
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
 
   images_per_s = num_steps * t.batch_size / sec
-  flops_per_step = sum(step_flops[v] * c for v, c in counts.items()) / num_steps
+  counts = collections.Counter(sched.plan)
+  flops_per_step = sum(sched.flops[v] * c for v, c in counts.items()) / num_steps
+  flop_per_s = flops_per_step * num_steps / sec
+  peak_matmul = matmul_rate(jnp.dtype(m.compute_dtype))
   return dict(
       config=name,
       resolution=m.resolution, batch=t.batch_size, steps=num_steps, repeats=repeats,
       images_per_s=round(images_per_s, 2), sec_per_kimg=round(1000 / images_per_s, 1),
       step_ms_median=round(1000 * sec / num_steps, 1),
       step_ms_all=[round(1000 * x / num_steps, 1) for x in times],
-      compile_s=round(sum(compile_s.values()), 1),
-      compile_s_per_variant={",".join(f"{k}={int(v)}" for k, v in f._asdict().items()): round(s, 1)
-                             for f, s in compile_s.items()},
+      compute_dtype=m.compute_dtype, num_low_precision_res=m.num_low_precision_res,
+      compile_s=round(sum(sched.compile_s.values()), 1),
+      compile_s_per_variant={k: round(s, 1) for k, s in sched.compile_s.items()},
+      compile_cpu_s=round(sum(sched.compile_cpu_s.values()), 1),
+      compile_cpu_s_per_variant={k: round(s, 1) for k, s in sched.compile_cpu_s.items()},
+      variant_programs="merged" if steps.merged_variants(t) else "separate",
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      device_peak_mb=device_peak_mb(),
       gflop_per_step=round(flops_per_step / 1e9, 2),
-      gflop_per_s=round(flops_per_step * num_steps / sec / 1e9, 1),
+      gflop_per_s=round(flop_per_s / 1e9, 1),
+      matmul_gflop_per_s=round(peak_matmul / 1e9, 1),
+      fraction_of_matmul=round(flop_per_s / peak_matmul, 4),
+      compiler_options=compiler_options or {},
       conv_impl=ops.resolve_conv_impl(m.conv_impl), devices=jax.device_count(),
       backend=jax.default_backend(), jax=jax.__version__,
-      load_avg_1m=round(os.getloadavg()[0], 2),
+      load_avg_1m_start=round(load_at_start, 2), load_avg_1m=round(os.getloadavg()[0], 2),
   )
 
 
@@ -125,7 +265,7 @@ def main(argv):
     record = freeze_flops(config)
   else:
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
-    record = bench(config, _STEPS.value, _REPEATS.value, name)
+    record = bench(config, _STEPS.value, _REPEATS.value, name, json.loads(_COMPILER_OPTIONS.value))
   print(json.dumps(record), flush=True)
 
 
@@ -137,5 +277,8 @@ if __name__ == "__main__":
   _REPEATS = flags.DEFINE_integer("repeats", 3, "Timing repeats; the median is reported.")
   _FREEZE_FLOPS = flags.DEFINE_bool("freeze_flops", False, "Print the FLOPs of one step with the "
                                     "config's freezing and with nothing frozen, instead of timing.")
+  _COMPILER_OPTIONS = flags.DEFINE_string(
+      "compiler_options", "{}", "XLA options for every variant's compile, as JSON, e.g. "
+      "'{\"xla_backend_optimization_level\": 1}' (for measuring compile-time levers).")
   flags.mark_flags_as_required(["config"])
   app.run(main)

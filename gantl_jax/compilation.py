@@ -78,22 +78,29 @@ def cache_counts() -> dict[str, int]:
 
 
 def step_variants(config: ml_collections.ConfigDict, start: int, stop: int) -> dict[steps.StepFlags, int]:
-  """Each distinct ``StepFlags`` that steps ``start .. stop-1`` of the run of ``config`` run, with
-  the first step that runs it. The schedule repeats itself, so one period is enough to look at."""
+  """Each distinct program that steps ``start .. stop-1`` of the run of ``config`` run (its
+  ``steps.program_key``: the ``StepFlags``, or with merged programs the static ones), with the
+  first step that runs it. The schedule repeats itself, so one period is enough to look at."""
+  merged = steps.merged_variants(config.train)
   out: dict[steps.StepFlags, int] = {}
   for i in range(start, min(stop, start + steps.schedule_period(config))):
-    out.setdefault(steps.schedule(i, config), i)
+    out.setdefault(steps.program_key(steps.schedule(i, config), merged), i)
   return out
 
 
 def variant_name(flags: steps.StepFlags) -> str:
-  """'main', 'g_reg', 'g_reg+d_reg': which lazy phases the variant runs besides the main ones."""
-  return "+".join(name for name, on in flags._asdict().items() if on) or "main"
+  """'main', 'g_reg', 'g_reg+d_reg': which lazy phases the variant runs besides the main ones;
+  'merged' (or 'anchor+merged') for a merged program, whose lazy regularisers run by lax.cond."""
+  parts = [name for name, on in flags._asdict().items() if on]
+  if None in flags:
+    parts.append("merged")
+  return "+".join(parts) or "main"
 
 
-def compile_step_variants(step_fn: Callable, step_indices: list[int], *args: Any) -> None:
+def compile_step_variants(step_fn: Callable, step_indices: list[int], state: Any, batch: Any,
+                          frozen: Any = None) -> None:
   """Compiles, ahead of time, the program of ``step_fn`` (``parallel.make_step``) for each step
-  index, on the arguments of a real step (``state, batch, frozen``; nothing is run or donated).
-  JAX keeps each compiled program, so the steps then run without compiling."""
+  index, on the arguments of a real step (nothing is run or donated). JAX keeps each compiled
+  program, so the steps then run without compiling."""
   for i in step_indices:
-    step_fn.variant(i).lower(*args).compile()
+    step_fn.lower(state, batch, i, frozen).compile()

@@ -49,6 +49,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   # The models hand the name to jnp.dtype, which would also take 'float16' or 'int8'.
   _check(m.compute_dtype in ("float32", "bfloat16"),
          f"model.compute_dtype must be 'float32' or 'bfloat16', got {m.compute_dtype!r}")
+  _check(isinstance(m.num_low_precision_res, int) and m.num_low_precision_res >= 0,
+         f"model.num_low_precision_res must be an integer >= 0 (0: every block in compute_dtype), "
+         f"got {m.num_low_precision_res!r}")
   for key in ("z_dim", "w_dim", "channel_max", "mbstd_group_size"):
     _check(m[key] >= 1, f"model.{key} must be >= 1, got {m[key]}")
   _check(m.mapping_lr_mul > 0, f"model.mapping_lr_mul must be positive, got {m.mapping_lr_mul}")
@@ -60,6 +63,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 
+  # Imported here, not at the top: steps imports optim, which imports this module.
+  from gantl_jax import steps  # pylint: disable=g-import-not-at-top
+  _check(t.variant_programs in steps.VARIANT_PROGRAMS,
+         f"train.variant_programs must be one of {', '.join(map(repr, steps.VARIANT_PROGRAMS))}, "
+         f"got {t.variant_programs!r}")
   # Checked before the divisibility tests below, which divide by them.
   for key in ("r1_interval", "pl_interval", "pl_batch_shrink", "log_every"):
     _check(t[key] >= 1, f"train.{key} must be >= 1, got {t[key]}")

@@ -110,41 +110,69 @@ def place_batch(local_batch: np.ndarray, mode: str, mesh: Mesh) -> jax.Array:
   return local_batch.reshape((n, -1) + local_batch.shape[1:])
 
 
+def _program(train_step: Callable, key: steps.StepFlags, merged: bool) -> Callable:
+  """What one compiled program runs: ``(state, batch, frozen)`` with the static flags ``key``, or
+  with merged programs ``(state, batch, frozen, cond_args)`` (``steps.with_cond_args``)."""
+  if merged:
+    return lambda state, batch, frozen, args: train_step(state, batch, frozen,
+                                                         flags=steps.with_cond_args(key, args))
+  return functools.partial(train_step, flags=key)
+
+
 def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode: str,
               mesh: Mesh) -> Callable[..., tuple[Any, dict]]:
   """``step(state, placed_batch, step_index, frozen=None) -> (state, metrics)``: the compiled
-  train step of ``mode``, one program per ``steps.StepFlags`` value (compiled on first use).
+  train step of ``mode``, one program per ``steps.StepFlags`` value; with
+  ``train.variant_programs`` merged, one per value of the static flags, which takes the lazy
+  regularisers' flags as a fourth argument (``steps.cond_args``). Compiled on first use.
 
   The state is donated; ``frozen`` (source-network variables for the few-shot regularisers, in
   the ``jit`` layout: global replicated arrays, see :func:`replicate`) is replicated and never
-  donated, so the same arrays serve every step.
+  donated, so the same arrays serve every step. ``step.variant(step_index)`` is the jitted
+  (pmapped) program of that step; ``step.lower(state, placed_batch, step_index, frozen=None)``
+  lowers it with that step's arguments.
   """
+  merged = steps.merged_variants(config.train)
+  flag_axes = (None,) if merged else ()  # a merged program's flags: replicated
   if mode == "jit":
     train_step = steps.make_train_step(config, nets, num_shards=mesh.devices.size)
-    compile_variant = lambda flags: jax.jit(
-        functools.partial(train_step, flags=flags),
-        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+    compile_variant = lambda key: jax.jit(
+        _program(train_step, key, merged),
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)) + tuple(replicated(mesh) for _ in flag_axes),
         out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
   elif mode == "pmap":
     train_step = steps.make_train_step(config, nets, axis_name=AXIS)
-    compile_variant = lambda flags: jax.pmap(
-        functools.partial(train_step, flags=flags), axis_name=AXIS, in_axes=(0, 0, None),
-        donate_argnums=0)
+    compile_variant = lambda key: jax.pmap(
+        _program(train_step, key, merged), axis_name=AXIS, in_axes=(0, 0, None) + flag_axes, donate_argnums=0)
   else:
     raise ValueError(f"parallel.mode must be 'jit' or 'pmap', got {mode!r}")
   variants: dict[steps.StepFlags, Callable] = {}
+  placed_args: dict[steps.StepFlags, tuple] = {}
 
   def variant(step_index: int) -> Callable:
-    """The jitted (pmapped) program of this step's flags, e.g. to ``.lower(...)`` it."""
+    """The jitted (pmapped) program that runs step ``step_index``."""
+    key = steps.program_key(steps.schedule(step_index, config), merged)
+    if key not in variants:
+      variants[key] = compile_variant(key)
+    return variants[key]
+
+  def flag_args(step_index: int) -> tuple:
+    """The merged program's last argument, () with separate programs: global replicated arrays
+    under jit (every process passes the same), host arrays for pmap to broadcast."""
+    if not merged:
+      return ()
     flags = steps.schedule(step_index, config)
-    if flags not in variants:
-      variants[flags] = compile_variant(flags)
-    return variants[flags]
+    if flags not in placed_args:
+      args = steps.cond_args(flags)
+      placed_args[flags] = replicate(args, mesh) if mode == "jit" else args
+    return (placed_args[flags],)
 
   def step(state, batch, step_index: int, frozen: Any = None):
-    return variant(step_index)(state, batch, frozen)
+    return variant(step_index)(state, batch, frozen, *flag_args(step_index))
 
   step.variant = variant
+  step.lower = lambda state, batch, step_index, frozen=None: variant(step_index).lower(
+      state, batch, frozen, *flag_args(step_index))
   return step
 
 

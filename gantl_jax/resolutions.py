@@ -30,3 +30,18 @@ def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
 def num_ws(resolution: int) -> int:
   """Number of w vectors the synthesis network consumes: two per block (one for b4), plus one."""
   return 2 * (len(block_resolutions(resolution)) - 1) + 1 + 1
+
+
+def low_precision_blocks(resolution: int, num_low_precision_res: int) -> list[int]:
+  """The block resolutions that run in the low-precision compute dtype (``model.compute_dtype``).
+
+  ``num_low_precision_res`` = N > 0 picks the N highest resolutions as stylegan2-ada-pytorch's
+  ``num_fp16_res`` does: every block at ``max(2 ** (log2(resolution) + 1 - N), 8)`` px or above,
+  so the 4x4 block is never one of them. 0 picks every block (b4 included). The same list holds
+  for G's synthesis blocks and D's blocks (D's 4x4 epilogue is always float32).
+  """
+  blocks = block_resolutions(resolution)
+  if num_low_precision_res <= 0:
+    return blocks
+  lowest = max(2 ** (int(resolution).bit_length() - num_low_precision_res), 8)
+  return [r for r in blocks if r >= lowest]

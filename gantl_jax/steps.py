@@ -42,6 +42,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 
@@ -64,12 +65,48 @@ _CDC = 5  # CDC's shared latents (fewshot.cdc_inputs)
 
 
 class StepFlags(NamedTuple):
-  """The lazy phases one step runs. Static: each value is its own compiled program."""
+  """The lazy phases one step runs. Python bools (static): each value is its own compiled program
+  without dead branches. The lazy regularisers' flags (:data:`COND_FLAGS`) may also be traced
+  bools passed as an argument (:func:`with_cond_args`): one program then serves all their values,
+  each of those phases behind a ``lax.cond``."""
   g_reg: bool = False  # path-length regularisation of G
   d_reg: bool = False  # R1 regularisation of D
   # CDC: latents near the anchors and image-level D (False, with fewshot.cdc_anchor_interval > 0:
   # free latents and patch-level D).
   anchor: bool = False
+
+
+VARIANT_PROGRAMS = ("auto", "separate", "merged")
+# The StepFlags fields that a merged program takes as an argument, each lazy phase behind a
+# lax.cond. CDC's ``anchor`` changes the latents and the D of the whole step, so it stays static:
+# a merged run compiles one program per value of it.
+COND_FLAGS = ("g_reg", "d_reg")
+
+
+def merged_variants(train: ml_collections.ConfigDict) -> bool:
+  """Whether the drivers compile one program for the values of :data:`COND_FLAGS`
+  (``train.variant_programs``): 'merged' yes, 'separate' no, 'auto' on CPU only."""
+  value = train.get("variant_programs", "separate")  # configs written before the key: separate
+  if value not in VARIANT_PROGRAMS:
+    raise ValueError(f"train.variant_programs must be one of {VARIANT_PROGRAMS}, got {value!r}")
+  return value == "merged" or (value == "auto" and jax.default_backend() == "cpu")
+
+
+def program_key(flags: StepFlags, merged: bool) -> StepFlags:
+  """Which compiled program runs a step of ``flags``: its own (separate programs), or with merged
+  programs the one of its static flags (the fields of :data:`COND_FLAGS` set to None)."""
+  return flags._replace(**{name: None for name in COND_FLAGS}) if merged else flags
+
+
+def cond_args(flags: StepFlags) -> tuple:
+  """The :data:`COND_FLAGS` of ``flags`` as bool arrays: the argument of a merged program."""
+  return tuple(np.asarray(getattr(flags, name), bool) for name in COND_FLAGS)
+
+
+def with_cond_args(key: StepFlags, args: tuple) -> StepFlags:
+  """The flags that the merged program of ``key`` (:func:`program_key`) runs with its argument
+  ``args`` (traced inside the program)."""
+  return key._replace(**dict(zip(COND_FLAGS, args)))
 
 
 def _lazy_phases(config: ml_collections.ConfigDict) -> dict[str, Optional[int]]:
@@ -116,6 +153,17 @@ def _example_keys(key: Array, n: int, axis_name: Optional[str]) -> Array:
 
 def _normal_per_example(keys: Array, stream: int, shape: tuple[int, ...]) -> Array:
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, stream), shape, jnp.float32))(keys)
+
+
+def _lazy(flag, phase: Callable, *operands):
+  """A lazy phase: ``phase(*operands)`` (its updated operands and its penalty) where ``flag`` is
+  set, else the operands unchanged and a NaN penalty. A Python bool decides while tracing, so each
+  value is its own program without the other branch; a traced bool becomes a ``lax.cond``, so that
+  one program serves every step of the schedule."""
+  skip = lambda *xs: (*xs, jnp.full((), jnp.nan, jnp.float32))
+  if isinstance(flag, (bool, np.bool_)):
+    return phase(*operands) if flag else skip(*operands)
+  return lax.cond(flag, phase, skip, *operands)
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
@@ -222,8 +270,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
       g_buffers = {**g_state.buffers, "mapping": {**g_state.buffers["mapping"], "w_avg": w_avg}}
 
     # Phase 2, G regularisation: path length, every pl_interval steps, scaled by the interval.
-    pl_mean = state.extras["pl_mean"]
-    if flags.g_reg:
+    def g_reg_phase(g_params, g_opt_state, pl_mean):
       n_pl = n // t.pl_batch_shrink
 
       def g_pl_loss(g_params):
@@ -236,10 +283,10 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
       (_, (pl_mean, pl_penalty)), pl_grads = jax.value_and_grad(g_pl_loss, has_aux=True)(g_params)
       updates, g_opt_state = nets.g_tx.update(pmean(pl_grads), g_opt_state, g_params)
-      g_params = optax.apply_updates(g_params, updates)
-      metrics["pl_penalty"] = pmean(pl_penalty)
-    else:
-      metrics["pl_penalty"] = jnp.full((), jnp.nan)
+      return optax.apply_updates(g_params, updates), g_opt_state, pl_mean, pmean(pl_penalty)
+
+    g_params, g_opt_state, pl_mean, metrics["pl_penalty"] = _lazy(
+        flags.g_reg, g_reg_phase, g_params, g_opt_state, state.extras["pl_mean"])
     metrics["pl_mean"] = pl_mean
 
     # Phase 3, D main: real vs fake from the updated G.
@@ -262,7 +309,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
                    real_sign=pmean(jnp.mean(jnp.sign(real_logits))))
 
     # Phase 4, D regularisation: R1 on reals, every r1_interval steps, scaled by the interval.
-    if flags.d_reg:
+    def d_reg_phase(d_params, d_opt_state):
       r1_keys = (_example_keys(jax.random.fold_in(key, _D_REG), n, axis_name)
                  if augment_fn is not None else None)
 
@@ -278,10 +325,9 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
       (_, r1), r1_grads = jax.value_and_grad(d_r1_loss, has_aux=True)(d_params)
       updates, d_opt_state = nets.d_tx.update(pmean(r1_grads), d_opt_state, d_params)
-      d_params = optax.apply_updates(d_params, updates)
-      metrics["r1_penalty"] = pmean(r1)
-    else:
-      metrics["r1_penalty"] = jnp.full((), jnp.nan)
+      return optax.apply_updates(d_params, updates), d_opt_state, pmean(r1)
+
+    d_params, d_opt_state, metrics["r1_penalty"] = _lazy(flags.d_reg, d_reg_phase, d_params, d_opt_state)
 
     # G-EMA: a half-life in images, ramped up early in training; buffers are copied.
     beta = ema_beta(state.images_seen, global_batch, t.ema_kimg, t.ema_rampup)

@@ -43,11 +43,12 @@ from gantl_jax.models import stylegan2
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
                      "train.compile_cache_dir", "train.tensorboard",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
-                     "parallel.", "eval.")
+                     "train.variant_programs", "parallel.", "eval.")
 # Keys added after runs were first written, with the value those runs had without them.
 ADDED_KEYS = {
     "model.mbstd_grouping": "contiguous",
     "model.compute_dtype": "float32",
+    "model.num_low_precision_res": 0,
     "augment.kind": "none",
     "augment.p": 0.0,
     "augment.pipeline": "bgc",
@@ -482,7 +483,7 @@ def _compile_ahead(step_fn, config: ml_collections.ConfigDict, start: int, stop:
   hits = compilation.cache_counts()["hits"]
   later = (f"later launches read them from the cache in {cache}" if cache else
            "the compilation cache is off (train.compile_cache_dir='')")
-  monitor.write(f"compiling the train step ({len(variants)} variants: "
+  monitor.write(f"compiling the train step ({len(variants)} program{'' if len(variants) == 1 else 's'}: "
                 f"{', '.join(map(compilation.variant_name, variants))}) on {jax.default_backend()}; "
                 f"a first launch takes a minute or more, {later}")
   t0 = time.time()

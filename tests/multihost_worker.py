@@ -49,7 +49,7 @@ def main() -> None:
   run = common.Run(args.mode, jax.devices(), jax.process_index(), jax.process_count())
   # Compile ahead, then meet: gloo gives up when the processes reach their first collective more
   # than 30 s apart, and one process may compile (or read the compilation cache) much faster.
-  run.step.variant(0).lower(run.state, run.place(batches[0]), None).compile()
+  run.step.lower(run.state, run.place(batches[0]), 0).compile()
   multihost_utils.sync_global_devices("compiled")
   run.run(2, batches)
   saved = common.params_of(run.state, args.mode)

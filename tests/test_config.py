@@ -75,6 +75,8 @@ BAD = [
     ("model.mapping_lr_mul", 0.0, "positive"),
     ("model.conv_clamp", -1.0, "positive or None"),
     ("model.compute_dtype", "float16", "'float32' or 'bfloat16'"),
+    ("model.num_low_precision_res", -1, "integer >= 0"),
+    ("train.variant_programs", "fused", "'auto', 'separate', 'merged'"),
     ("train.pl_batch_shrink", 0, ">= 1"),
     ("train.log_every", 0, ">= 1"),
     ("train.log_every", -5, ">= 1"),

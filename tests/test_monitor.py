@@ -83,6 +83,14 @@ def test_cache_dir_settings(monkeypatch, tmp_path):
 def test_step_variants_are_the_programs_the_schedule_runs():
   c = base.get_config()  # path length every 4 steps, R1 every 16
   c.train.r1_gamma = 10.0  # (base's -1 means 'auto', resolved at start)
+  # Merged programs: one per value of the static flags (CDC's anchor), the lazy regularisers by
+  # lax.cond inside ('auto' on CPU).
+  assert {compilation.variant_name(f): i for f, i in compilation.step_variants(c, 0, 1000).items()} == {"merged": 0}
+  c.fewshot.cdc_anchor_interval = 3
+  assert {compilation.variant_name(f): i for f, i in compilation.step_variants(c, 0, 1000).items()} == {
+      "anchor+merged": 0, "merged": 1}
+  c.fewshot.cdc_anchor_interval = 0
+  c.train.variant_programs = "separate"
   assert {compilation.variant_name(f): i for f, i in compilation.step_variants(c, 0, 1000).items()} == {
       "g_reg+d_reg": 0, "main": 1, "g_reg": 4}
   assert [compilation.variant_name(f) for f in compilation.step_variants(c, 17, 20)] == ["main"]

@@ -92,7 +92,7 @@ def _hlo_ops(text: str, op: str) -> list[tuple[str, str]]:
 def test_jit_step_all_reduces_gradients_and_never_gathers_the_batch():
   run = common.reference("jit", 8)
   batch = run.place(common.global_batches(1)[0])
-  text = run.step.variant(0).lower(run.state, batch, None).compile().as_text()
+  text = run.step.lower(run.state, batch, 0).compile().as_text()
   all_reduces = _hlo_ops(text, "all-reduce")
   assert all_reduces, "no cross-device all-reduce in the jit step"
   # Every parameter gradient is reduced: the all-reduced elements cover at least G and D once.

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from gantl_jax.models import ops
-from gantl_jax.resolutions import block_resolutions, channels_at, num_ws, resolution_problem
+from gantl_jax.resolutions import (block_resolutions, channels_at, low_precision_blocks, num_ws,
+                                    resolution_problem)
 
 Array = jax.Array
 Dtype = Any
@@ -207,12 +208,14 @@ class SynthesisNetwork(nn.Module):
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  num_low_precision_res: int = 0  # blocks in ``dtype``: see resolutions.low_precision_blocks
 
   @nn.compact
   def __call__(self, ws: Array, noise_mode: str = "random", noise_keys: Optional[Array] = None) -> Array:
     if noise_mode not in NOISE_MODES:
       raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     ch = lambda r: channels_at(r, self.channel_base, self.channel_max)
+    low = low_precision_blocks(self.resolution, self.num_low_precision_res)
     x = img = None
     w_idx = layer_id = 0
     for res in block_resolutions(self.resolution):
@@ -222,7 +225,8 @@ class SynthesisNetwork(nn.Module):
       x, img = SynthesisBlock(
           resolution=res, in_channels=0 if res == 4 else ch(res // 2), out_channels=ch(res),
           w_dim=self.w_dim, img_channels=self.img_channels, first_layer_id=layer_id,
-          conv_clamp=self.conv_clamp, conv_impl=self.conv_impl, dtype=self.dtype,
+          conv_clamp=self.conv_clamp, conv_impl=self.conv_impl,
+          dtype=self.dtype if res in low else jnp.float32,
           name=f"b{res}")(x, img, block_ws, noise_mode, noise_keys)
       w_idx += num_conv
       layer_id += num_conv
@@ -232,8 +236,10 @@ class SynthesisNetwork(nn.Module):
 class Generator(nn.Module):
   """StyleGAN2 generator. ``__call__(z)`` maps and synthesises; ``map``/``synthesize`` do one half.
 
-  ``dtype`` is the compute dtype of the synthesis convolutions; parameters, the mapping network,
-  styles, demodulation coefficients and the output image stay float32.
+  ``dtype`` is the compute dtype of the synthesis convolutions of the blocks that
+  ``num_low_precision_res`` selects (0: all; N: the N highest resolutions, as the official
+  ``num_fp16_res``); the other blocks, parameters, the mapping network, styles, demodulation
+  coefficients and the output image stay float32.
   """
   resolution: int
   z_dim: int = 512
@@ -246,6 +252,7 @@ class Generator(nn.Module):
   conv_clamp: Optional[float] = None
   conv_impl: str = "auto"
   dtype: Dtype = jnp.float32
+  num_low_precision_res: int = 0
 
   def setup(self):
     problem = resolution_problem(self.resolution)
@@ -256,7 +263,7 @@ class Generator(nn.Module):
     self.synthesis = SynthesisNetwork(
         resolution=self.resolution, w_dim=self.w_dim, img_channels=self.img_channels,
         channel_base=self.channel_base, channel_max=self.channel_max, conv_clamp=self.conv_clamp,
-        conv_impl=self.conv_impl, dtype=self.dtype)
+        conv_impl=self.conv_impl, dtype=self.dtype, num_low_precision_res=self.num_low_precision_res)
 
   @property
   def num_ws(self) -> int:
@@ -439,6 +446,7 @@ class Discriminator(nn.Module):
   conv_impl: str = "auto"
   mbstd_grouping: str = "contiguous"
   dtype: Dtype = jnp.float32  # compute dtype of the blocks; the 4x4 epilogue is float32
+  num_low_precision_res: int = 0  # blocks in ``dtype``: see resolutions.low_precision_blocks
   patch_resolution: int = 0  # side of the patch-logit map (a block output's); 0: no patch head
 
   @nn.compact
@@ -447,10 +455,12 @@ class Discriminator(nn.Module):
       raise ValueError("patch=True needs a Discriminator with patch_resolution > 0")
     ch = lambda r: channels_at(r, self.channel_base, self.channel_max)
     kw = dict(conv_clamp=self.conv_clamp, conv_impl=self.conv_impl)
+    low = low_precision_blocks(self.resolution, self.num_low_precision_res)
     x = img
     for res in block_resolutions(self.resolution)[:0:-1]:
       x = DiscriminatorBlock(tmp_channels=ch(res), out_channels=ch(res // 2),
-                             from_rgb=(res == self.resolution), dtype=self.dtype,
+                             from_rgb=(res == self.resolution),
+                             dtype=self.dtype if res in low else jnp.float32,
                              name=f"b{res}", **kw)(x)
       # The official CDC code reads a 3x3 conv to one channel off an intermediate D map (the
       # 32x32 output of a block's down-sampling conv, before the residual sum, at 256 px). Here
@@ -475,7 +485,9 @@ def generator_from_config(model: ml_collections.ConfigDict) -> Generator:
       mapping_layers=model.mapping_layers, mapping_lr_mul=model.mapping_lr_mul,
       img_channels=model.img_channels, channel_base=model.channel_base,
       channel_max=model.channel_max, conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
-      dtype=jnp.dtype(model.get("compute_dtype", "float32")))
+      dtype=jnp.dtype(model.get("compute_dtype", "float32")),
+      # Configs saved before the key existed ran every block in the compute dtype.
+      num_low_precision_res=model.get("num_low_precision_res", 0))
 
 
 def discriminator_from_config(model: ml_collections.ConfigDict, patch_resolution: int = 0) -> Discriminator:
@@ -488,7 +500,8 @@ def discriminator_from_config(model: ml_collections.ConfigDict, patch_resolution
       conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
       # Configs saved before the key existed used contiguous groups.
       mbstd_grouping=model.get("mbstd_grouping", "contiguous"),
-      dtype=jnp.dtype(model.get("compute_dtype", "float32")), patch_resolution=patch_resolution)
+      dtype=jnp.dtype(model.get("compute_dtype", "float32")),
+      num_low_precision_res=model.get("num_low_precision_res", 0), patch_resolution=patch_resolution)
 
 
 def init_generator(g: Generator, rng: Array) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""The speed tools: the bench's JSON record, the matmul-rate probe and the step profiler
+(benchmarks/profile_step.py) on CPU. No timing is asserted, only that the numbers are there."""
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import tiny
+from gantl_jax import bench
+from gantl_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config():
+  """8 px, no lazy regularisers: one step variant, seconds to compile."""
+  c = tiny.get_config()
+  c.model.update(resolution=8, z_dim=16, w_dim=16, channel_base=64, channel_max=16)
+  c.train.update(batch_size=4, r1_gamma=0.0, pl_weight=0.0)
+  return config_lib.resolve(c)
+
+
+def load_profile_step():
+  spec = importlib.util.spec_from_file_location("profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def record():
+  return bench.bench(small_config(), num_steps=2, repeats=1, name="small")
+
+
+def test_bench_record_has_the_speed_fields(record):
+  line = json.loads(json.dumps(record))  # what the bench prints
+  assert line["compute_dtype"] == "float32" and line["num_low_precision_res"] == 0
+  # On CPU train.variant_programs 'auto' compiles one merged program.
+  assert line["variant_programs"] == "merged"
+  assert list(line["compile_s_per_variant"]) == list(line["compile_cpu_s_per_variant"]) == ["merged"]
+  assert line["device_peak_mb"] is None  # CPU keeps no device memory statistics
+  assert line["peak_rss_mb"] > 0 and line["gflop_per_step"] > 0 and line["gflop_per_s"] > 0
+  assert line["matmul_gflop_per_s"] > 0
+  assert line["fraction_of_matmul"] == pytest.approx(line["gflop_per_s"] / line["matmul_gflop_per_s"], rel=0.01)
+  assert line["backend"] == "cpu" and line["load_avg_1m_start"] >= 0
+
+
+def test_matmul_rate_in_bf16():
+  assert bench.matmul_rate(jnp.bfloat16, n=128, repeats=2) > 0
+
+
+def test_profile_step_on_cpu(tmp_path):
+  profile_step = load_profile_step()
+  summary = profile_step.profile(small_config(), 2, str(tmp_path))
+  assert summary["plan"] == {"main": 2}
+  assert {"conv forward", "dense matmuls"} <= set(summary["kinds"]), summary["kinds"]
+  assert set(summary["kinds"]) <= set(profile_step.KINDS)
+  assert summary["op_ms_per_step"] > 0 and summary["top_ops"]
+  shares = sum(v["share"] for v in summary["kinds"].values())
+  assert shares == pytest.approx(1.0, abs=0.01)
+  for name in ("summary.json", "summary.md", "perfetto_trace.json.gz"):
+    assert (tmp_path / name).exists(), name
+  assert list(tmp_path.glob("trace/**/*.xplane.pb"))
+  assert "| conv forward |" in (tmp_path / "summary.md").read_text()
+
+
+# GPU kernel and HLO names as an H100 trace shows them (issue 14's profile): the kinds their
+# table reports.
+@pytest.mark.parametrize("kernel,hlo_op,info,kind", [
+    ("sm80_xmma_fprop_implicit_gemm_indexed_tf32f32_tf32f32_f32_nhwckrsc_nchw", "cudnn-conv.454",
+     dict(opcode="custom-call", target="__cudnn$convForward"), "conv forward"),
+    ("sm90_xmma_wgrad_implicit_gemm_tf32", "cudnn-conv-bw-filter.12",
+     dict(opcode="custom-call", target="__cudnn$convBackwardFilter"), "conv weight-grad"),
+    ("sm90_xmma_dgrad_implicit_gemm_tf32", "cudnn-conv-bw-input.3",
+     dict(opcode="custom-call", target="__cudnn$convBackwardInput"), "conv data-grad"),
+    ("cudnn::cask::convertTensor_kernel", "cudnn-conv.454", dict(opcode="custom-call", target="__cudnn$convForward"),
+     "layout conversions"),
+    ("sm90_xmma_gemm_f32f32_tf32f32", "cublas-gemm.7", dict(opcode="custom-call", target="__cublas$gemm"),
+     "dense matmuls"),
+    ("slice_fusion_3", "slice_fusion.3", dict(opcode="fusion", fused_opcodes=["parameter", "slice"]),
+     "slice / concat / pad / copy fusions"),
+    ("input_reduce_fusion", "input_reduce_fusion", dict(opcode="fusion", fused_opcodes=["add", "reduce"]),
+     "reductions"),
+    ("loop_add_fusion_1", "loop_add_fusion.1", dict(opcode="fusion", fused_opcodes=["add", "multiply"]),
+     "elementwise fusions"),
+    ("conv_general_dilated.3", "conv_general_dilated.3",
+     dict(opcode="convolution", op_name="jit(step)/transpose(jvp(conv_general_dilated))"),
+     "conv backward (XLA:CPU, either)"),
+    ("dot_general.2", "dot_general.2", dict(opcode="dot"), "dense matmuls"),
+])
+def test_kernel_kinds(kernel, hlo_op, info, kind):
+  profile_step = load_profile_step()
+  assert profile_step.classify(kernel, hlo_op, info) == kind
+
+
+def test_hlo_index_reads_compiled_text():
+  profile_step = load_profile_step()
+
+  def f(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(jnp.tanh(y) * 2.0)
+
+  x, w = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  index = profile_step.hlo_index(jax.jit(f).lower(x, w).compile().as_text())
+  opcodes = {v["opcode"] for v in index.values()}
+  assert "parameter" in opcodes and ({"convolution", "fusion"} & opcodes), opcodes
+  fused = [v for v in index.values() if v["opcode"] == "fusion"]
+  assert all(v["fused_opcodes"] for v in fused)
