@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -70,7 +71,11 @@ def read_checkpoint(workdir, step):
   with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_handlers=handlers, options=options) as m:
     args = {k: ocp.args.PyTreeRestore() for k in ITEMS}
     args["data"] = ocp.args.JsonRestore()
-    out = m.restore(step, args=ocp.args.Composite(**args))
+    # Read without a target on purpose (the saved structure, not the loop's), so orbax takes the
+    # shardings from the files and says so; the loop's own restores pass them.
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="Sharding info not provided when restoring")
+      out = m.restore(step, args=ocp.args.Composite(**args))
   leaves = lambda tree: {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   flat = {k: leaves(out[k]) for k in ITEMS}
   flat["data"] = out["data"]
