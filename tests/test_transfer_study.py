@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import transfer_study  # noqa: E402
 import transfer_study_report as report  # noqa: E402
 import fewshot_numbers  # noqa: E402
+import fewshot_step_time  # noqa: E402
 
 # test_loop's tiny config: one example per device.
 TINY = {"model.mbstd_group_size": 1, "train.pl_batch_shrink": 1, "train.log_every": 1}
@@ -162,3 +163,18 @@ def test_fewshot_numbers_speed_ratio_gap_saturation_and_swd(tmp_path):
     fewshot_numbers.main()
   assert "| freezed | 10 | 1 | 7.5 | 0.75 | 6.0 | 6.00 | 45.00 | 45.00 |" in out.getvalue()
   assert "affine" not in out.getvalue()
+
+
+def test_fewshot_step_time_runs_exact_steps_and_keeps_each_launchs_later_intervals(tmp_path):
+  base = transfer_study.load_config(transfer_study._path("configs/demo_anime.py"))
+  for arm in ("finetune", "freezed_cdc", "ewc"):
+    for steps in (24, 48, 72):  # 72 * 32 / 1000 = 2.304 would give 73 steps by ceil in floats
+      overrides = fewshot_step_time.arm_overrides(arm, steps, base.train.batch_size)
+      config = transfer_study.build_config(base, overrides)
+      assert config_lib.num_steps(config) == steps
+      assert (config.eval.every_kimg, config.train.log_every, config.data.num_images) == (0.0, 8, 10)
+  # Two launches of 24 steps: each one's first interval (after its start) is left out.
+  for step in range(8, 49, 8):
+    jsonl.append(str(tmp_path / "metrics.jsonl"), dict(step=step, sec_per_kimg=float(step)))
+  assert fewshot_step_time.launch_intervals(str(tmp_path), 0, 24) == [16.0, 24.0]
+  assert fewshot_step_time.launch_intervals(str(tmp_path), 24, 48) == [40.0, 48.0]
