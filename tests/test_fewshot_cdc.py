@@ -12,7 +12,6 @@ transfer only overlays leaves.
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util

@@ -10,13 +10,11 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from gantl_jax.models import stylegan2 as sg2
 from gantl_jax.tools import import_stylegan2 as imp
-from gantl_jax.tools import safe_pickle as sp
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               persistent_module_node, tf_network_node)
 

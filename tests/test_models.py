@@ -1,5 +1,4 @@
 """StyleGAN2 generator and discriminator: shapes, parameter counts and paths, demodulation."""
-import math
 
 import jax
 import jax.numpy as jnp

@@ -20,10 +20,8 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import portpicker
-import pytest
 
 import parallel_common as common
 from gantl_jax import checkpoint
