@@ -40,9 +40,10 @@ The throwaway environment it was run in (outside the repository):
     git --git-dir=/work/.mirror/NVlabs+stylegan2-ada-pytorch/repo archive HEAD | tar -x -C /tmp/official/src
     python3 -m venv /tmp/official/venv
     /tmp/official/venv/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl numpy
+    /tmp/official/venv/bin/pip install requests   # dnnlib/util.py imports it
 
 (the CPU wheel of torch 2.13.0 from the box's local wheel folder, numpy 2.4.6; the official code
-ran on it without any patch).
+ran on it unpatched). Results and their reading: docs/bench.md, "The official code on this box".
 """
 from __future__ import annotations
 
