@@ -1,0 +1,185 @@
+"""Training-step speed of the official PyTorch StyleGAN2-ADA at configs/bench32.py's settings.
+
+    /tmp/official/venv/bin/python benchmarks/official_bench.py --official_src /tmp/official/src \
+        --steps 16 --repeats 3
+
+The yardstick for issue 14's CPU ratio (this project against the official code, same machine).
+Not part of the package or its tests: it needs torch and a copy of NVlabs/stylegan2-ada-pytorch,
+neither of which the project depends on. It imports only the official public classes
+(``training.networks.Generator`` / ``Discriminator``, ``training.loss.StyleGAN2Loss``) and drives
+them the way the official ``training/training_loop.py`` does for one GPU, minus the data loader,
+logging and snapshots:
+
+- G and D as the official ``train.py`` builds them (G 'skip', D 'resnet', no labels), at bench32:
+  32 px, z_dim = w_dim = 512, 2 mapping layers (lr multiplier 0.01), channel_base 4096 and
+  channel_max 128 (128 channels at every resolution), minibatch-stddev group 4, float32
+  (``num_fp16_res=0``, ``conv_clamp=None``), no augmentation;
+- ``StyleGAN2Loss`` with style mixing 0.9, R1 gamma 0.01, path length weight 2 with batch shrink 2;
+- the four phases of the lazy schedule per step, each with its own zero_grad, backward,
+  nan_to_num of the gradients and optimizer step: Gmain, Greg every 4 steps, Dmain, Dreg every 16
+  steps, with gain = the phase's interval; Adam(lr 0.0025, betas (0, 0.99), eps 1e-8), lr and
+  betas scaled by interval / (interval + 1) for the lazily regularised networks, as the official;
+- fresh latents for every phase each step, and the G-EMA update after each step (ema_kimg =
+  batch * 10 / 32, ramp-up 0.05).
+
+Reals are uniform noise in [-1, 1], as in ``gantl_jax.bench``. It runs ``--warmup_steps``
+scheduled steps first (default 16: one full period, so every phase has run and allocated), then
+times ``--steps`` steps ``--repeats`` times; each timed run starts at a multiple of 16 steps, so
+16 steps hold 1 R1 and 4 path-length phases, like ours. Prints one JSON line with the keys of
+``gantl_jax.bench`` where they apply.
+
+On CPU the official custom ops (``bias_act``, ``upfirdn2d``) run their reference
+implementations and ``conv2d_gradfix`` falls back to ``torch.nn.functional.conv2d`` (so R1 and
+path length also compute weight gradients): that is what a CPU user of the official code gets.
+
+The throwaway environment it was run in (outside the repository):
+
+    # the official code, via the search tool's fetch of github:NVlabs/stylegan2-ada-pytorch
+    # (commit d72cc7d041b42ec8e806021a205ed9349f87c6a4), unpacked unchanged:
+    mkdir -p /tmp/official/src
+    git --git-dir=/work/.mirror/NVlabs+stylegan2-ada-pytorch/repo archive HEAD | tar -x -C /tmp/official/src
+    python3 -m venv /tmp/official/venv
+    /tmp/official/venv/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl numpy
+    /tmp/official/venv/bin/pip install requests   # dnnlib/util.py imports it
+
+(the CPU wheel of torch 2.13.0 from the box's local wheel folder, numpy 2.4.6; the official code
+ran on it unpatched). Results and their reading: docs/bench.md, "The official code on this box".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--official_src", required=True, help="Root of an unpacked stylegan2-ada-pytorch.")
+  p.add_argument("--steps", type=int, default=16, help="Timed steps per repeat (a multiple of 16 "
+                 "keeps the regularisation mix exact).")
+  p.add_argument("--repeats", type=int, default=3, help="Timing repeats; the median is reported.")
+  p.add_argument("--warmup_steps", type=int, default=16, help="Untimed scheduled steps first.")
+  p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default).")
+  p.add_argument("--seed", type=int, default=0)
+  return p.parse_args(argv)
+
+
+# configs/bench32.py over configs/base.py.
+BENCH32 = dict(resolution=32, batch=16, z_dim=512, w_dim=512, mapping_layers=2, mapping_lr_mul=0.01,
+               channel_base=4096, channel_max=128, mbstd_group_size=4, r1_gamma=0.01, r1_interval=16,
+               pl_weight=2.0, pl_interval=4, pl_batch_shrink=2, pl_decay=0.01,
+               style_mixing_prob=0.9, lr=0.0025, betas=(0.0, 0.99), eps=1e-8, ema_rampup=0.05)
+
+
+class Trainer:
+  """The official one-GPU training loop's per-step work on ``torch``'s CPU device."""
+
+  def __init__(self, torch, s: dict, seed: int):
+    from torch_utils.ops import conv2d_gradfix, grid_sample_gradfix
+    from training import loss as loss_lib
+    from training import networks
+
+    self.torch, self.s = torch, s
+    torch.manual_seed(seed)
+    conv2d_gradfix.enabled = True       # as training_loop.py sets them (a no-op on CPU)
+    grid_sample_gradfix.enabled = True
+    device = torch.device("cpu")
+    common = dict(c_dim=0, img_resolution=s["resolution"], img_channels=3)
+    arch = dict(channel_base=s["channel_base"], channel_max=s["channel_max"], num_fp16_res=0,
+                conv_clamp=None)
+    self.G = networks.Generator(
+        z_dim=s["z_dim"], w_dim=s["w_dim"],
+        mapping_kwargs=dict(num_layers=s["mapping_layers"], lr_multiplier=s["mapping_lr_mul"]),
+        synthesis_kwargs=arch, **common).train().requires_grad_(False)
+    self.D = networks.Discriminator(
+        epilogue_kwargs=dict(mbstd_group_size=s["mbstd_group_size"]), **arch,
+        **common).train().requires_grad_(False)
+    self.G_ema = networks.Generator(
+        z_dim=s["z_dim"], w_dim=s["w_dim"],
+        mapping_kwargs=dict(num_layers=s["mapping_layers"], lr_multiplier=s["mapping_lr_mul"]),
+        synthesis_kwargs=arch, **common).eval().requires_grad_(False)
+    self.G_ema.load_state_dict(self.G.state_dict())
+    self.loss = loss_lib.StyleGAN2Loss(
+        device=device, G_mapping=self.G.mapping, G_synthesis=self.G.synthesis, D=self.D,
+        style_mixing_prob=s["style_mixing_prob"], r1_gamma=s["r1_gamma"],
+        pl_batch_shrink=s["pl_batch_shrink"], pl_decay=s["pl_decay"], pl_weight=s["pl_weight"])
+    # (name, module, optimizer, interval): main phases every step, reg phases lazily, sharing the
+    # network's optimizer whose lr and betas are scaled by interval / (interval + 1).
+    self.phases = []
+    for name, module, interval in (("G", self.G, s["pl_interval"]), ("D", self.D, s["r1_interval"])):
+      ratio = interval / (interval + 1)
+      opt = torch.optim.Adam(module.parameters(), lr=s["lr"] * ratio,
+                             betas=[b ** ratio for b in s["betas"]], eps=s["eps"])
+      self.phases += [(name + "main", module, opt, 1), (name + "reg", module, opt, interval)]
+    gen = torch.Generator().manual_seed(seed)
+    self.real = torch.rand([s["batch"], 3, s["resolution"], s["resolution"]], generator=gen) * 2 - 1
+    self.real_c = torch.zeros([s["batch"], 0])
+    self.ema_kimg = s["batch"] * 10 / 32
+    self.step_index = 0
+    self.cur_nimg = 0
+
+  def step(self):
+    """One training step: every phase due at this step, then the G-EMA update."""
+    torch, s, b = self.torch, self.s, self.s["batch"]
+    all_z = torch.randn([len(self.phases) * b, s["z_dim"]]).split(b)
+    gen_c = torch.zeros([b, 0])
+    for (name, module, opt, interval), gen_z in zip(self.phases, all_z):
+      if self.step_index % interval != 0:
+        continue
+      opt.zero_grad(set_to_none=True)
+      module.requires_grad_(True)
+      self.loss.accumulate_gradients(phase=name, real_img=self.real, real_c=self.real_c,
+                                     gen_z=gen_z, gen_c=gen_c, sync=True, gain=interval)
+      module.requires_grad_(False)
+      for param in module.parameters():
+        if param.grad is not None:
+          torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
+      opt.step()
+    with torch.no_grad():
+      ema_nimg = min(self.ema_kimg * 1000, self.cur_nimg * s["ema_rampup"])
+      beta = 0.5 ** (b / max(ema_nimg, 1e-8))
+      for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+        p_ema.copy_(p.lerp(p_ema, beta))
+      for b_ema, b_src in zip(self.G_ema.buffers(), self.G.buffers()):
+        b_ema.copy_(b_src)
+    self.cur_nimg += b
+    self.step_index += 1
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  load_at_start = os.getloadavg()[0]
+  sys.path.insert(0, os.path.abspath(args.official_src))
+  import torch
+  if args.threads:
+    torch.set_num_threads(args.threads)
+  trainer = Trainer(torch, BENCH32, args.seed)
+  for _ in range(args.warmup_steps):
+    trainer.step()
+  times = []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      trainer.step()
+    times.append(time.perf_counter() - t0)
+  sec = statistics.median(times)
+  images_per_s = args.steps * BENCH32["batch"] / sec
+  record = dict(
+      config="bench32 (official stylegan2-ada-pytorch)", resolution=BENCH32["resolution"],
+      batch=BENCH32["batch"], steps=args.steps, repeats=args.repeats,
+      warmup_steps=args.warmup_steps, images_per_s=round(images_per_s, 2),
+      sec_per_kimg=round(1000 / images_per_s, 1), step_ms_median=round(1000 * sec / args.steps, 1),
+      step_ms_all=[round(1000 * t / args.steps, 1) for t in times],
+      peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      torch=torch.__version__, threads=torch.get_num_threads(),
+      cpu_capability=torch.backends.cpu.get_cpu_capability(),
+      load_avg_1m_start=round(load_at_start, 2), load_avg_1m=round(os.getloadavg()[0], 2))
+  print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+  main()
