@@ -2,7 +2,8 @@
 
 32 px, batch 16, 128 channels at every resolution, 2 mapping layers, fp32, R1 every 16 steps
 (gamma 0.01), path length every 4 steps (batch shrink 2), style mixing 0.9, EMA, no augmentation.
-Reference: stylegan2-ada-pytorch trains it at 9.1 images/s (110 s/kimg) on the 2-core dev box.
+Reference: stylegan2-ada-pytorch trains it at 24-30 images/s (median 28.2) on the 2-core dev box
+(benchmarks/official_bench.py; docs/bench.md).
 Run ``python -m gantl_jax.bench --config configs/bench32.py``.
 """
 from configs import base
