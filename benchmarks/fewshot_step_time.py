@@ -75,14 +75,15 @@ def main(argv=None) -> int:
     arms.insert(0, "finetune")
   os.makedirs(os.path.join(args.outdir, "logs"), exist_ok=True)
   config_path = study._path(args.config)
+  paths = {arm: study._path(study.ARMS[arm][0]) if study.ARMS[arm][0] else config_path for arm in arms}
+  batch_sizes = {arm: study.load_config(path).train.batch_size for arm, path in paths.items()}
   per_round: dict[str, list[list[float]]] = {arm: [] for arm in arms}
   with study.Launcher(study.child_env()) as launcher:
     for r in range(args.rounds):
       for arm in arms:
-        path = study._path(study.ARMS[arm][0]) if study.ARMS[arm][0] else config_path
-        batch_size = study.load_config(path).train.batch_size
+        path = paths[arm]
         first, last = r * args.steps, (r + 1) * args.steps
-        overrides = arm_overrides(arm, last, batch_size)
+        overrides = arm_overrides(arm, last, batch_sizes[arm])
         workdir = os.path.abspath(os.path.join(args.outdir, arm))
         log_path = os.path.join(args.outdir, "logs", f"{arm}.log")
         rc = launcher.run(["--config", path, "--workdir", workdir, *study.override_flags(overrides)], log_path)

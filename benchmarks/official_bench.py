@@ -48,6 +48,7 @@ ran on it unpatched). Results and their reading: docs/bench.md, "The official co
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -98,11 +99,7 @@ class Trainer:
     self.D = networks.Discriminator(
         epilogue_kwargs=dict(mbstd_group_size=s["mbstd_group_size"]), **arch,
         **common).train().requires_grad_(False)
-    self.G_ema = networks.Generator(
-        z_dim=s["z_dim"], w_dim=s["w_dim"],
-        mapping_kwargs=dict(num_layers=s["mapping_layers"], lr_multiplier=s["mapping_lr_mul"]),
-        synthesis_kwargs=arch, **common).eval().requires_grad_(False)
-    self.G_ema.load_state_dict(self.G.state_dict())
+    self.G_ema = copy.deepcopy(self.G).eval()  # as training_loop.py makes it
     self.loss = loss_lib.StyleGAN2Loss(
         device=device, G_mapping=self.G.mapping, G_synthesis=self.G.synthesis, D=self.D,
         style_mixing_prob=s["style_mixing_prob"], r1_gamma=s["r1_gamma"],
