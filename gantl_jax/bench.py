@@ -49,6 +49,10 @@ def cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def _significant(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
+
+
 def device_peak_mb(device=None) -> float | None:
   """Peak bytes in use on ``device`` (default: the first) in MB, or None where the backend keeps no
   memory statistics (CPU)."""
@@ -247,10 +251,12 @@ def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options
       variant_programs="merged" if steps.merged_variants(t) else "separate",
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       device_peak_mb=device_peak_mb(),
-      gflop_per_step=round(flops_per_step / 1e9, 2),
-      gflop_per_s=round(flop_per_s / 1e9, 1),
-      matmul_gflop_per_s=round(peak_matmul / 1e9, 1),
-      fraction_of_matmul=round(flop_per_s / peak_matmul, 4),
+      # Significant digits, not decimals: the tiny test configs run at well under
+      # 1 GFLOP/s, where a fixed 0.1 would round away the ratio below.
+      gflop_per_step=_significant(flops_per_step / 1e9),
+      gflop_per_s=_significant(flop_per_s / 1e9),
+      matmul_gflop_per_s=_significant(peak_matmul / 1e9),
+      fraction_of_matmul=_significant(flop_per_s / peak_matmul),
       compiler_options=compiler_options or {},
       conv_impl=ops.resolve_conv_impl(m.conv_impl), devices=jax.device_count(),
       backend=jax.default_backend(), jax=jax.__version__,
