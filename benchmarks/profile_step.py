@@ -15,7 +15,8 @@ summed per kind:
     elementwise fusions | rng | other
 
 Writes to ``--out_dir``: ``perfetto_trace.json.gz`` (open it in ui.perfetto.dev),
-``summary.json`` (per kind and the top ops: ms per step, share, calls per step) and
+``summary.json`` (per kind, the top ops and the top JAX sources (HLO op_name) per kind: ms per
+step, share, calls per step) and
 ``summary.md`` (the table), and prints the table. The profiler's own folder (with the xplane.pb
 that TensorBoard's profile plugin reads) is ``--trace_dir``, by default ``out_dir/trace``. ``busy`` is the union of the op intervals per
 step (per device, or per host thread pool on CPU); on a GPU, wall minus busy is the time the
@@ -198,6 +199,9 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
   (key None: the index for events of any other program)."""
   per_kind = collections.Counter()
   per_op = collections.defaultdict(lambda: dict(ns=0.0, calls=0, kind="", kernel="", hlo_op=""))
+  # The JAX source of each op (its HLO op_name: the traced function path), to say which line of
+  # the model a kind of kernel comes from.
+  per_source = collections.Counter()
   busy = collections.defaultdict(list)
   without_hlo_op = 0.0
   for where, program, kernel, op, start, dur in events:
@@ -209,6 +213,7 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
     row.update(kind=kind, kernel=kernel, hlo_op=op)
     row["ns"] += dur
     row["calls"] += 1
+    per_source[(kind, (index.get(op) or {}).get("op_name", "") or "?")] += dur
     busy[where].append((start, dur))
   total = sum(per_kind.values()) or 1.0
   ms = lambda ns: round(ns / 1e6 / num_steps, 3)
@@ -223,6 +228,8 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
              for k in KINDS if per_kind[k]},
       top_ops=[dict(kind=r["kind"], kernel=r["kernel"][:160], hlo_op=r["hlo_op"], ms_per_step=ms(r["ns"]),
                     calls_per_step=round(r["calls"] / num_steps, 2)) for r in top],
+      top_sources=[dict(kind=kind, op_name=name, ms_per_step=ms(ns))
+                   for (kind, name), ns in per_source.most_common(60)],
   )
 
 
