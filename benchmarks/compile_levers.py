@@ -36,6 +36,10 @@ OPTIONS = {
     "opt1": {"xla_backend_optimization_level": 1},
     "no_expensive_llvm": {"xla_llvm_disable_expensive_passes": True},
     "codegen_split1": {"xla_cpu_parallel_codegen_split_count": 1},
+    # Step-time levers of XLA:CPU (the profile's copies and elementwise glue).
+    "concurrency": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    "vec512": {"xla_cpu_prefer_vector_width": 512},
+    "fastmath": {"xla_cpu_enable_fast_math": True},
 }
 
 

@@ -108,6 +108,29 @@ def hlo_index(hlo_text: str) -> dict[str, dict]:
     info["fused_opcodes"] = sorted(computations.get(info.pop("calls"), ())) if info["opcode"] == "fusion" else []
   return index
 
+# What the model code an op comes from does, from the named scopes of gantl_jax/models (innermost
+# wins): the part names of the breakdown table.
+PARTS = {"conv_input_grad": "conv input-grad", "conv_weight_grad": "conv weight-grad", "conv": "conv",
+         "fir": "FIR filter", "conv_up2": "resampling phases", "conv_down2": "resampling phases",
+         "modulate": "modulation", "demodulate": "demodulation", "noise": "noise",
+         "bias_act": "bias + activation"}
+PASSES = ("forward", "backward", "regularizers")
+
+
+def source_part(op_name: str) -> tuple[str, str, str]:
+  """(network, pass, part) of an op from its HLO ``op_name`` (the traced JAX call path): the
+  network is G, D or 'rest' (losses, optimizer, EMA); the pass is 'regularizers' inside the lazy
+  R1 / path-length branch (a merged program's ``lax.cond``) or under a second differentiation
+  (separate programs), 'backward' under a transpose, else 'forward'; the part is from PARTS."""
+  network = ("G" if "Generator" in op_name else "D" if "Discriminator" in op_name else "rest")
+  pass_ = ("regularizers" if "cond/branch" in op_name or op_name.count("jvp(") >= 2
+           else "backward" if "transpose(" in op_name else "forward")
+  # A scope at the top of a differentiated function is wrapped in JAX's transformation names:
+  # "transpose(jvp(conv))".
+  scopes = [re.sub(r"^(?:[\w.]+\()+([^()]*)\)+$", r"\1", c) for c in op_name.split("/")]
+  part = next((PARTS[c] for c in reversed(scopes) if c in PARTS), "other")
+  return network, pass_, part
+
 
 def classify(kernel: str, hlo_name: str, info: dict | None) -> str:
   """The kind (one of KINDS) of one op event: GPU kernel (or CPU thunk) name, its hlo_op, and
@@ -202,6 +225,7 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
   # The JAX source of each op (its HLO op_name: the traced function path), to say which line of
   # the model a kind of kernel comes from.
   per_source = collections.Counter()
+  per_part = collections.Counter()
   busy = collections.defaultdict(list)
   without_hlo_op = 0.0
   for where, program, kernel, op, start, dur in events:
@@ -213,7 +237,9 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
     row.update(kind=kind, kernel=kernel, hlo_op=op)
     row["ns"] += dur
     row["calls"] += 1
-    per_source[(kind, (index.get(op) or {}).get("op_name", "") or "?")] += dur
+    op_name = (index.get(op) or {}).get("op_name", "")
+    per_source[(kind, op_name or "?")] += dur
+    per_part[source_part(op_name)] += dur
     busy[where].append((start, dur))
   total = sum(per_kind.values()) or 1.0
   ms = lambda ns: round(ns / 1e6 / num_steps, 3)
@@ -230,6 +256,8 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
                     calls_per_step=round(r["calls"] / num_steps, 2)) for r in top],
       top_sources=[dict(kind=kind, op_name=name, ms_per_step=ms(ns))
                    for (kind, name), ns in per_source.most_common(60)],
+      by_part=[dict(network=n, pass_=p, part=part, ms_per_step=ms(ns))
+               for (n, p, part), ns in per_part.most_common()],
   )
 
 
@@ -240,6 +268,17 @@ def table(summary: dict) -> str:
     lines.append(f"| {kind} | {v['ms_per_step']:.2f} | {100 * v['share']:.1f} % |")
   lines.append(f"| all ops | {summary['op_ms_per_step']:.2f} | |")
   lines.append(f"| wall | {summary['wall_ms_per_step']:.2f} | |")
+  # What the model does in that time: ms/step per network and part, one column per pass.
+  cells = collections.defaultdict(float)
+  for r in summary["by_part"]:
+    cells[(r["network"], r["part"])] += 0.0
+    cells[(r["network"], r["part"], r["pass_"])] += r["ms_per_step"]
+  rows = sorted({k[:2] for k in cells if len(k) == 2},
+                key=lambda k: -sum(cells[k + (p,)] for p in PASSES))
+  lines += ["", "| network | part | " + " | ".join(PASSES) + " | all |", "|---|---|" + "---|" * (len(PASSES) + 1)]
+  for k in rows:
+    v = [cells[k + (p,)] for p in PASSES]
+    lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {sum(v):.2f} |")
   return "\n".join(lines)
 
 

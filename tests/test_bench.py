@@ -65,6 +65,36 @@ def test_profile_step_on_cpu(tmp_path):
     assert (tmp_path / name).exists(), name
   assert list(tmp_path.glob("trace/**/*.xplane.pb"))
   assert "| conv forward |" in (tmp_path / "summary.md").read_text()
+  # What the model does (which part names survive depends on how XLA fused the ops; the
+  # classification itself is test_source_part's).
+  parts = {r["part"] for r in summary["by_part"]}
+  assert "conv" in parts and parts <= set(profile_step.PARTS.values()) | {"other"}, parts
+  assert {r["pass_"] for r in summary["by_part"]} <= set(profile_step.PASSES)
+  assert sum(r["ms_per_step"] for r in summary["by_part"]) == pytest.approx(summary["op_ms_per_step"], rel=0.01)
+  assert "| network | part | forward | backward | regularizers | all |" in (tmp_path / "summary.md").read_text()
+
+
+# HLO op_names as the bench32 step's compiled program carries them.
+@pytest.mark.parametrize("op_name,want", [
+    ("jit(<lambda>)/jvp(Discriminator)/b32/conv0/conv/conv_general_dilated", ("D", "forward", "conv")),
+    ("jit(<lambda>)/transpose(jvp(Discriminator))/b32/conv0/conv/conv_weight_grad/slice",
+     ("D", "backward", "conv weight-grad")),
+    ("jit(<lambda>)/transpose(jvp(Discriminator))/b32/conv1/conv_down2/fir/pad", ("D", "backward", "FIR filter")),
+    ("jit(<lambda>)/transpose(jvp(Generator.synthesize))/synthesis/b32/conv0/conv_up2/unstack",
+     ("G", "backward", "resampling phases")),
+    ("jit(<lambda>)/cond/branch_1_fun/jvp(jvp(Generator.synthesize))/synthesis/b32/conv1/conv/conv_general_dilated",
+     ("G", "regularizers", "conv")),
+    # Separate programs: the regulariser is a second differentiation, with no cond around it.
+    ("jit(step)/transpose(jvp(transpose(jvp(jvp(Discriminator)))))/b16/conv0/conv/conv_input_grad/x",
+     ("D", "regularizers", "conv input-grad")),
+    ("jit(<lambda>)/transpose(jvp(conv_down2))/conv/conv_weight_grad/slice", ("rest", "backward", "conv weight-grad")),
+    ("jit(<lambda>)/transpose(jvp(conv))/conv_input_grad/rev", ("rest", "backward", "conv input-grad")),
+    ("jit(<lambda>)/transpose(jvp(bias_act))/mul", ("rest", "backward", "bias + activation")),
+    ("jit(<lambda>)/add", ("rest", "forward", "other")),
+    ("", ("rest", "forward", "other")),
+])
+def test_source_part(op_name, want):
+  assert load_profile_step().source_part(op_name) == want
 
 
 # GPU kernel and HLO names as an H100 trace shows them (issue 14's profile): the kinds their

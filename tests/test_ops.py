@@ -1,6 +1,8 @@
 """Tests of the low-level ops: FIR resampling against the numpy reference, the phase-split
 resampling convolutions against direct lax formulations, and the custom-VJP convolution's first-
 and second-order gradients against XLA's. All tiny: they run in seconds."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,6 +140,18 @@ def test_second_order_stays_on_custom_path(resample_form):
     for line in convs:
       assert "dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in line, line
       assert "lhs_dilate" not in line or "lhs_dilate = [1, 1]," in line, line
+
+
+def test_ops_name_their_parts_for_profiles():
+  """The compiled program's op_names carry the parts (benchmarks/profile_step.py groups by them)."""
+  x, w = _rand((2, 8, 8, 3), 9), _rand((3, 3, 3, 3), 10)
+  loss = lambda x, w: jnp.sum(ops.bias_act(ops.conv2d_down2(ops.conv2d(x, w, 1, impl="custom"), w,
+                                                            impl="custom"), None, "lrelu"))
+  text = jax.jit(jax.grad(loss, (0, 1))).lower(x, w).compile().as_text()
+  names = set(re.findall(r'op_name="([^"]+)"', text))
+  for scope in ("conv", "conv_input_grad", "conv_weight_grad", "fir", "conv_down2", "bias_act"):
+    # A scope is one path component, inside JAX's transformation names: .../transpose(jvp(conv))/...
+    assert any(re.search(rf"[/(]{scope}[/)]", n) for n in names), (scope, names)
 
 
 def test_conv2d_1x1_with_padding():

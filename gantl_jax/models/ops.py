@@ -36,6 +36,19 @@ LRELU_GAIN = math.sqrt(2.0)
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
+def _named(scope: str):
+  """Names the ops a function emits (their HLO ``op_name`` gets ``scope``), so that a profile
+  can say which kernels are FIR filtering, resampling glue or a convolution's gradients
+  (``benchmarks/profile_step.py`` groups by these names). Metadata only: the program is the same."""
+  def wrap(fn):
+    @functools.wraps(fn)
+    def named(*args, **kwargs):
+      with jax.named_scope(scope):
+        return fn(*args, **kwargs)
+    return named
+  return wrap
+
+
 def resolve_conv_impl(conv_impl: str) -> str:
   """Maps ``'auto'`` to the implementation that is fastest on the default backend."""
   if conv_impl == "auto":
@@ -66,27 +79,32 @@ def _conv_custom_bwd(padding, residuals, dy):
   kh, kw, c_in, c_out = w.shape
   (pt, pb), (pl, pr) = padding
   # Input gradient: a "full" correlation of dy with the spatially flipped, in/out-swapped kernel.
-  w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-  dx = _conv_custom(dy, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
+  with jax.named_scope("conv_input_grad"):
+    w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+    dx = _conv_custom(dy, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
   # Weight gradient: per kernel row, one matmul contracting over N*H*W. dy is transposed once to
   # [out, NHW] so that each matmul reads both operands in their natural layout (a contraction
   # over the leading NHW axis of both would make XLA copy a transposed x for every tap, which
   # cost as much as the matmuls); the row's kw shifted views of x are concatenated on channels.
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  hy, wy = dy.shape[1], dy.shape[2]
-  dy_t = dy.reshape(-1, c_out).T
-  rows = []
-  for a in range(kh):
-    views = [xp[:, a:a + hy, b:b + wy] for b in range(kw)]
-    row = views[0] if kw == 1 else jnp.concatenate(views, axis=-1)
-    rows.append(dy_t @ row.reshape(-1, kw * c_in))  # [out, (kw, in)]
-  dw = jnp.stack(rows).reshape(kh, c_out, kw, c_in).transpose(0, 2, 3, 1)
+  # (XLA's own weight-gradient convolution was 0.4-0.6x as fast alone at 32 px, but 3x slower
+  # in the train step: docs/bench.md.)
+  with jax.named_scope("conv_weight_grad"):
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    hy, wy = dy.shape[1], dy.shape[2]
+    dy_t = dy.reshape(-1, c_out).T
+    rows = []
+    for a in range(kh):
+      views = [xp[:, a:a + hy, b:b + wy] for b in range(kw)]
+      row = views[0] if kw == 1 else jnp.concatenate(views, axis=-1)
+      rows.append(dy_t @ row.reshape(-1, kw * c_in))  # [out, (kw, in)]
+    dw = jnp.stack(rows).reshape(kh, c_out, kw, c_in).transpose(0, 2, 3, 1)
   return dx, dw.astype(w.dtype)
 
 
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 
 
+@_named("conv")
 def conv2d(x: jax.Array, w: jax.Array, padding: Padding | int = 0, *, impl: str = "auto") -> jax.Array:
   """Stride-1 2-D cross-correlation, NHWC x HWIO, with explicit (top, bottom), (left, right) padding."""
   if isinstance(padding, int):
@@ -126,6 +144,7 @@ def _fir_1d(x: jax.Array, axis: int, pad: tuple[int, int], gain: float, down: in
   return fir_1d(x, taps / taps.sum() * gain, axis, pad, down)
 
 
+@_named("fir")
 def fir_filter(x: jax.Array, pad: tuple[int, int], gain: float = 1.0) -> jax.Array:
   """Pads H and W by ``pad`` and applies the 2-D [1,3,3,1] low-pass filter (total gain ``gain``)."""
   g = math.sqrt(gain)
@@ -140,12 +159,14 @@ def _zero_insert(x: jax.Array, axis: int) -> jax.Array:
   return y.reshape(shape)
 
 
+@_named("fir")
 def upsample2d(x: jax.Array) -> jax.Array:
   """2x FIR up-sampling (zero insertion, then the low-pass filter with gain 4), as StyleGAN2."""
   x = _fir_1d(_zero_insert(x, 1), 1, (2, 1), 2.0)
   return _fir_1d(_zero_insert(x, 2), 2, (2, 1), 2.0)
 
 
+@_named("fir")
 def downsample2d(x: jax.Array) -> jax.Array:
   """2x FIR down-sampling (low-pass filter, then every other pixel), as StyleGAN2."""
   x = _fir_1d(x, 1, (1, 1), 1.0, down=2)
@@ -255,6 +276,7 @@ def _conv2d_down2_packed(x, w, impl):
   return conv2d(u, k, 0, impl=impl)
 
 
+@_named("conv_up2")
 def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
   """StyleGAN2's 3x3 up-sampling convolution: transposed conv (stride 2), then FIR (pad 1, gain 4).
 
@@ -277,6 +299,7 @@ def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
   return fir_filter(y, (1, 0), gain=4.0)
 
 
+@_named("conv_down2")
 def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
   """StyleGAN2's 3x3 down-sampling convolution: FIR (pad 2), then a stride-2 3x3 convolution.
 
@@ -297,6 +320,7 @@ def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array
   return out
 
 
+@_named("bias_act")
 def bias_act(x: jax.Array, bias: jax.Array | None, act: str = "linear", gain: float = 1.0,
              clamp: float | None = None) -> jax.Array:
   """Adds a per-channel bias (last axis), applies ``act`` times its gain and ``gain``, clamps."""

@@ -129,18 +129,21 @@ class SynthesisLayer(nn.Module):
     # per-output-channel scale computed from the squared kernel.
     # Styles and demodulation coefficients stay float32 whatever the compute dtype: they are
     # per-sample scales whose error would be multiplied into every activation.
-    dcoefs = jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(weight), axis=(0, 1)) + 1e-8)
-    x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
+    with jax.named_scope("modulate"):
+      dcoefs = jax.lax.rsqrt(jnp.square(styles) @ jnp.sum(jnp.square(weight), axis=(0, 1)) + 1e-8)
+      x = x.astype(self.dtype) * styles[:, None, None, :].astype(self.dtype)
     kernel = weight.astype(self.dtype)
     if self.up:
       x = ops.conv2d_up2(x, kernel, impl=self.conv_impl)
     else:
       x = ops.conv2d(x, kernel, 1, impl=self.conv_impl)
-    x = x * dcoefs[:, None, None, :].astype(self.dtype)
-    noise = _noise(noise_mode, noise_keys, self.layer_id, (self.resolution, self.resolution),
-                   noise_const.value)
-    if noise is not None:
-      x = x + (noise * noise_strength).astype(self.dtype)
+    with jax.named_scope("demodulate"):
+      x = x * dcoefs[:, None, None, :].astype(self.dtype)
+    with jax.named_scope("noise"):
+      noise = _noise(noise_mode, noise_keys, self.layer_id, (self.resolution, self.resolution),
+                     noise_const.value)
+      if noise is not None:
+        x = x + (noise * noise_strength).astype(self.dtype)
     return ops.bias_act(x, bias.astype(self.dtype), "lrelu", clamp=self.conv_clamp)
 
 
