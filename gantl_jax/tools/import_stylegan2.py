@@ -31,6 +31,7 @@ import sys
 import tempfile
 from typing import Callable, Optional
 
+import ml_collections
 import numpy as np
 
 from gantl_jax.tools import safe_pickle
@@ -241,10 +242,9 @@ def _rules_ros_d(resolution: int):
 # Mapping a flat {source name: array} onto the model's expected variables.
 
 
-def model_config(hparams: dict, conv_impl: str = "xla") -> "ml_collections.ConfigDict":
+def model_config(hparams: dict, conv_impl: str = "xla") -> ml_collections.ConfigDict:
   """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
   ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
-  import ml_collections
 
   return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
 
