@@ -38,6 +38,7 @@ import numpy as np
 
 from gantl_jax import compilation
 from gantl_jax import config as config_lib
+from gantl_jax import parallel
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax.models import ops
@@ -127,18 +128,14 @@ class Schedule(NamedTuple):
   flops: dict[steps.StepFlags, float]
 
 
-def _jit_step(config, nets) -> Callable:
-  """The train step jitted with the state donated, as ``program(state, real, key, args)``: one
-  program per static ``key`` (:func:`_key_and_args`)."""
-  train_step = steps.make_train_step(config, nets)
-  return jax.jit(lambda s, r, key, args: train_step(s, r, flags=steps.with_cond_args(key, args)),
-                 static_argnums=2, donate_argnums=0)
-
-
-def _key_and_args(flags: steps.StepFlags, merged: bool) -> tuple:
-  """The program key and the traced arguments of a step of ``flags``: the flags and () with
-  separate programs; ``steps.program_key`` and ``steps.cond_args`` with merged ones."""
-  return steps.program_key(flags, merged), (steps.cond_args(flags) if merged else ())
+def _one_device_step(config, nets, variant_programs: str | None = None):
+  """The loop's own train step (``parallel.make_step``, ``jit`` on a mesh of the first device:
+  the bench times one device) and that mesh; ``variant_programs`` overrides the config's."""
+  if variant_programs is not None:
+    config = config.copy_and_resolve_references()
+    config.train.variant_programs = variant_programs
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  return parallel.make_step(config, nets, "jit", mesh), mesh
 
 
 def compile_schedule(config, num_steps: int, compiler_options: dict | None = None) -> Schedule:
@@ -150,30 +147,34 @@ def compile_schedule(config, num_steps: int, compiler_options: dict | None = Non
   ``compiler_options`` (XLA debug options, e.g. ``{'xla_backend_optimization_level': 1}``) are
   passed to every compile."""
   nets = state_lib.build_networks(config)
-  state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
+  step, mesh = _one_device_step(config, nets)
+  state = parallel.create_state(nets, config.seed, "jit", mesh)
   m, t = config.model, config.train
-  real = jnp.asarray(np.random.default_rng(0).uniform(
-      -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)), jnp.float32)
-  program = _jit_step(config, nets)
+  real = parallel.place_batch(np.random.default_rng(0).uniform(
+      -1, 1, (t.batch_size, m.resolution, m.resolution, m.img_channels)).astype(np.float32), "jit", mesh)
   merged = steps.merged_variants(t)
   plan = [steps.schedule(i, config) for i in range(num_steps)]
-  variants = list(dict.fromkeys(sorted(plan, reverse=True)))
+  first_index = {}  # a step of each variant, to lower and run that variant's program with
+  for i, variant in enumerate(plan):
+    first_index.setdefault(variant, i)
+  variants = sorted(first_index, reverse=True)
   keys = {v: steps.program_key(v, merged) for v in variants}
   programs, compiled, compile_s, compile_cpu_s, step_flops = {}, {}, {}, {}, {}
   for variant in variants:
-    key, args = _key_and_args(variant, merged)
-    name = compilation.variant_name(key)
+    name = compilation.variant_name(keys[variant])
     if name not in compiled:
       t0, c0 = time.perf_counter(), cpu_seconds()
-      compiled[name] = program.lower(state, real, key, args).compile(compiler_options)
+      compiled[name] = step.lower(state, real, first_index[variant]).compile(compiler_options)
       compile_s[name], compile_cpu_s[name] = time.perf_counter() - t0, cpu_seconds() - c0
-    programs[variant] = lambda s, r, c=compiled[name], a=args: c(s, r, a)
+    args = (None, *step.flag_args(first_index[variant]))  # no frozen networks; the merged flags
+    programs[variant] = lambda s, r, c=compiled[name], a=args: c(s, r, *a)
     step_flops[variant] = flops(compiled[name])
   if merged:
     # XLA counts a conditional at its largest branch, so a merged program counts as its fullest
     # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
     # programs' counts of the separate variants, which agrees with compiling each to ~1%.
-    lowered = {v: flops(program.lower(state, real, v, ())) for v in variants}
+    separate, _ = _one_device_step(config, nets, "separate")
+    lowered = {v: flops(separate.lower(state, real, first_index[v])) for v in variants}
     for v in variants:
       step_flops[v] *= lowered[v] / max(lowered[u] for u in variants if keys[u] == keys[v])
   return Schedule(state, real, plan, programs, compiled, compile_s, compile_cpu_s, step_flops)
@@ -198,17 +199,16 @@ def train_losses(config, images: np.ndarray, num_steps: int) -> tuple[dict[str, 
   parameter of G, G-EMA and D was finite after the step. For comparing precisions on identical
   data and latents."""
   nets = state_lib.build_networks(config)
-  state = jax.jit(lambda: state_lib.init_state(nets, config.seed))()
-  program = _jit_step(config, nets)
-  merged = steps.merged_variants(config.train)
+  step, mesh = _one_device_step(config, nets)
+  state = parallel.create_state(nets, config.seed, "jit", mesh)
   finite = jax.jit(lambda s: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
       [state_lib.network(s, n).params for n in state_lib.NETWORKS])])))
   b = config.train.batch_size
   out = {name: [] for name in LOSSES + ("finite_params",)}
   for i in range(num_steps):
     start = (i * b) % (len(images) - b + 1)
-    state, metrics = program(state, jnp.asarray(images[start:start + b]),
-                             *_key_and_args(steps.schedule(i, config), merged))
+    state, metrics = step(state, parallel.place_batch(np.asarray(images[start:start + b], np.float32),
+                                                      "jit", mesh), i)
     metrics = jax.device_get(metrics)
     for name in LOSSES:
       out[name].append(float(metrics[name]))

@@ -129,8 +129,9 @@ def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode:
   The state is donated; ``frozen`` (source-network variables for the few-shot regularisers, in
   the ``jit`` layout: global replicated arrays, see :func:`replicate`) is replicated and never
   donated, so the same arrays serve every step. ``step.variant(step_index)`` is the jitted
-  (pmapped) program of that step; ``step.lower(state, placed_batch, step_index, frozen=None)``
-  lowers it with that step's arguments.
+  (pmapped) program of that step and ``step.flag_args(step_index)`` its arguments after
+  ``frozen`` (``()`` with separate programs); ``step.lower(state, placed_batch, step_index,
+  frozen=None)`` lowers it with that step's arguments.
   """
   merged = steps.merged_variants(config.train)
   flag_axes = (None,) if merged else ()  # a merged program's flags: replicated
@@ -171,6 +172,7 @@ def make_step(config: ml_collections.ConfigDict, nets: state_lib.Networks, mode:
     return variant(step_index)(state, batch, frozen, *flag_args(step_index))
 
   step.variant = variant
+  step.flag_args = flag_args
   step.lower = lambda state, batch, step_index, frozen=None: variant(step_index).lower(
       state, batch, frozen, *flag_args(step_index))
   return step
