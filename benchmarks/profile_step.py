@@ -15,9 +15,9 @@ summed per kind:
     elementwise fusions | rng | other
 
 Writes to ``--out_dir``: ``perfetto_trace.json.gz`` (open it in ui.perfetto.dev),
-``summary.json`` (per kind, the top ops and the top JAX sources (HLO op_name) per kind: ms per
-step, share, calls per step) and
-``summary.md`` (the table), and prints the table. The profiler's own folder (with the xplane.pb
+``summary.json`` (per kind, the top ops, the top JAX sources (HLO ``op_name``) and the time by
+network, pass and model part (``source_part``): ms per step, share, calls per step) and
+``summary.md`` (the kind table and the network x part x pass table), and prints both. The profiler's own folder (with the xplane.pb
 that TensorBoard's profile plugin reads) is ``--trace_dir``, by default ``out_dir/trace``. ``busy`` is the union of the op intervals per
 step (per device, or per host thread pool on CPU); on a GPU, wall minus busy is the time the
 device waited (launch gaps, host syncs).
@@ -269,16 +269,13 @@ def table(summary: dict) -> str:
   lines.append(f"| all ops | {summary['op_ms_per_step']:.2f} | |")
   lines.append(f"| wall | {summary['wall_ms_per_step']:.2f} | |")
   # What the model does in that time: ms/step per network and part, one column per pass.
-  cells = collections.defaultdict(float)
+  cells = collections.defaultdict(lambda: dict.fromkeys(PASSES, 0.0))
   for r in summary["by_part"]:
-    cells[(r["network"], r["part"])] += 0.0
-    cells[(r["network"], r["part"], r["pass_"])] += r["ms_per_step"]
-  rows = sorted({k[:2] for k in cells if len(k) == 2},
-                key=lambda k: -sum(cells[k + (p,)] for p in PASSES))
+    cells[(r["network"], r["part"])][r["pass_"]] += r["ms_per_step"]
   lines += ["", "| network | part | " + " | ".join(PASSES) + " | all |", "|---|---|" + "---|" * (len(PASSES) + 1)]
-  for k in rows:
-    v = [cells[k + (p,)] for p in PASSES]
-    lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(f"{x:.2f}" for x in v) + f" | {sum(v):.2f} |")
+  for (network, part), ms in sorted(cells.items(), key=lambda kv: -sum(kv[1].values())):
+    lines.append(f"| {network} | {part} | " + " | ".join(f"{ms[p]:.2f}" for p in PASSES)
+                 + f" | {sum(ms.values()):.2f} |")
   return "\n".join(lines)
 
 
