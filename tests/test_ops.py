@@ -94,6 +94,22 @@ def test_conv2d_down2_matches_strided_conv(impl, size, resample_form):
   np.testing.assert_allclose(ops.conv2d_down2(x, w, impl=impl), want, atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [5, 6])
+@pytest.mark.parametrize("pad,gain,down", [((2, 2), 1.0, 1), ((1, 0), 2.0, 1), ((2, 1), 2.0, 1), ((1, 1), 1.0, 2)])
+def test_fir_backward_matches_autodiff(n, pad, gain, down):
+  """The FIR's custom backward (the same filter on the cotangent, cropped) against JAX's autodiff
+  of the plain filter, first and second order."""
+  x = _rand((2, n, n + 1, 3), 13)
+  taps = np.asarray(ops.FIR_TAPS, np.float32)
+  ref = lambda x: ops.fir_1d(x, taps / taps.sum() * gain, 1, pad, down)
+  got = lambda x: ops._fir_1d(x, 1, pad, gain, down)
+  np.testing.assert_allclose(got(x), ref(x), rtol=1e-6, atol=1e-6)
+  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)) * jnp.arange(f(x).size).reshape(f(x).shape))
+  np.testing.assert_allclose(jax.grad(loss(got))(x), jax.grad(loss(ref))(x), rtol=1e-5, atol=1e-5)
+  second = lambda f: lambda x: jnp.sum(jnp.square(jax.grad(loss(f))(x)))
+  np.testing.assert_allclose(jax.grad(second(got))(x), jax.grad(second(ref))(x), rtol=1e-4, atol=1e-4)
+
+
 def _loss_fns():
   """(name, f(x, w, impl), x shape): every conv path the models use."""
   return [

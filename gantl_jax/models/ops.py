@@ -140,8 +140,37 @@ def fir_1d(x: jax.Array, taps, axis: int, pad: tuple[int, int] = (0, 0), down: i
 
 
 def _fir_1d(x: jax.Array, axis: int, pad: tuple[int, int], gain: float, down: int = 1) -> jax.Array:
+  """The StyleGAN2 filter along ``axis`` (see :func:`fir_1d`), with a backward of the same form."""
+  return _fir_1d_linear(x, axis, tuple(pad), float(gain), down, x.shape[axis])
+
+
+# The filter is linear and symmetric, so its transpose is the same filter: a "full" correlation of
+# the cotangent (zero-inserted where the forward kept every other sample), cropped by the forward's
+# padding. Written as such, the backward is one fused pass of shifted reads like the forward;
+# JAX's own transpose of the shifted slices is one zero-padded copy per tap, summed.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _fir_1d_linear(x, axis, pad, gain, down, n):
+  del n  # the input length, for the backward
   taps = np.asarray(FIR_TAPS, np.float32)
   return fir_1d(x, taps / taps.sum() * gain, axis, pad, down)
+
+
+def _fir_1d_linear_fwd(x, axis, pad, gain, down, n):
+  return _fir_1d_linear(x, axis, pad, gain, down, n), None
+
+
+def _fir_1d_linear_bwd(axis, pad, gain, down, n, _, g):
+  taps = len(FIR_TAPS)
+  n_full = n + pad[0] + pad[1] - taps + 1  # the filtered length before keeping every down-th
+  if down > 1:
+    config = [(0, 0, 0)] * g.ndim
+    config[axis] = (0, n_full - ((g.shape[axis] - 1) * down + 1), down - 1)
+    g = lax.pad(g, jnp.zeros((), g.dtype), config)
+  g = _fir_1d_linear(g, axis, (taps - 1, taps - 1), gain, 1, n_full)
+  return (lax.slice_in_dim(g, pad[0], pad[0] + n, axis=axis),)
+
+
+_fir_1d_linear.defvjp(_fir_1d_linear_fwd, _fir_1d_linear_bwd)
 
 
 @_named("fir")
