@@ -222,22 +222,22 @@ def summarize(events: list[tuple], indexes: dict, num_steps: int, wall_s: float)
   (key None: the index for events of any other program)."""
   per_kind = collections.Counter()
   per_op = collections.defaultdict(lambda: dict(ns=0.0, calls=0, kind="", kernel="", hlo_op=""))
-  # The JAX source of each op (its HLO op_name: the traced function path), to say which line of
-  # the model a kind of kernel comes from.
+  # The JAX source of each op (its HLO op_name: the traced call path), to say which part of the
+  # model a kind of kernel comes from.
   per_source = collections.Counter()
   per_part = collections.Counter()
   busy = collections.defaultdict(list)
   without_hlo_op = 0.0
   for where, program, kernel, op, start, dur in events:
     without_hlo_op += dur if not op else 0.0
-    index = indexes.get(program, indexes.get(None, {}))
-    kind = classify(kernel, op, index.get(op))
+    info = indexes.get(program, indexes.get(None, {})).get(op)
+    kind = classify(kernel, op, info)
     per_kind[kind] += dur
     row = per_op[(kernel, op, kind)]
     row.update(kind=kind, kernel=kernel, hlo_op=op)
     row["ns"] += dur
     row["calls"] += 1
-    op_name = (index.get(op) or {}).get("op_name", "")
+    op_name = (info or {}).get("op_name", "")
     per_source[(kind, op_name or "?")] += dur
     per_part[source_part(op_name)] += dur
     busy[where].append((start, dur))

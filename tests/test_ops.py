@@ -94,17 +94,36 @@ def test_conv2d_down2_matches_strided_conv(impl, size, resample_form):
   np.testing.assert_allclose(ops.conv2d_down2(x, w, impl=impl), want, atol=1e-4)
 
 
+def _plain_fir_1d(x, taps, axis, pad, down):
+  """The filter as shifted slices summed, differentiated by JAX itself: the reference for the
+  custom backward of ops.fir_1d."""
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = pad
+  xp = jnp.pad(x, pads)
+  n_out = xp.shape[axis] - len(taps) + 1
+  out = sum(float(t) * lax.slice_in_dim(xp, i, i + n_out, axis=axis) for i, t in enumerate(taps))
+  return lax.slice_in_dim(out, 0, n_out, stride=down, axis=axis)
+
+
+_STYLEGAN2_TAPS = np.asarray(ops.FIR_TAPS, np.float32) / np.sum(ops.FIR_TAPS)
+
+
 @pytest.mark.parametrize("n", [5, 6])
-@pytest.mark.parametrize("pad,gain,down", [((2, 2), 1.0, 1), ((1, 0), 2.0, 1), ((2, 1), 2.0, 1), ((1, 1), 1.0, 2)])
-def test_fir_backward_matches_autodiff(n, pad, gain, down):
-  """The FIR's custom backward (the same filter on the cotangent, cropped) against JAX's autodiff
-  of the plain filter, first and second order."""
+@pytest.mark.parametrize("taps,pad,down", [
+    # The models' filter, with the paddings and strides they use (and its gains).
+    (_STYLEGAN2_TAPS, (2, 2), 1), (2 * _STYLEGAN2_TAPS, (1, 0), 1), (2 * _STYLEGAN2_TAPS, (2, 1), 1),
+    (_STYLEGAN2_TAPS, (1, 1), 2),
+    # An asymmetric filter (augment's polyphase halves are): the backward reverses the taps.
+    ((0.5, -1.25, 2.0), (1, 2), 1), ((0.5, -1.25, 2.0), (0, 1), 2)])
+def test_fir_backward_matches_autodiff(n, taps, pad, down):
+  """fir_1d's custom backward (the reversed filter on the cotangent, cropped) against JAX's
+  autodiff of the plain filter, first and second order."""
   x = _rand((2, n, n + 1, 3), 13)
-  taps = np.asarray(ops.FIR_TAPS, np.float32)
-  ref = lambda x: ops.fir_1d(x, taps / taps.sum() * gain, 1, pad, down)
-  got = lambda x: ops._fir_1d(x, 1, pad, gain, down)
+  ref = lambda x: _plain_fir_1d(x, taps, 1, pad, down)
+  got = lambda x: ops.fir_1d(x, taps, 1, pad, down)
   np.testing.assert_allclose(got(x), ref(x), rtol=1e-6, atol=1e-6)
-  loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)) * jnp.arange(f(x).size).reshape(f(x).shape))
+  weighted = lambda y: jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape))
+  loss = lambda f: lambda x: weighted(f(x))
   np.testing.assert_allclose(jax.grad(loss(got))(x), jax.grad(loss(ref))(x), rtol=1e-5, atol=1e-5)
   second = lambda f: lambda x: jnp.sum(jnp.square(jax.grad(loss(f))(x)))
   np.testing.assert_allclose(jax.grad(second(got))(x), jax.grad(second(ref))(x), rtol=1e-4, atol=1e-4)

@@ -245,7 +245,6 @@ def _rules_ros_d(resolution: int):
 def model_config(hparams: dict, conv_impl: str = "xla") -> ml_collections.ConfigDict:
   """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
   ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
-
   return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
 
 
