@@ -50,6 +50,15 @@ def cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def rss_mb() -> float | None:
+  """This process's resident memory now, in MB (Linux ``/proc/self/statm``; None elsewhere)."""
+  try:
+    with open("/proc/self/statm") as f:
+      return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20, 1)
+  except (OSError, ValueError, IndexError):
+    return None
+
+
 def _significant(x: float, digits: int = 4) -> float:
   return float(f"{x:.{digits}g}")
 
@@ -169,6 +178,7 @@ def compile_schedule(config, num_steps: int, compiler_options: dict | None = Non
     args = (None, *step.flag_args(first_index[variant]))  # no frozen networks; the merged flags
     programs[variant] = lambda s, r, c=compiled[name], a=args: c(s, r, *a)
     step_flops[variant] = flops(compiled[name])
+  compilation.release_free_heap()  # as the loop does after compiling (the lowering below is the bench's own)
   if merged:
     # XLA counts a conditional at its largest branch, so a merged program counts as its fullest
     # variant; each variant gets that count scaled by its share in the lowered (unoptimised)
@@ -177,6 +187,7 @@ def compile_schedule(config, num_steps: int, compiler_options: dict | None = Non
     lowered = {v: flops(separate.lower(state, real, first_index[v])) for v in variants}
     for v in variants:
       step_flops[v] *= lowered[v] / max(lowered[u] for u in variants if keys[u] == keys[v])
+  compilation.release_free_heap()
   return Schedule(state, real, plan, programs, compiled, compile_s, compile_cpu_s, step_flops)
 
 
@@ -231,6 +242,7 @@ def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options
     state, _ = run_plan(sched, state)
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
+  rss_after_steps = rss_mb()  # before matmul_rate's operands are allocated
 
   images_per_s = num_steps * t.batch_size / sec
   counts = collections.Counter(sched.plan)
@@ -250,6 +262,7 @@ def bench(config, num_steps: int, repeats: int, name: str = "", compiler_options
       compile_cpu_s_per_variant={k: round(s, 1) for k, s in sched.compile_cpu_s.items()},
       variant_programs="merged" if steps.merged_variants(t) else "separate",
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+      rss_after_steps_mb=rss_after_steps,
       device_peak_mb=device_peak_mb(),
       # Significant digits, not decimals: the tiny test configs run at well under
       # 1 GFLOP/s, where a fixed 0.1 would round away the ratio below.
