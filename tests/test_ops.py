@@ -139,8 +139,25 @@ def _loss_fns():
   ]
 
 
+@pytest.fixture(params=["whole_batch", "chunked"])
+def weight_grad_chunks(request, monkeypatch):
+  """The custom weight gradient over the whole batch at once (the tests' shapes are small) and as
+  a scan over chunks of one sample (what bench32's large layers take)."""
+  if request.param == "chunked":
+    monkeypatch.setattr(ops, "WEIGHT_GRAD_CHUNK_ELEMENTS", 1)
+  return request.param
+
+
+def test_weight_grad_chunk_is_the_largest_divisor_that_fits():
+  assert ops._weight_grad_chunk(16, 32 * 32 * 3 * 128) == 4  # bench32's D at 32 px: 6 MB chunks
+  assert ops._weight_grad_chunk(16, 16 * 16 * 3 * 256) == 8
+  assert ops._weight_grad_chunk(16, 4 * 4 * 3 * 256) == 16  # the whole batch: no scan
+  assert ops._weight_grad_chunk(6, 2 ** 19) == 3
+  assert ops._weight_grad_chunk(5, 2 ** 22) == 1
+
+
 @pytest.mark.parametrize("name,f,shape", _loss_fns(), ids=[n for n, _, _ in _loss_fns()])
-def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form):
+def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form, weight_grad_chunks):
   x, w = _rand(shape, 7), _rand((3, 3, 3, 4), 8)
   loss = lambda x, w, impl: jnp.sum(jnp.sin(f(x, w, impl)))
   got = jax.grad(loss, (0, 1))(x, w, "custom")

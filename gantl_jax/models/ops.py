@@ -82,26 +82,49 @@ def _conv_custom_bwd(padding, residuals, dy):
   with jax.named_scope("conv_input_grad"):
     w_t = jnp.flip(w, (0, 1)).swapaxes(2, 3)
     dx = _conv_custom(dy, w_t, ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr)))
-  # Weight gradient: per kernel row, one matmul contracting over N*H*W. dy is transposed once to
-  # [out, NHW] so that each matmul reads both operands in their natural layout (a contraction
-  # over the leading NHW axis of both would make XLA copy a transposed x for every tap, which
-  # cost as much as the matmuls); the row's kw shifted views of x are concatenated on channels.
-  # (XLA's own weight-gradient convolution was 0.4-0.6x as fast alone at 32 px, but 3x slower
-  # in the train step: docs/bench.md.)
+  # Weight gradient: per kernel row, one matmul contracting over N*H*W against the row's kw
+  # shifted views of x, stacked beside the channels (a concatenation on the channel axis emits
+  # 3x slower copies on XLA:CPU). dy is contracted over its leading axis (XLA folds that
+  # transpose into the matmul). The batch goes through in chunks, a scan over them, so that each
+  # chunk's views (about 8 MB) stay in the cache between the copy and the matmul: on the bench32
+  # step's largest layer this took the weight gradient from 50 to 23 ms (docs/bench.md). The
+  # partial sums are float32 whatever the compute dtype. (XLA's own weight-gradient convolution
+  # was 0.4-0.6x as fast alone at 32 px, but 3x slower in the train step: docs/bench.md.)
   with jax.named_scope("conv_weight_grad"):
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    hy, wy = dy.shape[1], dy.shape[2]
-    dy_t = dy.reshape(-1, c_out).T
-    rows = []
-    for a in range(kh):
-      views = [xp[:, a:a + hy, b:b + wy] for b in range(kw)]
-      row = views[0] if kw == 1 else jnp.concatenate(views, axis=-1)
-      rows.append(dy_t @ row.reshape(-1, kw * c_in))  # [out, (kw, in)]
-    dw = jnp.stack(rows).reshape(kh, c_out, kw, c_in).transpose(0, 2, 3, 1)
+    n, hy, wy = dy.shape[:3]
+    chunk = _weight_grad_chunk(n, hy * wy * kw * c_in)
+
+    def rows(xp_chunk, dy_chunk):  # [kh, out, kw * in] of one chunk of the batch
+      dy_flat = dy_chunk.reshape(-1, c_out)
+      out = []
+      for a in range(kh):
+        row = jnp.stack([xp_chunk[:, a:a + hy, b:b + wy] for b in range(kw)], axis=-2)
+        out.append(jnp.matmul(dy_flat.T, row.reshape(-1, kw * c_in), preferred_element_type=jnp.float32))
+      return jnp.stack(out)
+
+    if chunk == n:
+      dw = rows(xp, dy)
+    else:
+      def add_chunk(total, chunk_args):
+        return total + rows(*chunk_args), None
+      dw, _ = lax.scan(add_chunk, jnp.zeros((kh, c_out, kw * c_in), jnp.float32),
+                       (xp.reshape(n // chunk, chunk, *xp.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:])))
+    dw = dw.reshape(kh, c_out, kw, c_in).transpose(0, 2, 3, 1)
   return dx, dw.astype(w.dtype)
 
 
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
+
+# Elements of one chunk's shifted views in the weight gradient (8 MB in float32: a few of them
+# fit in a 32 MB L3 cache; 4-8 MB chunks were fastest on the bench32 layers, 16 MB slower).
+WEIGHT_GRAD_CHUNK_ELEMENTS = 2 ** 21
+
+
+def _weight_grad_chunk(n: int, elements_per_sample: int) -> int:
+  """The largest divisor of the batch ``n`` whose views fit in WEIGHT_GRAD_CHUNK_ELEMENTS (at least 1)."""
+  return max([c for c in range(1, n + 1) if n % c == 0 and c * elements_per_sample <= WEIGHT_GRAD_CHUNK_ELEMENTS]
+             or [1])
 
 
 @_named("conv")
