@@ -8,7 +8,8 @@ chosen per backend (``conv_impl``):
   3-4x slower at convolution *gradients* than at the forward pass; the custom backward expresses
   the input gradient as another forward convolution (which calls :func:`conv2d` again, so that
   second-order gradients such as R1 and path length stay on the fast path) and the weight
-  gradient as k*k matmuls over shifted views of the input.
+  gradient as one matmul per kernel row over shifted views of the input, a cache-sized chunk of
+  the batch at a time.
 * ``'auto'``: ``'custom'`` on CPU, ``'xla'`` elsewhere.
 
 All convolutions here are stride 1. Strided and transposed convolutions of StyleGAN2 are written
@@ -86,8 +87,8 @@ def _conv_custom_bwd(padding, residuals, dy):
   # shifted views of x, stacked beside the channels (a concatenation on the channel axis emits
   # 3x slower copies on XLA:CPU). dy is contracted over its leading axis (XLA folds that
   # transpose into the matmul). The batch goes through in chunks, a scan over them, so that each
-  # chunk's views (about 8 MB) stay in the cache between the copy and the matmul: on the bench32
-  # step's largest layer this took the weight gradient from 50 to 23 ms (docs/bench.md). The
+  # chunk's views (up to 4 MB) stay in the cache between the copy and the matmul: on the bench32
+  # step's largest layer, alone, this took the weight gradient from 50 to 24 ms (docs/bench.md). The
   # partial sums are float32 whatever the compute dtype. (XLA's own weight-gradient convolution
   # was 0.4-0.6x as fast alone at 32 px, but 3x slower in the train step: docs/bench.md.)
   with jax.named_scope("conv_weight_grad"):
@@ -116,9 +117,10 @@ def _conv_custom_bwd(padding, residuals, dy):
 
 _conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
 
-# Elements of one chunk's shifted views in the weight gradient (8 MB in float32: a few of them
-# fit in a 32 MB L3 cache; 4-8 MB chunks were fastest on the bench32 layers, 16 MB slower).
-WEIGHT_GRAD_CHUNK_ELEMENTS = 2 ** 21
+# Elements of one chunk's shifted views in the weight gradient: 4 MB in float32, so that they stay
+# in a 32 MB L3 cache beside everything else the step has in flight. In the bench32 step, 4 MB
+# chunks ran 3 % faster than 8 MB and 16 MB ones (docs/bench.md).
+WEIGHT_GRAD_CHUNK_ELEMENTS = 2 ** 20
 
 
 def _weight_grad_chunk(n: int, elements_per_sample: int) -> int:
