@@ -267,6 +267,10 @@ def table(summary: dict) -> str:
   for kind, v in sorted(summary["kinds"].items(), key=lambda kv: -kv[1]["ms_per_step"]):
     lines.append(f"| {kind} | {v['ms_per_step']:.2f} | {100 * v['share']:.1f} % |")
   lines.append(f"| all ops | {summary['op_ms_per_step']:.2f} | |")
+  for where, ms_busy in summary["busy_ms_per_step"].items():
+    # On CPU, time outside this union is mostly work the trace does not name: XLA:CPU runs its
+    # Eigen matmuls and convolutions asynchronously, and their events cover only the launch.
+    lines.append(f"| ops' union on {where} | {ms_busy:.2f} | |")
   lines.append(f"| wall | {summary['wall_ms_per_step']:.2f} | |")
   # What the model does in that time: ms/step per network and part, one column per pass.
   cells = collections.defaultdict(lambda: dict.fromkeys(PASSES, 0.0))

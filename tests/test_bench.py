@@ -80,6 +80,7 @@ def test_profile_step_on_cpu(tmp_path):
     assert (tmp_path / name).exists(), name
   assert list(tmp_path.glob("trace/**/*.xplane.pb"))
   assert "| conv forward |" in (tmp_path / "summary.md").read_text()
+  assert "| ops' union on /host:CPU XLA threads |" in (tmp_path / "summary.md").read_text()
   # What the model does (which part names survive depends on how XLA fused the ops; the
   # classification itself is test_source_part's).
   parts = {r["part"] for r in summary["by_part"]}
