@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
       # statistic does not depend on the device count) or 'strided' (as stylegan2-ada-pytorch,
       # within each device's batch; what imported official weights expect).
       mbstd_grouping="contiguous",
-      conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients)
+      conv_impl="auto",          # 'auto' | 'xla' | 'custom' (fast CPU gradients) | 'direct'
+                                 # (XLA's strided / transposed convs for the resampling layers)
       compute_dtype="float32",   # 'float32' | 'bfloat16': the convolutions' dtype (parameters,
                                  # optimizer, losses and demodulation stay float32)
       # With compute_dtype='bfloat16': the N highest resolutions' blocks of G and D compute in

@@ -13,6 +13,7 @@ import ml_collections
 
 from gantl_jax import resolutions
 from gantl_jax.data import checks as data_checks
+from gantl_jax.models import ops
 
 
 class ConfigError(ValueError):
@@ -42,8 +43,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   _check(resolutions.channels_at(m.resolution, m.channel_base, m.channel_max) >= 1,
          f"model.channel_base={m.channel_base} gives no channels at {m.resolution} px "
          f"(channels = min(channel_base // res, channel_max)); raise it to at least {m.resolution}")
-  _check(m.conv_impl in ("auto", "xla", "custom"),
-         f"model.conv_impl must be 'auto', 'xla' or 'custom', got {m.conv_impl!r}")
+  _check(m.conv_impl in ("auto",) + ops.CONV_IMPLS,
+         f"model.conv_impl must be one of {('auto',) + ops.CONV_IMPLS}, got {m.conv_impl!r}")
   _check(m.mbstd_grouping in ("contiguous", "strided"),
          f"model.mbstd_grouping must be 'contiguous' or 'strided', got {m.mbstd_grouping!r}")
   # The models hand the name to jnp.dtype, which would also take 'float16' or 'int8'.

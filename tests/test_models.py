@@ -168,10 +168,13 @@ def test_minibatch_stddev_groups_consecutive_samples():
     sg.minibatch_stddev(x[:6], group_size=4)
 
 
-def test_custom_and_xla_convolutions_agree():
-  """The CPU-fast custom VJP is an implementation detail: same outputs and gradients as XLA's."""
+@pytest.mark.parametrize("conv_impl", ["custom", "direct"])
+def test_conv_impls_agree_with_xla(conv_impl):
+  """How convolutions are computed is an implementation detail: the CPU-fast custom VJP and the
+  direct strided / transposed resampling convs give the outputs and R1 gradients of 'xla' (D), and
+  the images and path-length-style gradients of 'xla' (G)."""
   res = 16
-  d_x, d_c = make_d(res, conv_impl="xla"), make_d(res, conv_impl="custom")
+  d_x, d_c = make_d(res, conv_impl="xla"), make_d(res, conv_impl=conv_impl)
   v = sg.init_discriminator(d_x, jax.random.key(0))
   img = jax.random.normal(jax.random.key(1), (4, res, res, 3))
 
@@ -185,3 +188,11 @@ def test_custom_and_xla_convolutions_agree():
   for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4, atol=1e-5 * float(np.abs(x).max()),
                                err_msg=jax.tree_util.keystr(path))
+
+  g_x, g_c = make_g(res, conv_impl="xla"), make_g(res, conv_impl=conv_impl)
+  gv = sg.init_generator(g_x, jax.random.key(2))
+  ws = jax.random.normal(jax.random.key(3), (2, sg.num_ws(res), W))
+  synth = lambda g, ws: g.apply(gv, ws, noise_mode="const", method=sg.Generator.synthesize)
+  np.testing.assert_allclose(synth(g_c, ws), synth(g_x, ws), rtol=1e-4, atol=1e-5)
+  pl_grad = lambda g: jax.jit(jax.grad(lambda ws: jnp.sum(jnp.sin(synth(g, ws)))))(ws)
+  np.testing.assert_allclose(pl_grad(g_c), pl_grad(g_x), rtol=2e-4, atol=1e-5)

@@ -72,7 +72,7 @@ def resample_form(request, monkeypatch):
   return request.param
 
 
-@pytest.mark.parametrize("impl", ["xla", "custom"])
+@pytest.mark.parametrize("impl", ["xla", "custom", "direct"])
 @pytest.mark.parametrize("size", [4, 5])
 def test_conv2d_up2_matches_transposed_conv(impl, size, resample_form):
   """Transposed conv (stride 2) as an lhs-dilated conv with the flipped kernel, then the FIR."""
@@ -84,7 +84,7 @@ def test_conv2d_up2_matches_transposed_conv(impl, size, resample_form):
   np.testing.assert_allclose(ops.conv2d_up2(x, w, impl=impl), want, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["xla", "custom"])
+@pytest.mark.parametrize("impl", ["xla", "custom", "direct"])
 @pytest.mark.parametrize("size", [8, 6])
 def test_conv2d_down2_matches_strided_conv(impl, size, resample_form):
   x, w = _rand((2, size, size, 3), 5), _rand((3, 3, 3, 4), 6)
@@ -173,6 +173,24 @@ def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form, weight_gr
   np.testing.assert_allclose(jax.grad(pl)(x, "custom"), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,f,shape", _loss_fns()[2:], ids=[n for n, _, _ in _loss_fns()[2:]])
+def test_direct_resampling_gradients_match_phases(name, f, shape, resample_form):
+  """'direct' (XLA's strided / transposed convolutions) against the phase forms under XLA's
+  gradients: first order, and second order as R1 and path length take it."""
+  x, w = _rand(shape, 7), _rand((3, 3, 3, 4), 8)
+  loss = lambda x, w, impl: jnp.sum(jnp.sin(f(x, w, impl)))
+  for g, r in zip(jax.grad(loss, (0, 1))(x, w, "direct"), jax.grad(loss, (0, 1))(x, w, "xla")):
+    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
+  r1 = lambda w, impl: jnp.sum(jnp.square(jax.grad(loss, 0)(x, w, impl)))
+  pl = lambda x, impl: jnp.sum(jnp.square(jax.grad(loss, 1)(x, w, impl)))
+  np.testing.assert_allclose(jax.grad(r1)(w, "direct"), jax.grad(r1)(w, "xla"), atol=1e-3, rtol=1e-4)
+  np.testing.assert_allclose(jax.grad(pl)(x, "direct"), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
+  direct_convs = [line for line in jax.jit(loss, static_argnums=2).lower(x, w, "direct").as_text().splitlines()
+                  if "stablehlo.convolution" in line]
+  assert len(direct_convs) == 1 and ("lhs_dilate = [2, 2]" in direct_convs[0]
+                                     or "stride = [2, 2]" in direct_convs[0]), direct_convs
+
+
 def test_second_order_stays_on_custom_path(resample_form):
   """Under grad-of-grad every convolution must be a plain NHWC x HWIO forward one: XLA's own
   gradient rules (other dimension numbers) were 5-10x slower on CPU, and a forward rule that
@@ -215,5 +233,6 @@ def test_conv2d_1x1_with_padding():
 
 def test_resolve_conv_impl():
   assert ops.resolve_conv_impl("auto") == ("custom" if jax.default_backend() == "cpu" else "xla")
-  with pytest.raises(ValueError):
+  assert ops.resolve_conv_impl("direct") == "direct"
+  with pytest.raises(ValueError, match="model.conv_impl must be one of"):
     ops.resolve_conv_impl("fast")

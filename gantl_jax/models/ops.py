@@ -10,11 +10,15 @@ chosen per backend (``conv_impl``):
   second-order gradients such as R1 and path length stay on the fast path) and the weight
   gradient as one matmul per kernel row over shifted views of the input, a cache-sized chunk of
   the batch at a time.
+* ``'direct'``: as ``'xla'``, but the resampling convolutions are XLA's own strided and
+  transposed (input-dilated) convolutions, the official code's form, for backends whose
+  convolution library does those natively (cuDNN). Slow on CPU (XLA's gradients of them).
 * ``'auto'``: ``'custom'`` on CPU, ``'xla'`` elsewhere.
 
-All convolutions here are stride 1. Strided and transposed convolutions of StyleGAN2 are written
-as four stride-1 convolutions, one per phase (see :func:`conv2d_up2` and :func:`conv2d_down2`),
-which does the FLOPs of the direct formulation and keeps every gradient on the fast path.
+Under ``'xla'`` and ``'custom'`` all convolutions are stride 1: strided and transposed
+convolutions of StyleGAN2 are written as four stride-1 convolutions, one per phase (see
+:func:`conv2d_up2` and :func:`conv2d_down2`), which does the FLOPs of the direct formulation and
+keeps every gradient on the CPU's fast path.
 
 Layouts: activations NHWC, kernels HWIO.
 """
@@ -50,12 +54,15 @@ def _named(scope: str):
   return wrap
 
 
+CONV_IMPLS = ("xla", "custom", "direct")
+
+
 def resolve_conv_impl(conv_impl: str) -> str:
   """Maps ``'auto'`` to the implementation that is fastest on the default backend."""
   if conv_impl == "auto":
     return "custom" if jax.default_backend() == "cpu" else "xla"
-  if conv_impl not in ("xla", "custom"):
-    raise ValueError(f"model.conv_impl must be 'auto', 'xla' or 'custom', got {conv_impl!r}")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl must be one of {('auto',) + CONV_IMPLS}, got {conv_impl!r}")
   return conv_impl
 
 
@@ -342,6 +349,12 @@ def conv2d_up2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array:
   kh, kw, _, c_out = w.shape
   if (kh, kw) != (3, 3):
     raise ValueError(f"conv2d_up2 expects a 3x3 kernel, got {w.shape}")
+  if resolve_conv_impl(impl) == "direct":
+    # The transposed convolution as a correlation of the 2x zero-inserted input with the flipped
+    # kernel: 2h+1 outputs, then the FIR with its padding of 1 on each side.
+    y = lax.conv_general_dilated(x, jnp.flip(w, (0, 1)), (1, 1), ((2, 2), (2, 2)), lhs_dilation=(2, 2),
+                                 dimension_numbers=_DIMS)
+    return fir_filter(y, (1, 1), gain=4.0)
   if x.size * c_out < PHASE_SPLIT_MIN_MACS:
     return _conv2d_up2_packed(x, w, impl)
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -364,6 +377,8 @@ def conv2d_down2(x: jax.Array, w: jax.Array, *, impl: str = "auto") -> jax.Array
   kh, kw, c_in, c_out = w.shape
   if (kh, kw) != (3, 3):
     raise ValueError(f"conv2d_down2 expects a 3x3 kernel, got {w.shape}")
+  if resolve_conv_impl(impl) == "direct":
+    return lax.conv_general_dilated(fir_filter(x, (2, 2)), w, (2, 2), "VALID", dimension_numbers=_DIMS)
   if x.size * c_out < PHASE_SPLIT_MIN_MACS:
     return _conv2d_down2_packed(x, w, impl)
   u = fir_filter(x, (2, 2))  # [n, 2h+1, 2w+1, c]
