@@ -156,35 +156,31 @@ def test_weight_grad_chunk_is_the_largest_divisor_that_fits():
   assert ops._weight_grad_chunk(5, 2 ** 21) == 1
 
 
-@pytest.mark.parametrize("name,f,shape", _loss_fns(), ids=[n for n, _, _ in _loss_fns()])
-def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form, weight_grad_chunks):
+def _assert_gradients_match_xla(f, shape, impl):
+  """The gradients of a loss through ``f`` under ``impl`` against those under 'xla': first order,
+  and second order as R1 (grad w.r.t. weights of a squared input-gradient norm) and path length
+  (the same with the roles swapped) take it. Returns the loss, for further checks."""
   x, w = _rand(shape, 7), _rand((3, 3, 3, 4), 8)
   loss = lambda x, w, impl: jnp.sum(jnp.sin(f(x, w, impl)))
-  got = jax.grad(loss, (0, 1))(x, w, "custom")
-  want = jax.grad(loss, (0, 1))(x, w, "xla")
-  for g, r in zip(got, want):
+  for g, r in zip(jax.grad(loss, (0, 1))(x, w, impl), jax.grad(loss, (0, 1))(x, w, "xla")):
     np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
-
-  # Second order, as R1 (grad w.r.t. weights of a squared input-gradient norm) and path length
-  # (the same with the roles swapped).
   r1 = lambda w, impl: jnp.sum(jnp.square(jax.grad(loss, 0)(x, w, impl)))
   pl = lambda x, impl: jnp.sum(jnp.square(jax.grad(loss, 1)(x, w, impl)))
-  np.testing.assert_allclose(jax.grad(r1)(w, "custom"), jax.grad(r1)(w, "xla"), atol=1e-3, rtol=1e-4)
-  np.testing.assert_allclose(jax.grad(pl)(x, "custom"), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
+  np.testing.assert_allclose(jax.grad(r1)(w, impl), jax.grad(r1)(w, "xla"), atol=1e-3, rtol=1e-4)
+  np.testing.assert_allclose(jax.grad(pl)(x, impl), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
+  return loss, x, w
+
+
+@pytest.mark.parametrize("name,f,shape", _loss_fns(), ids=[n for n, _, _ in _loss_fns()])
+def test_custom_vjp_gradients_match_xla(name, f, shape, resample_form, weight_grad_chunks):
+  _assert_gradients_match_xla(f, shape, "custom")
 
 
 @pytest.mark.parametrize("name,f,shape", _loss_fns()[2:], ids=[n for n, _, _ in _loss_fns()[2:]])
 def test_direct_resampling_gradients_match_phases(name, f, shape, resample_form):
   """'direct' (XLA's strided / transposed convolutions) against the phase forms under XLA's
   gradients: first order, and second order as R1 and path length take it."""
-  x, w = _rand(shape, 7), _rand((3, 3, 3, 4), 8)
-  loss = lambda x, w, impl: jnp.sum(jnp.sin(f(x, w, impl)))
-  for g, r in zip(jax.grad(loss, (0, 1))(x, w, "direct"), jax.grad(loss, (0, 1))(x, w, "xla")):
-    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
-  r1 = lambda w, impl: jnp.sum(jnp.square(jax.grad(loss, 0)(x, w, impl)))
-  pl = lambda x, impl: jnp.sum(jnp.square(jax.grad(loss, 1)(x, w, impl)))
-  np.testing.assert_allclose(jax.grad(r1)(w, "direct"), jax.grad(r1)(w, "xla"), atol=1e-3, rtol=1e-4)
-  np.testing.assert_allclose(jax.grad(pl)(x, "direct"), jax.grad(pl)(x, "xla"), atol=1e-3, rtol=1e-4)
+  loss, x, w = _assert_gradients_match_xla(f, shape, "direct")
   direct_convs = [line for line in jax.jit(loss, static_argnums=2).lower(x, w, "direct").as_text().splitlines()
                   if "stablehlo.convolution" in line]
   assert len(direct_convs) == 1 and ("lhs_dilate = [2, 2]" in direct_convs[0]
