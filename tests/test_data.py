@@ -289,3 +289,42 @@ def test_interrupted_prepare_is_not_trusted(tmp_path, monkeypatch):
   assert not p3.report["reused"]
   leftovers = [d for d in os.listdir(os.path.dirname(p3.data_path)) if "incomplete" in d]
   assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+  """Three good images and a JPEG cut short, whose reason is long ('... (N bytes not processed)')."""
+  root = tmp_path_factory.mktemp("messy")
+  noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  for i in range(3):
+    Image.fromarray(noise[:, ::1 + i % 2]).save(root / f"good{i}.png")
+  Image.fromarray(noise).save(root / "cut.jpg", quality=95)
+  raw = (root / "cut.jpg").read_bytes()
+  (root / "cut.jpg").write_bytes(raw[: len(raw) * 2 // 3])
+  return root
+
+
+def test_skip_reasons_are_printed_whole(messy_folder, tmp_path, capsys):
+  c = _cfg(tmp_path, source="folder", folder=str(messy_folder))
+  p = data.prepare(c, resolution=8, verbose=True)
+  (skipped,) = p.report["skipped"]
+  assert skipped["file"] == "cut.jpg"
+  assert skipped["reason"].startswith("corrupt or truncated: image file is truncated (")
+  assert skipped["reason"].endswith(" bytes not processed)")
+  out = capsys.readouterr().out
+  assert skipped["reason"] in out
+  lines = out.splitlines()
+  assert "  skipped 1 unreadable image files:" in lines
+  assert f"    cut.jpg: {skipped['reason']}" in lines
+
+
+def test_n_shot_errors_name_the_key_and_the_fix(messy_folder, tmp_path):
+  folder = str(messy_folder)
+  with pytest.raises(data.DataError) as e:
+    data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=100), resolution=8, verbose=False)
+  assert str(e.value) == (f"data.n_shot=100 but folder {folder} has only 4 image files; set data.n_shot "
+                          f"to at most 4 (0 = all) or add images")
+  with pytest.raises(data.DataError) as e:
+    data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=4), resolution=8, verbose=False)
+  assert str(e.value) == (f"data.n_shot=4 but folder {folder} has only 3 valid images (1 of its 4 image "
+                          f"files are unreadable); set data.n_shot to at most 3 (0 = all) or add images")

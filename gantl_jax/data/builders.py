@@ -239,7 +239,9 @@ class GantlFolder(tfds.core.GeneratorBasedBuilder):
           f"(first: {report['skipped'][0]['file']}: {report['skipped'][0]['reason']})"
       )
     if cfg.n_shot and len(kept) < cfg.n_shot:
-      raise DataError(f"n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid images")
+      raise DataError(f"data.n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid "
+                      f"images ({len(report['skipped'])} of its {len(files)} image files are unreadable); "
+                      f"set data.n_shot to at most {len(kept)} (0 = all) or add images")
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     super()._download_and_prepare(dl_manager, download_config)
@@ -334,11 +336,12 @@ def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int =
   """
   _check_resolution(resolution)
   if n_shot < 0:
-    raise DataError(f"n_shot must be >= 0 (0 = all images), got {n_shot}")
+    raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {n_shot}")
   folder = os.path.abspath(os.path.expanduser(folder))
   files, others = list_images(folder)
   if n_shot > len(files):
-    raise DataError(f"n_shot={n_shot} but folder {folder} has only {len(files)} image files")
+    raise DataError(f"data.n_shot={n_shot} but folder {folder} has only {len(files)} image files; "
+                    f"set data.n_shot to at most {len(files)} (0 = all) or add images")
   stats = []
   for f in files:
     st = os.stat(os.path.join(folder, f))
@@ -431,10 +434,13 @@ def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], *, ver
 def summarize(report: dict, path: str = "") -> str:
   """A short human summary of a prepare report."""
   lines = [f"prepared {report['builder']}/{report['config']}: {report['num_examples']} images at {report['resolution']}px"]
-  if report.get("skipped"):
-    names = ", ".join(f"{s['file']} ({s['reason'][:60]})" for s in report["skipped"][:10])
-    more = "" if len(report["skipped"]) <= 10 else f" and {len(report['skipped']) - 10} more"
-    lines.append(f"  skipped {len(report['skipped'])}: {names}{more}")
+  skipped = report.get("skipped") or []
+  if skipped:
+    lines.append(f"  skipped {len(skipped)} unreadable image files:")
+    # Whole reasons, one file a line: a cut reason ("36 bytes not ") hides what is wrong.
+    lines += [f"    {s['file']}: {' '.join(s['reason'].split())}" for s in skipped[:10]]
+    if len(skipped) > 10:
+      lines.append(f"    and {len(skipped) - 10} more (all in the report)")
   if report.get("upscaled"):
     lines.append(f"  upscaled {len(report['upscaled'])} smaller than {report['resolution']}px: {', '.join(report['upscaled'][:10])}")
   if report.get("converted"):
