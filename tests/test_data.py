@@ -1,6 +1,11 @@
 """tfds builders (folder, synthetic), bad input, n-shot subsets, and the input pipeline."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +333,71 @@ def test_n_shot_errors_name_the_key_and_the_fix(messy_folder, tmp_path):
     data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=4), resolution=8, verbose=False)
   assert str(e.value) == (f"data.n_shot=4 but folder {folder} has only 3 valid images (1 of its 4 image "
                           f"files are unreadable); set data.n_shot to at most 3 (0 = all) or add images")
+
+
+def _incomplete(c, resolution):
+  """tfds' temporary folders of the synthetic dataset of data config ``c``."""
+  builder = builders.synthetic_builder(c.domain, count=c.num_images, resolution=resolution, seed=c.seed,
+                                       data_dir=c.data_dir)
+  folder = os.path.dirname(os.fspath(builder.data_path))
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(n for n in names if n.startswith("incomplete.")), folder
+
+
+def test_killed_prepare_leaves_nothing_after_the_next(tmp_path):
+  """SIGKILL runs no clean-up, so tfds' temporary folder stays; the next prepare deletes it."""
+  c = _cfg(tmp_path, num_images=10, domain="photo")
+  script = f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from configs import base
+from gantl_jax import data
+from gantl_jax.data import synthetic
+c = base.get_config().data
+c.update(data_dir={c.data_dir!r}, num_images=10, domain="photo")
+synthetic.render = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+data.prepare(c, resolution=8, verbose=False)
+"""
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  left, _ = _incomplete(c, 8)
+  assert len(left) == 1 and left[0].endswith("_1.0.0")  # what a killed preparation leaves
+  p = data.prepare(c, resolution=8, verbose=False)
+  assert not p.report["reused"] and p.num_examples == 10
+  assert _incomplete(c, 8)[0] == []
+
+
+def test_prepare_waits_for_a_live_preparation_and_keeps_its_folder(tmp_path, monkeypatch):
+  """A temporary folder is deleted only by the holder of the preparation lock, so never while the
+  process writing it lives; a second preparation waits, then reuses what the first prepared."""
+  c = _cfg(tmp_path, num_images=10, domain="photo")
+  go, real = threading.Event(), synthetic.render
+
+  def held(*a, **k):
+    go.wait(60)
+    return real(*a, **k)
+
+  monkeypatch.setattr(synthetic, "render", held)
+  results = {}
+
+  def prepare(name):
+    results[name] = data.prepare(c, resolution=8, verbose=False)
+
+  first = threading.Thread(target=prepare, args=("first",))
+  first.start()
+  for _ in range(600):  # until the first is writing its temporary folder
+    live = _incomplete(c, 8)[0]
+    if live:
+      break
+    time.sleep(0.05)
+  assert live
+  second = threading.Thread(target=prepare, args=("second",))
+  second.start()
+  second.join(1.0)
+  assert second.is_alive() and _incomplete(c, 8)[0] == live
+  go.set()
+  first.join(60)
+  second.join(60)
+  assert not results["first"].report["reused"] and results["second"].report["reused"]
+  assert results["second"].data_path == results["first"].data_path
+  assert _incomplete(c, 8)[0] == []
