@@ -209,9 +209,9 @@ def main(argv):
   compilation.enable_cache(config.train.compile_cache_dir if config is not None else "auto")
   try:
     if config is not None:
-      # Every value is checked before a backend starts or a coordinator is waited for; one device
-      # is the weakest case (train resolves again with the real count), so no good config fails.
-      config_lib.resolve(config)
+      # Every value is checked before a backend starts or a coordinator is waited for, but the
+      # per-device batch: the device count is known only after that, where train resolves again.
+      config_lib.resolve(config, num_devices=None)
       parallel.maybe_initialize_distributed(config.parallel)
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)

@@ -25,10 +25,12 @@ def _check(cond: bool, msg: str) -> None:
     raise ConfigError(msg)
 
 
-def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_collections.ConfigDict:
+def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> ml_collections.ConfigDict:
   """Returns a copy with the 'auto' values (negative numbers) filled in, after validating it.
 
-  ``num_devices`` is the number of devices the global batch is split over (all processes).
+  ``num_devices`` is the number of devices the global batch is split over (all processes); None
+  when it is not known yet (before the backend starts): the checks of the per-device batch are
+  then left to a later call with the real count, which must follow before the config is used.
   Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``data.DataError``,
   also a ValueError); files and folders are checked later, where they are read.
   """
@@ -74,19 +76,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
     _check(t[key] >= 1, f"train.{key} must be >= 1, got {t[key]}")
   b = t.batch_size
   _check(b > 0, f"train.batch_size must be positive, got {b}")
-  _check(b % num_devices == 0,
-         f"train.batch_size={b} is not divisible by the {num_devices} devices; use a multiple "
-         f"of {num_devices} (for example {num_devices * max(1, round(b / num_devices))})")
-  per_device = b // num_devices
-  # A group larger than the per-device batch would silently shrink to it, and then the statistic
-  # would depend on the device count.
-  _check(m.mbstd_num_channels == 0 or per_device % m.mbstd_group_size == 0,
-         f"model.mbstd_group_size={m.mbstd_group_size} must divide the per-device batch "
-         f"{per_device} (train.batch_size={b} over {num_devices} devices): minibatch-stddev groups "
-         f"never span devices")
-  if t.pl_weight > 0:
-    _check(per_device % t.pl_batch_shrink == 0 and per_device // t.pl_batch_shrink >= 1,
-           f"train.pl_batch_shrink={t.pl_batch_shrink} must divide the per-device batch {per_device}")
+  if num_devices is not None:
+    _check_per_device_batch(config, num_devices)
   _check(t.total_kimg > 0, f"train.total_kimg must be positive, got {t.total_kimg}")
   for key in ("style_mixing_prob", "pl_decay", "w_avg_beta"):
     _check(0 <= t[key] <= 1, f"train.{key} must be in [0, 1], got {t[key]}")
@@ -130,6 +121,28 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   if config.parallel.mode not in ("jit", "pmap"):
     raise ConfigError(f"parallel.mode must be 'jit' or 'pmap', got {config.parallel.mode!r}")
   return config
+
+
+def _check_per_device_batch(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks that ``train.batch_size`` splits over ``num_devices`` into shares that the
+  minibatch-stddev groups and the path-length batch divide."""
+  m, t = config.model, config.train
+  b = t.batch_size
+  devices = f"{num_devices} device{'s' if num_devices != 1 else ''}"
+  _check(b % num_devices == 0,
+         f"train.batch_size={b} is not divisible by the {devices}; use a multiple "
+         f"of {num_devices} (for example {num_devices * max(1, round(b / num_devices))})")
+  per_device = b // num_devices
+  # A group larger than the per-device batch would silently shrink to it, and then the statistic
+  # would depend on the device count.
+  _check(m.mbstd_num_channels == 0 or per_device % m.mbstd_group_size == 0,
+         f"model.mbstd_group_size={m.mbstd_group_size} must divide the per-device batch "
+         f"{per_device} (train.batch_size={b} over {devices}): minibatch-stddev groups never span "
+         f"devices; use a train.batch_size that is a multiple of "
+         f"{num_devices * m.mbstd_group_size}, or a model.mbstd_group_size that divides {per_device}")
+  if t.pl_weight > 0:
+    _check(per_device % t.pl_batch_shrink == 0 and per_device // t.pl_batch_shrink >= 1,
+           f"train.pl_batch_shrink={t.pl_batch_shrink} must divide the per-device batch {per_device}")
 
 
 def _check_augment(config: ml_collections.ConfigDict) -> None:

@@ -163,3 +163,17 @@ def test_parse_seeds_errors_name_the_flag_and_the_form(text, words):
     parse_seeds(text)
   message = str(e.value)
   assert message.startswith("--seeds=") and words in message and "'0-15'" in message, message
+
+
+def test_per_device_checks_wait_for_the_device_count():
+  """Before the backend starts the device count is unknown (None): a batch that some device count
+  cannot split passes, and the count given later decides, naming itself and the fix."""
+  c = tiny.get_config()  # group 4
+  c.train.batch_size = 6
+  config_lib.resolve(c, num_devices=None)
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.resolve(c, num_devices=1)
+  assert str(e.value) == ("model.mbstd_group_size=4 must divide the per-device batch 6 "
+                          "(train.batch_size=6 over 1 device): minibatch-stddev groups never span "
+                          "devices; use a train.batch_size that is a multiple of 4, or a "
+                          "model.mbstd_group_size that divides 6")

@@ -1,6 +1,11 @@
 """tfds builders (folder, synthetic), bad input, n-shot subsets, and the input pipeline."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -289,3 +294,110 @@ def test_interrupted_prepare_is_not_trusted(tmp_path, monkeypatch):
   assert not p3.report["reused"]
   leftovers = [d for d in os.listdir(os.path.dirname(p3.data_path)) if "incomplete" in d]
   assert leftovers == []
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+  """Three good images and a JPEG cut short, whose reason is long ('... (N bytes not processed)')."""
+  root = tmp_path_factory.mktemp("messy")
+  noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  for i in range(3):
+    Image.fromarray(noise[:, ::1 + i % 2]).save(root / f"good{i}.png")
+  Image.fromarray(noise).save(root / "cut.jpg", quality=95)
+  raw = (root / "cut.jpg").read_bytes()
+  (root / "cut.jpg").write_bytes(raw[: len(raw) * 2 // 3])
+  return root
+
+
+def test_skip_reasons_are_printed_whole(messy_folder, tmp_path, capsys):
+  c = _cfg(tmp_path, source="folder", folder=str(messy_folder))
+  p = data.prepare(c, resolution=8, verbose=True)
+  (skipped,) = p.report["skipped"]
+  assert skipped["file"] == "cut.jpg"
+  assert skipped["reason"].startswith("corrupt or truncated: image file is truncated (")
+  assert skipped["reason"].endswith(" bytes not processed)")
+  out = capsys.readouterr().out
+  assert skipped["reason"] in out
+  lines = out.splitlines()
+  assert "  skipped 1 unreadable image files:" in lines
+  assert f"    cut.jpg: {skipped['reason']}" in lines
+
+
+def test_n_shot_errors_name_the_key_and_the_fix(messy_folder, tmp_path):
+  folder = str(messy_folder)
+  with pytest.raises(data.DataError) as e:
+    data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=100), resolution=8, verbose=False)
+  assert str(e.value) == (f"data.n_shot=100 but folder {folder} has only 4 image files; set data.n_shot "
+                          f"to at most 4 (0 = all) or add images")
+  with pytest.raises(data.DataError) as e:
+    data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=4), resolution=8, verbose=False)
+  assert str(e.value) == (f"data.n_shot=4 but folder {folder} has only 3 valid images (1 of its 4 image "
+                          f"files are unreadable); set data.n_shot to at most 3 (0 = all) or add images")
+
+
+def _incomplete(c, resolution):
+  """tfds' temporary folders of the synthetic dataset of data config ``c``."""
+  builder = builders.synthetic_builder(c.domain, count=c.num_images, resolution=resolution, seed=c.seed,
+                                       data_dir=c.data_dir)
+  folder = os.path.dirname(os.fspath(builder.data_path))
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(n for n in names if n.startswith("incomplete.")), folder
+
+
+def test_killed_prepare_leaves_nothing_after_the_next(tmp_path):
+  """SIGKILL runs no clean-up, so tfds' temporary folder stays; the next prepare deletes it."""
+  c = _cfg(tmp_path, num_images=10, domain="photo")
+  script = f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+from configs import base
+from gantl_jax import data
+from gantl_jax.data import synthetic
+c = base.get_config().data
+c.update(data_dir={c.data_dir!r}, num_images=10, domain="photo")
+synthetic.render = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+data.prepare(c, resolution=8, verbose=False)
+"""
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  left, _ = _incomplete(c, 8)
+  assert len(left) == 1 and left[0].endswith("_1.0.0")  # what a killed preparation leaves
+  p = data.prepare(c, resolution=8, verbose=False)
+  assert not p.report["reused"] and p.num_examples == 10
+  assert _incomplete(c, 8)[0] == []
+
+
+def test_prepare_waits_for_a_live_preparation_and_keeps_its_folder(tmp_path, monkeypatch):
+  """A temporary folder is deleted only by the holder of the preparation lock, so never while the
+  process writing it lives; a second preparation waits, then reuses what the first prepared."""
+  c = _cfg(tmp_path, num_images=10, domain="photo")
+  go, real = threading.Event(), synthetic.render
+
+  def held(*a, **k):
+    go.wait(60)
+    return real(*a, **k)
+
+  monkeypatch.setattr(synthetic, "render", held)
+  results = {}
+
+  def prepare(name):
+    results[name] = data.prepare(c, resolution=8, verbose=False)
+
+  first = threading.Thread(target=prepare, args=("first",))
+  first.start()
+  for _ in range(600):  # until the first is writing its temporary folder
+    live = _incomplete(c, 8)[0]
+    if live:
+      break
+    time.sleep(0.05)
+  assert live
+  second = threading.Thread(target=prepare, args=("second",))
+  second.start()
+  second.join(1.0)
+  assert second.is_alive() and _incomplete(c, 8)[0] == live
+  go.set()
+  first.join(60)
+  second.join(60)
+  assert not results["first"].report["reused"] and results["second"].report["reused"]
+  assert results["second"].data_path == results["first"].data_path
+  assert _incomplete(c, 8)[0] == []

@@ -6,6 +6,7 @@ outputs the original implementations computed from them.
 """
 import json
 import os
+import pickle
 import subprocess
 import sys
 
@@ -390,6 +391,17 @@ def test_cli_refuses_hostile_pickle_without_side_effects(tmp_path, capsys):
   assert imp.main([str(path), str(tmp_path / "out")]) == 1
   assert "refusing to load global 'os.system'" in capsys.readouterr().err
   assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_cli_refusal_of_an_object_array_names_the_file(tmp_path, capsys):
+  path = tmp_path / "objects.pkl"
+  # numpy's own pickle of an object array; its elements would be unpickled as arbitrary objects.
+  path.write_bytes(pickle.dumps({"G_ema": np.array([None, 1], dtype=object)}, protocol=3))
+  assert imp.main([str(path), str(tmp_path / "out")]) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      f"error: cannot import {path}: refusing numpy dtype dtype('O'): only bool, integer and "
+      f"floating-point arrays are read"]
+  assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------

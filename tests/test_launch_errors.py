@@ -63,3 +63,19 @@ def test_bad_command_line_is_one_line_and_status_2(tmp_path, case):
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert proc.stderr.splitlines() == [want]
   assert not workdir.exists()  # failed before writing anything
+
+
+def test_per_device_batch_is_checked_with_the_real_device_count(tmp_path):
+  """The device count is known only once the backend runs; the message must use it, not 1."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": " ".join(flags + ["--xla_force_host_platform_device_count=4"])}
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--workdir", str(workdir),
+                         "--config", TINY, "--config.train.batch_size=6"],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.splitlines() == [
+      "error: train.batch_size=6 is not divisible by the 4 devices; use a multiple of 4 (for example 8)"]
+  assert not workdir.exists()

@@ -25,12 +25,15 @@ stale prepared dataset. tfds writes into `incomplete.*` and renames when done;
 on top of that `prepare_builder` only trusts a prepared folder whose
 `prepare_report.json` (written inside the temporary folder, before the rename)
 says complete and matches the example count; anything else is deleted and
-prepared again.
+prepared again. Preparation holds a per-config lock (`preparation_lock`), under
+which the `incomplete.*` folders of killed preparations are deleted.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -48,6 +51,8 @@ from gantl_jax.resolutions import resolution_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 REPORT_NAME = "prepare_report.json"
+# In a config's folder, next to its version folders; tfds ignores names that are not versions.
+LOCK_NAME = ".prepare.lock"
 _SPLIT = "train"
 # Files decoded concurrently while preparing; PIL releases the GIL while decoding.
 _DECODE_THREADS = 4
@@ -239,7 +244,9 @@ class GantlFolder(tfds.core.GeneratorBasedBuilder):
           f"(first: {report['skipped'][0]['file']}: {report['skipped'][0]['reason']})"
       )
     if cfg.n_shot and len(kept) < cfg.n_shot:
-      raise DataError(f"n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid images")
+      raise DataError(f"data.n_shot={cfg.n_shot} but folder {cfg.folder} has only {len(kept)} valid "
+                      f"images ({len(report['skipped'])} of its {len(files)} image files are unreadable); "
+                      f"set data.n_shot to at most {len(kept)} (0 = all) or add images")
 
   def _download_and_prepare(self, dl_manager, download_config=None):
     super()._download_and_prepare(dl_manager, download_config)
@@ -334,11 +341,12 @@ def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int =
   """
   _check_resolution(resolution)
   if n_shot < 0:
-    raise DataError(f"n_shot must be >= 0 (0 = all images), got {n_shot}")
+    raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {n_shot}")
   folder = os.path.abspath(os.path.expanduser(folder))
   files, others = list_images(folder)
   if n_shot > len(files):
-    raise DataError(f"n_shot={n_shot} but folder {folder} has only {len(files)} image files")
+    raise DataError(f"data.n_shot={n_shot} but folder {folder} has only {len(files)} image files; "
+                    f"set data.n_shot to at most {len(files)} (0 = all) or add images")
   stats = []
   for f in files:
     st = os.stat(os.path.join(folder, f))
@@ -394,13 +402,61 @@ def read_report(builder) -> dict | None:
   return report
 
 
+@contextlib.contextmanager
+def preparation_lock(builder: tfds.core.DatasetBuilder, *, verbose: bool = True) -> Iterator[None]:
+  """Holds an exclusive lock on the builder config's folder (``LOCK_NAME`` in it) while its
+  dataset is checked and prepared; a second process preparing the same config waits for it.
+
+  flock: the kernel releases the lock of a process that dies, however it dies, so whoever holds
+  the lock knows that every ``incomplete.*`` folder of the config is a dead preparation's.
+  """
+  folder = os.fspath(builder.data_path.parent)
+  os.makedirs(folder, exist_ok=True)
+  fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      if verbose:
+        print(f"waiting for another process that is preparing {folder}", flush=True)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # releases the flock
+
+
+def remove_stale_incomplete(builder: tfds.core.DatasetBuilder) -> list[str]:
+  """Deletes tfds' temporary folders (``incomplete.XXXXXX_<version>``) of the builder's config and
+  version; returns their paths. Only safe under `preparation_lock`."""
+  folder, version = os.path.split(os.fspath(builder.data_path))
+  stale = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                 if name.startswith(tfds.core.constants.INCOMPLETE_PREFIX) and name.endswith(f"_{version}"))
+  for path in stale:
+    shutil.rmtree(path, ignore_errors=True)
+  return stale
+
+
 def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], *, verbose: bool = True):
   """Prepares (once) and returns (builder, report).
 
-  `make_builder` is called again after a distrusted prepared folder has been
-  deleted, because a tfds builder reads its info at construction.
+  Runs under `preparation_lock`: a concurrent preparation of the same dataset is waited for and
+  its result reused, and the temporary folders of one that was killed are deleted first.
+  `make_builder` is called again after a distrusted prepared folder has been deleted, because a
+  tfds builder reads its info at construction.
   """
   builder = make_builder()
+  prepared_before = os.path.isdir(os.fspath(builder.data_path))
+  with preparation_lock(builder, verbose=verbose):
+    if not prepared_before and os.path.isdir(os.fspath(builder.data_path)):
+      # Prepared by the process waited for: a builder made before has the info of no data.
+      builder = make_builder()
+    stale = remove_stale_incomplete(builder)
+    if stale and verbose:
+      print(f"removed {len(stale)} unfinished preparation folder(s) of a killed run: {', '.join(stale)}")
+    return _prepare_locked(builder, make_builder, verbose)
+
+
+def _prepare_locked(builder, make_builder, verbose: bool):
   path = os.fspath(builder.data_path)
   if os.path.isdir(path):
     report = read_report(builder)
@@ -431,10 +487,13 @@ def prepare_builder(make_builder: Callable[[], tfds.core.DatasetBuilder], *, ver
 def summarize(report: dict, path: str = "") -> str:
   """A short human summary of a prepare report."""
   lines = [f"prepared {report['builder']}/{report['config']}: {report['num_examples']} images at {report['resolution']}px"]
-  if report.get("skipped"):
-    names = ", ".join(f"{s['file']} ({s['reason'][:60]})" for s in report["skipped"][:10])
-    more = "" if len(report["skipped"]) <= 10 else f" and {len(report['skipped']) - 10} more"
-    lines.append(f"  skipped {len(report['skipped'])}: {names}{more}")
+  skipped = report.get("skipped") or []
+  if skipped:
+    lines.append(f"  skipped {len(skipped)} unreadable image files:")
+    # Whole reasons, one file a line: a cut reason ("36 bytes not ") hides what is wrong.
+    lines += [f"    {s['file']}: {' '.join(s['reason'].split())}" for s in skipped[:10]]
+    if len(skipped) > 10:
+      lines.append(f"    and {len(skipped) - 10} more (all in the report)")
   if report.get("upscaled"):
     lines.append(f"  upscaled {len(report['upscaled'])} smaller than {report['resolution']}px: {', '.join(report['upscaled'][:10])}")
   if report.get("converted"):

@@ -384,11 +384,14 @@ def detect_format(obj) -> str:
 
 
 def read_source(path: str):
-  """Safely read ``path``; returns ``(fmt, tree)``."""
+  """Safely read ``path``; returns ``(fmt, tree)``. Raises ConversionError naming ``path`` for a file
+  that cannot be read or asks for anything the restricted unpickler refuses."""
   try:
     _, tree = safe_pickle.load(path)
   except safe_pickle.SourceFormatError as e:
     raise ConversionError(f"cannot read {path}: {e}") from e
+  except safe_pickle.UnsafePickleError as e:
+    raise ConversionError(f"cannot import {path}: {e}") from e
   except OSError as e:  # missing, a directory, unreadable
     raise ConversionError(f"cannot read {path}: {e.strerror or e}") from e
   return detect_format(tree), tree
@@ -868,7 +871,7 @@ def main(argv=None) -> int:
     if args.report:
       with open(args.report, "w") as f:
         json.dump(_jsonable(report), f, indent=1)
-  except (ConversionError, safe_pickle.UnsafePickleError, OutputError) as e:
+  except (ConversionError, OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except OSError as e:

@@ -229,7 +229,8 @@ _ALLOWED_DTYPE_KINDS = "biuf"
 def _checked_dtype(dtype):
   dtype = np.dtype(dtype)
   if dtype.kind not in _ALLOWED_DTYPE_KINDS or dtype.fields is not None:
-    raise UnsafePickleError(f"refusing numpy dtype {dtype!r}")
+    raise UnsafePickleError(f"refusing numpy dtype {dtype!r}: only bool, integer and "
+                            "floating-point arrays are read")
   return dtype
 
 
