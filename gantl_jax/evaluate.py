@@ -1,7 +1,8 @@
 """Offline evaluation of a run's G-EMA: ``python launch.py --mode eval --workdir DIR [--step N]
-[--metrics swd,kid,fid] [--num_fake 10000]``. Appends one record to ``DIR/eval.jsonl`` (marked
-``"offline": true``) and prints a table. The samples, the real images and the metrics are those
-of the evaluation hook in training (``eval.*`` of the run's config, overridable here)."""
+[--metrics swd,kid,fid] [--num_fake 10000] [--real_folder HELD_OUT_DIR]``. Appends one record to
+``DIR/eval.jsonl`` (marked ``"offline": true``) and prints a table, both saying which real images
+the values were measured against. The samples, the real images and the metrics are those of the
+evaluation hook in training (``eval.*`` of the run's config, overridable here)."""
 from __future__ import annotations
 
 import os
@@ -19,9 +20,11 @@ from gantl_jax.data import pipeline
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str = "",
-                     num_fake: int = 0, inception_weights: str = "") -> dict:
+                     num_fake: int = 0, inception_weights: str = "", real_folder: str = "") -> dict:
   """Evaluates G-EMA of ``step`` (default: the latest checkpoint) of the run in ``workdir`` with
-  ``metrics`` (default: the run's ``eval.metrics``, else 'swd'); returns the record written."""
+  ``metrics`` (default: the run's ``eval.metrics``, else 'swd') against ``real_folder`` (default:
+  the run's ``eval.real_folder`` or held-out set, else its training images); returns the record
+  written."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = parallel.make_mesh()
   config, nets, step, g_vars = runs.load_g_ema(workdir, step, parallel.replicated(mesh))
@@ -30,6 +33,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   e.num_fake = num_fake or e.num_fake
   e.inception_weights = inception_weights or e.get("inception_weights", "")
   e.every_kimg = e.every_kimg or 1.0  # the hook's schedule does not apply here
+  if real_folder:
+    e.real_folder, e.heldout = real_folder, False
   evaluators = metrics_lib.get_evaluators(e)
   if not evaluators:
     raise ConfigError(f"--metrics {e.metrics}: nothing left to run (kid and fid need "
@@ -43,7 +48,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
                                                       batch_size=e.batch_size, seed=e.seed),
       reals, e)
   record = dict(step=step, kimg=step * config.train.batch_size / 1000, offline=True,
-                num_fake=e.num_fake, seconds=round(time.time() - t0, 2), **values)
+                num_fake=e.num_fake, seconds=round(time.time() - t0, 2), **values,
+                reals=metrics_lib.describe_reals(config, reals))
   if jax.process_index() == 0:
     jsonl.append(os.path.join(workdir, "eval.jsonl"), record)
     print(table(record))

@@ -358,7 +358,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
         evaluators, lambda num: parallel.sample_batches(
             nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
         eval_reals, config.eval)
-    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
+    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values,
+                  reals=reals_described)
     if is_main:
       jsonl.append(eval_path, record)
     monitor.log_eval(step, values)
@@ -370,6 +371,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
                                 tensorboard=config.train.tensorboard)
   monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
   eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
+  reals_described = metrics_lib.describe_reals(config, eval_reals)
+  if eval_every:
+    monitor.write(f"evaluating {', '.join(evaluators)} every {eval_every} steps against {reals_described}")
   t_log, step_log = time.time(), start_step
   first_step_seconds = compile_seconds = None
   try:

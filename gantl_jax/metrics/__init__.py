@@ -89,14 +89,33 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
 
 
 def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
-  """The prepared dataset the evaluators compare with: ``prepared`` (the training data), or with
-  ``eval.heldout`` ``eval.num_real`` held-out images of the same synthetic domain (none of them in
-  a training set; `pipeline.prepare_held_out`)."""
-  if not config.eval.get("heldout", False):
-    return prepared
+  """The prepared dataset the evaluators compare with: the images of ``eval.real_folder``
+  (prepared once, like a training folder, all of them); with ``eval.heldout`` ``eval.num_real``
+  held-out images of the same synthetic domain (none of them in a training set;
+  `pipeline.prepare_held_out`); otherwise ``prepared``, the training data itself."""
   from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
+  e = config.eval
+  if e.get("real_folder", ""):
+    return pipeline.prepare_folder(e.real_folder, data_config=config.data,
+                                   resolution=config.model.resolution, key="eval.real_folder",
+                                   verbose=verbose)
+  if not e.get("heldout", False):
+    return prepared
   return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
-                                   num=int(config.eval.num_real), verbose=verbose)
+                                   num=int(e.num_real), verbose=verbose)
+
+
+def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
+  """Which real images the evaluators of ``config`` compare with (``reals``: what
+  `prepare_reals` returned), for eval.jsonl, the eval table and the comparison."""
+  e, d = config.eval, config.data
+  num = min(int(e.num_real), reals.num_examples)
+  if e.get("real_folder", ""):
+    return f"{num} held-out images of eval.real_folder={e.real_folder}"
+  if e.get("heldout", False):
+    return f"{num} held-out '{d.domain}' images (synthetic, none in a training set)"
+  what = f"data.folder={d.folder}" if d.source == "folder" else f"synthetic '{d.domain}'"
+  return f"{num} training images ({what}; not held out: set eval.real_folder)"
 
 
 class RealImages:
