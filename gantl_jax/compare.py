@@ -31,10 +31,11 @@ from gantl_jax import jsonl
 from gantl_jax import runs
 from gantl_jax.config import ConfigError
 from gantl_jax.data import checks, pipeline, synthetic
-from gantl_jax.metrics import swd
+from gantl_jax.metrics import correspondence, distances, diversity, memorisation, swd
 from gantl_jax.resolutions import block_resolutions
 
 _LABEL_WIDTH = 128
+NUM_DIAGNOSTIC = 1000  # samples of the diversity, copies and correspondence rows (CDC's protocol)
 _ROW_LABELS = ("source", "transferred", "blend", "target shots")
 
 
@@ -123,10 +124,14 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
 
   eval_seeds = list(range(num_eval))
   reals, reals_are = target_images(config, num_eval, held_out=True, real_folder=real_folder)
+  held_out = bool(real_folder or config.eval.get("real_folder", "") or config.data.source == "synthetic")
+  source_samples, run_samples = (generate.seed_images(net, eval_seeds) for net in (source, run))
   table = dict(
-      swd_source_vs_target=_swd(generate.seed_images(source, eval_seeds), reals),
-      swd_transfer_vs_target=_swd(generate.seed_images(run, eval_seeds), reals),
+      swd_source_vs_target=_swd(source_samples, reals),
+      swd_transfer_vs_target=_swd(run_samples, reals),
       swd_reference=f"SWD x 10^3 (mean of levels), {num_eval} samples vs {reals_are}",
+      **_diagnostics(config, source_samples[:NUM_DIAGNOSTIC], run_samples[:NUM_DIAGNOSTIC],
+                     reals[:NUM_DIAGNOSTIC] if held_out else None),
       kimg=run.step * config.train.batch_size / 1000,
       training_seconds=_training_seconds(run.home, config.train.batch_size),
       source=config.transfer.source, step=run.step, blend_resolution=blend_resolution,
@@ -138,11 +143,33 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
   return table
 
 
+def _diagnostics(config, source_samples: np.ndarray, run_samples: np.ndarray,
+                 held_out: Optional[np.ndarray]) -> dict:
+  """Diversity, copies and correspondence of the transfer (pyramid distance; see
+  `metrics.samples`): copies and the diversity ratio need held-out reals."""
+  distance = distances.pyramid_distance()
+  train, _ = target_images(config, 1 << 20, held_out=False)
+  out = diversity.diversity(distance, run_samples, train, held_out)
+  out.update(correspondence.correspondence(distance, source_samples, run_samples))
+  if held_out is not None:
+    out.update(memorisation.memorisation(distance, run_samples, train, held_out))
+  keys = ("pyramid_intra_cluster", "pyramid_diversity_ratio", "pyramid_copies", "pyramid_correspondence")
+  return {f"transfer_{k.removeprefix('pyramid_')}": out[k] for k in keys if k in out}
+
+
+def _optional(value: Optional[float]) -> str:
+  return "n/a (no held-out images)" if value is None else f"{value:.3f}"
+
+
 def format_table(table: dict) -> str:
   """The comparison as a small markdown table."""
   secs = table.get("training_seconds")
   rows = [("SWD x10^3, source vs target", f"{table['swd_source_vs_target']:.2f}"),
           ("SWD x10^3, transfer vs target", f"{table['swd_transfer_vs_target']:.2f}"),
+          ("diversity (intra-cluster, pyramid)", f"{table['transfer_intra_cluster']:.4f}"),
+          ("diversity ratio to held-out reals", _optional(table.get("transfer_diversity_ratio"))),
+          ("copies (nearer a shot than any held-out real)", _optional(table.get("transfer_copies"))),
+          ("correspondence with the source (Spearman)", f"{table['transfer_correspondence']:.3f}"),
           ("images shown (kimg)", f"{table['kimg']:.1f}"),
           ("training wall time", f"{secs / 60:.1f} min" if secs else "n/a")]
   lines = ["| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]

@@ -25,7 +25,8 @@ def _config(tmp, **eval_overrides):
   c.train.update(total_kimg=0.04, log_every=1, pl_batch_shrink=1)
   c.checkpoint.update(every_steps=5)
   c.data.update(data_dir=str(tmp / "tfds"))
-  c.eval.update(every_kimg=0.04, metrics="swd", num_fake=32, num_real=NUM_REAL, batch_size=16, **eval_overrides)
+  c.eval.update(dict(dict(every_kimg=0.04, metrics="swd", num_fake=32, num_real=NUM_REAL, batch_size=16),
+                     **eval_overrides))
   return c
 
 
@@ -99,3 +100,29 @@ def test_eval_mode_refuses_config_overrides_it_would_ignore(tmp_path):
       "override would be ignored; only parallel.*, train.compile_cache_dir* apply here. Use the mode's "
       "own flags instead (--helpfull lists them; eval and compare measure against held-out images "
       "given as --real_folder)"]
+
+
+def test_sample_evaluators_in_training_and_offline(runs, held_out_folder, tmp_path):
+  """A transfer run whose G is wholly frozen keeps the source's G-EMA: its samples correspond to
+  the source's one for one (correlation 1), and the evaluators run in training and offline."""
+  c = _config(tmp_path, real_folder=held_out_folder, metrics="swd,diversity,copies,correspondence",
+              num_diagnostic=24)
+  c.transfer.update(source=str(runs / "heldout" / "checkpoints"))
+  c.freeze.update(g=".*")
+  c.checkpoint.keep_best = "diversity"
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  (record,) = _evals(tmp_path / "run")
+  assert record["correspondence"] == pytest.approx(1.0, abs=1e-6)
+  assert record["diversity"] == record["pyramid_intra_cluster"] > 0
+  assert 0 <= record["copies"] <= 1 and record["pyramid_diversity_ratio"] > 0
+  offline = evaluate.evaluate_workdir(str(tmp_path / "run"))
+  for key in ("diversity", "copies", "correspondence", "pyramid_diversity_ratio"):
+    assert offline[key] == pytest.approx(record[key], rel=1e-6), key
+
+
+def test_sample_evaluators_say_what_they_lack(tmp_path):
+  from gantl_jax import config as config_lib
+  with pytest.raises(config_lib.ConfigError, match="'copies' compares samples with held-out reals"):
+    config_lib.resolve(_config(tmp_path, metrics="copies"))
+  with pytest.raises(config_lib.ConfigError, match="'correspondence' .* needs a transfer run"):
+    config_lib.resolve(_config(tmp_path, metrics="correspondence"))
