@@ -14,8 +14,11 @@ low-pass image weighs as much as the finest band-pass detail. What it sees: the 
 picture and its colours (the coarse levels) and the position and contrast of edges at every
 scale (the band-pass levels). What it misses: anything semantic (two different faces with the
 same layout are close; one face on another background is far), and it is not shift-invariant:
-moving an image by a pixel or two changes its fine levels as much as a new image would, where
-LPIPS (a convolutional network's features, averaged over space) barely moves.
+moving an image by a pixel or two changes its fine levels as much as a new image would (LPIPS
+compares pooled features of a convolutional network, which vary more slowly under small shifts;
+not measured here). Measured on 8
+synthetic 32 px `photo` images: a 2 px horizontal shift is at a median distance of 0.043 from
+the original, another photo of the domain at 0.085.
 
 ``lpips`` (perceptual; `gantl_jax.metrics.lpips.lpips_distance`): LPIPS-VGG v0.1 (Zhang et al.
 2018) with weights from a file the user provides. LPIPS is itself a squared Euclidean distance
