@@ -28,7 +28,11 @@ between embeddings (its channel weights are non-negative), so it fits the same i
 `pairwise` computes all distances between two embedded sets in float64, in blocks of rows and
 columns of at most ``block_bytes`` each: the only memory that grows with the set sizes is the
 embeddings (float32, ``N x dim``) and the ``N x M`` result. ``pyramid`` at 64 px embeds an
-RGB image in 16,368 values (64 kB; 1000 samples: 65 MB), at 32 px in 4,080.
+RGB image in 16,368 values (64 kB; 1000 samples: 65 MB), at 32 px in 4,080; LPIPS at 32 px in
+124,928. Measured on a shared 2-core CPU: `diversity.diversity` with ``pyramid`` on 1000
+samples, 10 training and 200 held-out images at 64 px in 2.8 s, all included; LPIPS on 300
+images at 32 px: embedding 28 s, their 300 x 300 distances 8.7 s (the float64 products scale
+with N^2 dim: 1000 samples take ~100 s there).
 """
 from __future__ import annotations
 
