@@ -14,8 +14,11 @@ low-pass image weighs as much as the finest band-pass detail. What it sees: the 
 picture and its colours (the coarse levels) and the position and contrast of edges at every
 scale (the band-pass levels). What it misses: anything semantic (two different faces with the
 same layout are close; one face on another background is far), and it is not shift-invariant:
-moving an image by a pixel or two changes its fine levels as much as a new image would, where
-LPIPS (a convolutional network's features, averaged over space) barely moves.
+moving an image by a pixel or two changes its fine levels as much as a new image would (LPIPS
+compares pooled features of a convolutional network, which vary more slowly under small shifts;
+not measured here). Measured on 8
+synthetic 32 px `photo` images: a 2 px horizontal shift is at a median distance of 0.043 from
+the original, another photo of the domain at 0.085.
 
 ``lpips`` (perceptual; `gantl_jax.metrics.lpips.lpips_distance`): LPIPS-VGG v0.1 (Zhang et al.
 2018) with weights from a file the user provides. LPIPS is itself a squared Euclidean distance
@@ -25,7 +28,11 @@ between embeddings (its channel weights are non-negative), so it fits the same i
 `pairwise` computes all distances between two embedded sets in float64, in blocks of rows and
 columns of at most ``block_bytes`` each: the only memory that grows with the set sizes is the
 embeddings (float32, ``N x dim``) and the ``N x M`` result. ``pyramid`` at 64 px embeds an
-RGB image in 16,368 values (64 kB; 1000 samples: 65 MB), at 32 px in 4,080.
+RGB image in 16,368 values (64 kB; 1000 samples: 65 MB), at 32 px in 4,080; LPIPS at 32 px in
+124,928. Measured on a shared 2-core CPU: `diversity.diversity` with ``pyramid`` on 1000
+samples, 10 training and 200 held-out images at 64 px in 2.8 s, all included; LPIPS on 300
+images at 32 px: embedding 28 s, their 300 x 300 distances 8.7 s (the float64 products scale
+with N^2 dim: 1000 samples take ~100 s there).
 """
 from __future__ import annotations
 
