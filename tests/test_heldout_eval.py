@@ -11,6 +11,7 @@ import pytest
 
 from configs import tiny
 from gantl_jax import evaluate
+from gantl_jax import metrics
 from gantl_jax import images as image_io
 from gantl_jax import train
 from gantl_jax.data import DataError, checks, synthetic
@@ -126,3 +127,7 @@ def test_sample_evaluators_say_what_they_lack(tmp_path):
     config_lib.resolve(_config(tmp_path, metrics="copies"))
   with pytest.raises(config_lib.ConfigError, match="'correspondence' .* needs a transfer run"):
     config_lib.resolve(_config(tmp_path, metrics="correspondence"))
+  (tmp_path / "vgg.npz").write_bytes(b"not weights")
+  bad = _config(tmp_path, metrics="diversity", lpips_weights=str(tmp_path / "vgg.npz"))
+  with pytest.raises(config_lib.ConfigError, match=r"^eval.lpips_weights='.*vgg.npz': "):
+    metrics.get_evaluators(bad.eval)

@@ -86,6 +86,11 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
                       f"there (and set eval.every_kimg) or set --config.checkpoint.keep_best=''")
   if names and not eval_config.every_kimg > 0:
     raise ConfigError(f"eval.metrics={names} never run: set eval.every_kimg > 0 (kimg between evaluations)")
+  if eval_config.get("lpips_weights", "") and set(names) & {"diversity", "copies", "correspondence"}:
+    try:
+      samples.lpips_weights(eval_config.lpips_weights)  # read here, once per process, before training
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   inception_names = tuple(n for n in names if n in kid_fid.METRICS)
   if inception_names and kid_fid.load_configured_weights(eval_config) is None:
     if keep_best in inception_names:

@@ -18,6 +18,7 @@ LPIPS-VGG when ``eval.lpips_weights`` names its weight file; keys carry the dist
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import ml_collections
@@ -51,12 +52,23 @@ def take(batches: Batches, num: int) -> np.ndarray:
   return np.concatenate(out)
 
 
+@functools.lru_cache(maxsize=2)
+def lpips_weights(paths: str):
+  """The LPIPS-VGG weights of ``eval.lpips_weights``, read once per process; ValueError naming
+  the key when they cannot be read."""
+  from gantl_jax.metrics import lpips  # pylint: disable=import-outside-toplevel  # jax model: only if asked
+  try:
+    return lpips.load_weights(paths)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"eval.lpips_weights={paths!r}: {e}") from None
+
+
 def configured_distances(eval_config: ml_collections.ConfigDict) -> list[distances.Distance]:
   """``pyramid``, and ``lpips`` when ``eval.lpips_weights`` names a weight file."""
   out = [distances.pyramid_distance()]
   if eval_config.lpips_weights:
-    from gantl_jax.metrics import lpips  # pylint: disable=import-outside-toplevel  # jax model: only if asked
-    out.append(lpips.lpips_distance(lpips.load_weights(eval_config.lpips_weights)))
+    from gantl_jax.metrics import lpips  # pylint: disable=import-outside-toplevel
+    out.append(lpips.lpips_distance(lpips_weights(eval_config.lpips_weights)))
   return out
 
 
