@@ -55,9 +55,15 @@ _BLEND_WIDTH = flags.DEFINE_float("blend_width", 0.0, "blend: 0 = hard switch; >
                                   "log2 resolution of this width in octaves.")
 _METRICS = flags.DEFINE_string("metrics", "", "eval: comma-separated metrics (default: the run's eval.metrics, else swd).")
 _NUM_FAKE = flags.DEFINE_integer("num_fake", 0, "eval: generated images (0: the run's eval.num_fake).")
+_REAL_FOLDER = flags.DEFINE_string("real_folder", "", "eval/compare: a folder of held-out target images "
+                                   "to measure against (default: the run's eval.real_folder or held-out "
+                                   "set, else its training images).")
 _INCEPTION = flags.DEFINE_string("inception_weights", "", "eval: Inception weight file for kid/fid "
                                  "(default: the run's eval.inception_weights).")
 flags.mark_flags_as_required(["workdir"])
+# The config keys that modes other than train read from --config (how to reach the devices and the
+# compilation cache); every other key comes from the run's own config.json.
+_KEYS_OF_EVERY_MODE = ("parallel.", "train.compile_cache_dir")
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
@@ -171,6 +177,13 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e) if "Traceback" in str(e) else _flag_error_message(e, argv))
   except OSError as e:  # the config file did not load, seen by an override
     _fail(_config_load_message(e, argv))
+  if _MODE.value != "train":
+    ignored = [flag for flag, key in _overrides(argv) if not key.startswith(_KEYS_OF_EVERY_MODE)]
+    if ignored:
+      _fail(f"{ignored[0]}: --mode {_MODE.value} reads the run's own config from --workdir, so this "
+            f"override would be ignored; only {', '.join(k + '*' for k in _KEYS_OF_EVERY_MODE)} apply "
+            f"here. Use the mode's own flags instead (--helpfull lists them; eval and compare "
+            f"measure against held-out images given as --real_folder)")
   config = _CONFIG.value
   if config is not None and not isinstance(config, ml_collections.ConfigDict):
     try:  # ml_collections defers a config file's load failure to its first use
@@ -238,11 +251,12 @@ def main(argv):
       from gantl_jax import compare
       compare.compare(_WORKDIR.value, blend_resolution=_BLEND_RES.value,
                       seeds=_SEEDS.value if flags.FLAGS["seeds"].present else "0-7",
-                      outdir=_OUTDIR.value)
+                      outdir=_OUTDIR.value, real_folder=_REAL_FOLDER.value)
     else:
       from gantl_jax import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
-                                num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value)
+                                num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value,
+                                real_folder=_REAL_FOLDER.value)
   except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
     _fail(str(e))
   except (train.TrainingError, checkpoint.CheckpointError, jsonl.LogError) as e:

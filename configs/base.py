@@ -141,10 +141,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Evaluation during training: every eval.every_kimg, the metrics named in eval.metrics run on
   # eval.num_fake G-EMA samples (generated sharded over all devices) against up to eval.num_real
-  # training images (or held-out ones, eval.heldout); values go to DIR/eval.jsonl.
+  # real images: held-out ones (eval.real_folder, eval.heldout) or else the training images; values
+  # and which images they were measured against go to DIR/eval.jsonl.
   c.eval = ml_collections.ConfigDict(dict(
       every_kimg=0.0,            # 0: no evaluation during training
-      metrics="",                # comma-separated names of gantl_jax.metrics.EVALUATORS
+      metrics="",                # comma-separated: swd, kid, fid, diversity, copies, correspondence
       num_fake=1000,
       num_real=1000,
       batch_size=64,             # samples generated per call (rounded to a multiple of the devices)
@@ -156,6 +157,14 @@ def get_config() -> ml_collections.ConfigDict:
       # data only) = num_real held-out images of data.domain, none of them in a training set
       # (images 1,000,000 on of data.seed; gantl_jax/data/checks.py), prepared once.
       heldout=False,
+      # A folder of held-out images of the target domain (any source of data), prepared once like a
+      # training folder; every image of it is a reference. Takes the place of eval.heldout.
+      real_folder="",
+      # diversity, copies, correspondence: samples they compare (pairwise, so kept at ~1000: CDC's
+      # protocol), and an LPIPS-VGG weight file (read without torch, see docs/metrics.md) for their
+      # perceptual distance beside the weight-free pyramid distance; '' skips LPIPS.
+      num_diagnostic=1000,
+      lpips_weights="",
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

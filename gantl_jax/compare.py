@@ -9,9 +9,10 @@ the run's G-EMA and their Toonify layer blend (``blend.py``: the run's blocks up
 written as ``RUN/comparison.png`` (labelled and upscaled so that 32 px samples can be seen). The
 table, ``RUN/comparison.json`` and printed, holds SWD x 10^3 against target images of the source
 and of the transfer (how far the transfer moved towards the target), the images the run showed D,
-and its training wall time. For a synthetic target the SWD references are held-out images of the
-domain (indices from ``data.checks.HELD_OUT_START``, never in a training set); for a folder they are the
-training images themselves, and the table says so.
+and its training wall time. The SWD references are held-out images: those of ``--real_folder`` or
+the run's ``eval.real_folder``, else of the synthetic domain (indices from
+``data.checks.HELD_OUT_START``, never in a training set); a folder run with neither is measured
+against its training images, and the table says so.
 """
 from __future__ import annotations
 
@@ -30,17 +31,27 @@ from gantl_jax import jsonl
 from gantl_jax import runs
 from gantl_jax.config import ConfigError
 from gantl_jax.data import checks, pipeline, synthetic
-from gantl_jax.metrics import swd
+from gantl_jax.metrics import correspondence, distances, diversity, memorisation, swd
 from gantl_jax.resolutions import block_resolutions
 
 _LABEL_WIDTH = 128
+NUM_DIAGNOSTIC = 1000  # samples of the diversity, copies and correspondence rows (CDC's protocol)
 _ROW_LABELS = ("source", "transferred", "blend", "target shots")
 
 
-def target_images(config, num: int, held_out: bool) -> tuple[np.ndarray, str]:
+def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tuple[np.ndarray, str]:
   """uint8 NHWC target images and what they are: the first ``num`` training images, or with
-  ``held_out`` (synthetic domains only) ``num`` unseen images of the same domain."""
+  ``held_out`` ``num`` images the run never trained on: of ``real_folder`` (else the run's
+  ``eval.real_folder``), or of its synthetic domain. A folder run with no held-out folder falls
+  back to its training images, and the description says so."""
   d, res = config.data, config.model.resolution
+  real_folder = real_folder or (config.eval.get("real_folder", "") if held_out else "")
+  if held_out and real_folder:
+    prepared = pipeline.prepare_folder(real_folder, data_config=d, resolution=res,
+                                       key="--real_folder", verbose=False)
+    count = min(num, prepared.num_examples)
+    return (np.stack([prepared.data_source[i] for i in range(count)]),
+            f"{count} held-out images of {real_folder}")
   if d.source == "synthetic":
     start = checks.HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
@@ -49,7 +60,7 @@ def target_images(config, num: int, held_out: bool) -> tuple[np.ndarray, str]:
   prepared = pipeline.prepare(d, resolution=res, verbose=False)
   count = min(num, prepared.num_examples)
   return (np.stack([prepared.data_source[i] for i in range(count)]),
-          f"the {count} training images (a folder has no held-out set)")
+          f"the {count} training images (not held out: give --real_folder)")
 
 
 def _swd(fakes: np.ndarray, reals: np.ndarray, seed: int = 0) -> float:
@@ -81,10 +92,11 @@ def _training_seconds(workdir: str, batch_size: int) -> Optional[float]:
 
 
 def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eval: int = 2000,
-            outdir: str = "") -> dict:
+            outdir: str = "", real_folder: str = "") -> dict:
   """Writes ``comparison.png`` and ``comparison.json`` for the transfer run in ``workdir`` (into
   ``outdir``, default the run directory) and returns the table. ``blend_resolution`` 0 takes
-  every block but the last from the run."""
+  every block but the last from the run; SWD is measured against ``real_folder`` (default: see
+  `target_images`)."""
   t0 = time.time()
   seed_list = generate.parse_seeds(seeds)
   run = runs.load_network(workdir)
@@ -111,11 +123,15 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
   image_io.save_png(_labelled(grid, labels, res, scale), os.path.join(out_dir, "comparison.png"))
 
   eval_seeds = list(range(num_eval))
-  reals, reals_are = target_images(config, num_eval, held_out=True)
+  reals, reals_are = target_images(config, num_eval, held_out=True, real_folder=real_folder)
+  held_out = bool(real_folder or config.eval.get("real_folder", "") or config.data.source == "synthetic")
+  source_samples, run_samples = (generate.seed_images(net, eval_seeds) for net in (source, run))
   table = dict(
-      swd_source_vs_target=_swd(generate.seed_images(source, eval_seeds), reals),
-      swd_transfer_vs_target=_swd(generate.seed_images(run, eval_seeds), reals),
+      swd_source_vs_target=_swd(source_samples, reals),
+      swd_transfer_vs_target=_swd(run_samples, reals),
       swd_reference=f"SWD x 10^3 (mean of levels), {num_eval} samples vs {reals_are}",
+      **_diagnostics(config, source_samples[:NUM_DIAGNOSTIC], run_samples[:NUM_DIAGNOSTIC],
+                     reals[:NUM_DIAGNOSTIC] if held_out else None),
       kimg=run.step * config.train.batch_size / 1000,
       training_seconds=_training_seconds(run.home, config.train.batch_size),
       source=config.transfer.source, step=run.step, blend_resolution=blend_resolution,
@@ -127,11 +143,33 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
   return table
 
 
+def _diagnostics(config, source_samples: np.ndarray, run_samples: np.ndarray,
+                 held_out: Optional[np.ndarray]) -> dict:
+  """Diversity, copies and correspondence of the transfer (pyramid distance; see
+  `metrics.samples`): copies and the diversity ratio need held-out reals."""
+  distance = distances.pyramid_distance()
+  train, _ = target_images(config, 1 << 20, held_out=False)
+  out = diversity.diversity(distance, run_samples, train, held_out)
+  out.update(correspondence.correspondence(distance, source_samples, run_samples))
+  if held_out is not None:
+    out.update(memorisation.memorisation(distance, run_samples, train, held_out))
+  keys = ("pyramid_intra_cluster", "pyramid_diversity_ratio", "pyramid_copies", "pyramid_correspondence")
+  return {f"transfer_{k.removeprefix('pyramid_')}": out[k] for k in keys if k in out}
+
+
+def _optional(value: Optional[float]) -> str:
+  return "n/a (no held-out images)" if value is None else f"{value:.3f}"
+
+
 def format_table(table: dict) -> str:
   """The comparison as a small markdown table."""
   secs = table.get("training_seconds")
   rows = [("SWD x10^3, source vs target", f"{table['swd_source_vs_target']:.2f}"),
           ("SWD x10^3, transfer vs target", f"{table['swd_transfer_vs_target']:.2f}"),
+          ("diversity (intra-cluster, pyramid)", f"{table['transfer_intra_cluster']:.4f}"),
+          ("diversity ratio to held-out reals", _optional(table.get("transfer_diversity_ratio"))),
+          ("copies (nearer a shot than any held-out real)", _optional(table.get("transfer_copies"))),
+          ("correspondence with the source (Spearman)", f"{table['transfer_correspondence']:.3f}"),
           ("images shown (kimg)", f"{table['kimg']:.1f}"),
           ("training wall time", f"{secs / 60:.1f} min" if secs else "n/a")]
   lines = ["| | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]

@@ -110,9 +110,19 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
   fewshot.check_config(config)
   _check_ewc_and_adapters(config)
+  from gantl_jax.metrics import samples as sample_metrics  # pylint: disable=g-import-not-at-top
+  try:
+    sample_metrics.check([n.strip() for n in config.eval.metrics.split(",")], config.eval,
+                         held_out=bool(config.eval.heldout or config.eval.real_folder),
+                         transfer_source=config.transfer.source)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _check(not (config.eval.heldout and config.eval.real_folder),
+         "eval.heldout=True and eval.real_folder are two sources of held-out images; set one of them")
   _check(not config.eval.get("heldout", False) or config.data.source == "synthetic",
          f"eval.heldout=True needs held-out images, which only a synthetic domain has "
-         f"(data.source={config.data.source!r}); set --config.eval.heldout=False")
+         f"(data.source={config.data.source!r}); set --config.eval.heldout=False and give a folder of "
+         f"held-out images as --config.eval.real_folder")
 
   if t.r1_gamma < 0:  # StyleGAN2-ADA's heuristic
     t.r1_gamma = 0.0002 * m.resolution ** 2 / b

@@ -276,7 +276,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   if config.checkpoint.keep_best:
     metric = config.checkpoint.keep_best
     best_manager = checkpoint.make_manager(
-        os.path.join(workdir, "best"), max_to_keep=1, best_fn=lambda m: m[metric], best_mode="min")
+        os.path.join(workdir, "best"), max_to_keep=1, best_fn=lambda m: m[metric],
+        best_mode=metrics_lib.best_mode(metric))
   state = parallel.create_state(nets, config.seed, "jit", mesh)
   data_state, transfer_report = None, None
   if manager.latest_step() is not None:
@@ -357,8 +358,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     values = metrics_lib.run_evaluators(
         evaluators, lambda num: parallel.sample_batches(
             nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
-        eval_reals, config.eval)
-    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values)
+        eval_reals, config.eval, sample_context)
+    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values,
+                  reals=reals_described)
     if is_main:
       jsonl.append(eval_path, record)
     monitor.log_eval(step, values)
@@ -370,6 +372,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
                                 tensorboard=config.train.tensorboard)
   monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
   eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
+  reals_described = metrics_lib.describe_reals(config, eval_reals)
+  sample_context = _sample_context(config, nets, mesh, prepared, eval_reals) if evaluators else None
+  if eval_every:
+    monitor.write(f"evaluating {', '.join(evaluators)} every {eval_every} steps against {reals_described}")
   t_log, step_log = time.time(), start_step
   first_step_seconds = compile_seconds = None
   try:
@@ -472,6 +478,18 @@ def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[
   g_fisher = parallel.first_replica(g_fisher, "jit")
   logging.info("G's Fisher information computed in %.1f s", time.time() - t0)
   return g_fisher, True
+
+
+def _sample_context(config: ml_collections.ConfigDict, nets: state_lib.Networks, mesh, prepared,
+                    eval_reals) -> metrics_lib.samples.SampleContext:
+  """The training images and, for 'correspondence', the source G-EMA's samples of the
+  evaluation latents (the source read once, replicated)."""
+  source_batches = None
+  if "correspondence" in config.eval.metrics:
+    source_g = transfer.read_source_g_ema(config, nets.generator, parallel.replicated(mesh))
+    source_batches = lambda num: parallel.sample_batches(
+        nets, source_g, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed)
+  return metrics_lib.sample_context(config, prepared, eval_reals, source_batches)
 
 
 def _compile_ahead(step_fn, config: ml_collections.ConfigDict, start: int, stop: int, args: tuple,

@@ -352,6 +352,14 @@ def read_networks(config: ml_collections.ConfigDict, networks: dict[str, str],
   return out
 
 
+def read_source_g_ema(config: ml_collections.ConfigDict, generator, sharding) -> dict:
+  """The source's G-EMA variables (``transfer.source``) for ``generator``'s shapes, placed with
+  ``sharding``: what the source draws from the same latents, for the correspondence metric."""
+  shapes = jax.eval_shape(lambda k: stylegan2.init_generator(generator, k), jax.random.key(0))
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
+  return read_networks(config, {"g": "g_ema"}, {"g": template})["g"]
+
+
 def summary(report: dict) -> str:
   """A few lines for the console: counts per network, and the paths kept at init."""
   src = report["source"]

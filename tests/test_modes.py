@@ -236,3 +236,5 @@ def test_compare_writes_the_figure_and_the_table(run, tmp_path):
   assert table["swd_source_vs_target"] > 0 and table["swd_transfer_vs_target"] > 0
   assert table["kimg"] == pytest.approx(0.016) and table["training_seconds"] > 0
   assert "64 held-out 'anime' images" in table["swd_reference"]
+  assert 0 <= table["transfer_copies"] <= 1 and -1 <= table["transfer_correspondence"] <= 1
+  assert table["transfer_intra_cluster"] > 0 and table["transfer_diversity_ratio"] > 0

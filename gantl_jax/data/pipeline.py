@@ -102,6 +102,19 @@ def prepare_held_out(data_config: ml_collections.ConfigDict, *, resolution: int,
   return _open(*builders.prepare_builder(make, verbose=verbose), held_out, resolution)
 
 
+def prepare_folder(folder: str, *, data_config: ml_collections.ConfigDict, resolution: int,
+                   key: str, verbose: bool = True) -> PreparedData:
+  """Every image of ``folder`` (a folder of held-out images, given by the config key ``key``),
+  prepared once and opened like a training folder with the storage options of ``data_config``;
+  DataError naming ``key`` when the folder cannot be read."""
+  c = ml_collections.ConfigDict(dict(data_config.to_dict(), source="folder", folder=folder,
+                                     n_shot=0, mirror_dataset=False))
+  try:
+    return prepare(c, resolution=resolution, verbose=verbose)
+  except DataError as e:
+    raise DataError(f"{key}: {e}") from None
+
+
 def _open(builder, report: dict, c: ml_collections.ConfigDict, resolution: int) -> PreparedData:
   """The prepared ``builder`` as a `PreparedData` (``c``: the data config's read options)."""
   source = builder.as_data_source()[_SPLIT]

@@ -1,9 +1,11 @@
 """Evaluation of a generator: metrics over many samples, run by the loop and by eval mode.
 
-An evaluator is ``fn(fake_batches, real_batches, eval_config) -> {name: value}``: it consumes two
-iterables of uint8 NHWC batches (generated and real images; each can be iterated once) and
-returns floats, among them one under the evaluator's own name (the headline value that
-``checkpoint.keep_best`` compares; lower is better for every metric here). ``EVALUATORS`` maps
+An evaluator is ``fn(fake_batches, real_batches, eval_config, context) -> {name: value}``: it
+consumes two iterables of uint8 NHWC batches (generated and real images; each can be iterated
+once) and returns floats, among them one under the evaluator's own name (the headline value that
+``checkpoint.keep_best`` compares; lower is better except for ``samples.HIGHER_IS_BETTER``).
+``context`` (`samples.SampleContext`) carries the training images and the source generator's
+samples that the sample-level evaluators (diversity, copies, correspondence) need. ``EVALUATORS`` maps
 the names accepted by ``eval.metrics`` to them. One function may serve several names ('kid' and
 'fid' share one pass of the Inception network): `run_evaluators` calls it once and it returns
 all of them.
@@ -21,10 +23,13 @@ import ml_collections
 import numpy as np
 
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import cache, kid_fid, swd
+from gantl_jax.metrics import cache, kid_fid, samples, swd
 
 Batches = Iterator[np.ndarray]
 Evaluator = Callable[[Batches, Batches, ml_collections.ConfigDict], dict]
+
+# eval.* keys with the value a run's config.json written without them means.
+EVAL_KEYS_ADDED = {"heldout": False, "real_folder": "", "num_diagnostic": 1000, "lpips_weights": ""}
 
 # Bump when the descriptors of an image set change (pyramid, patches, normalisation sums), so
 # that accumulators cached by an older version are not compared with new ones.
@@ -43,15 +48,25 @@ def cached_swd_reals(reals: Batches, seed: int) -> swd.SWDAccumulator:
   return acc
 
 
-def evaluate_swd(fakes: Batches, reals: Batches, eval_config: ml_collections.ConfigDict) -> dict:
+def evaluate_swd(fakes: Batches, reals: Batches, eval_config: ml_collections.ConfigDict,
+                 context: samples.SampleContext | None = None) -> dict:
   """SWD x 10^3 per Laplacian level ('swd_r{S}') and their mean ('swd')."""
+  del context
   seed = eval_config.seed
   values = swd.compute_swd(cached_swd_reals(reals, seed), swd.accumulate(fakes, seed=seed), seed=seed)
   values["swd"] = values.pop("swd_avg")
   return values
 
 
-EVALUATORS: dict[str, Evaluator] = {"swd": evaluate_swd, "kid": kid_fid.evaluate, "fid": kid_fid.evaluate}
+EVALUATORS: dict[str, Evaluator] = {
+    "swd": evaluate_swd, "kid": kid_fid.evaluate, "fid": kid_fid.evaluate,
+    "diversity": samples.evaluate, "copies": samples.evaluate,
+    "correspondence": samples.evaluate_correspondence}
+
+
+def best_mode(metric: str) -> str:
+  """'max' for the metrics where higher is better, else 'min' (``checkpoint.keep_best``)."""
+  return "max" if metric in samples.HIGHER_IS_BETTER else "min"
 
 
 def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") -> dict[str, Evaluator]:
@@ -71,6 +86,11 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
                       f"there (and set eval.every_kimg) or set --config.checkpoint.keep_best=''")
   if names and not eval_config.every_kimg > 0:
     raise ConfigError(f"eval.metrics={names} never run: set eval.every_kimg > 0 (kimg between evaluations)")
+  if eval_config.get("lpips_weights", "") and set(names) & {"diversity", "copies", "correspondence"}:
+    try:
+      samples.lpips_weights(eval_config.lpips_weights)  # read here, once per process, before training
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   inception_names = tuple(n for n in names if n in kid_fid.METRICS)
   if inception_names and kid_fid.load_configured_weights(eval_config) is None:
     if keep_best in inception_names:
@@ -89,14 +109,33 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
 
 
 def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
-  """The prepared dataset the evaluators compare with: ``prepared`` (the training data), or with
-  ``eval.heldout`` ``eval.num_real`` held-out images of the same synthetic domain (none of them in
-  a training set; `pipeline.prepare_held_out`)."""
-  if not config.eval.get("heldout", False):
-    return prepared
+  """The prepared dataset the evaluators compare with: the images of ``eval.real_folder``
+  (prepared once, like a training folder, all of them); with ``eval.heldout`` ``eval.num_real``
+  held-out images of the same synthetic domain (none of them in a training set;
+  `pipeline.prepare_held_out`); otherwise ``prepared``, the training data itself."""
   from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
+  e = config.eval
+  if e.get("real_folder", ""):
+    return pipeline.prepare_folder(e.real_folder, data_config=config.data,
+                                   resolution=config.model.resolution, key="eval.real_folder",
+                                   verbose=verbose)
+  if not e.get("heldout", False):
+    return prepared
   return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
-                                   num=int(config.eval.num_real), verbose=verbose)
+                                   num=int(e.num_real), verbose=verbose)
+
+
+def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
+  """Which real images the evaluators of ``config`` compare with (``reals``: what
+  `prepare_reals` returned), for eval.jsonl, the eval table and the comparison."""
+  e, d = config.eval, config.data
+  num = min(int(e.num_real), reals.num_examples)
+  if e.get("real_folder", ""):
+    return f"{num} held-out images of eval.real_folder={e.real_folder}"
+  if e.get("heldout", False):
+    return f"{num} held-out '{d.domain}' images (synthetic, none in a training set)"
+  what = f"data.folder={d.folder}" if d.source == "folder" else f"synthetic '{d.domain}'"
+  return f"{num} training images ({what}; not held out: set eval.real_folder)"
 
 
 class RealImages:
@@ -122,13 +161,25 @@ class RealImages:
     return real_batches(self.data_source, self.num, self.batch_size)
 
 
+def sample_context(config: ml_collections.ConfigDict, prepared, eval_reals,
+                   source_batches: Callable[[int], Batches] | None = None) -> samples.SampleContext:
+  """The `samples.SampleContext` of a run: its training images (at most ``eval.num_real``, no
+  mirrored copies), whether ``eval_reals`` are held out, and the source's samples."""
+  source = prepared.data_source
+  num_train = min(getattr(source, "size", len(source)), int(config.eval.num_real))
+  train_images = np.stack([source[i] for i in range(num_train)])
+  return samples.SampleContext(train_images, eval_reals is not prepared, source_batches)
+
+
 def run_evaluators(evaluators: dict[str, Evaluator], fake_batches: Callable[[int], Batches],
-                   prepared, eval_config: ml_collections.ConfigDict) -> dict[str, float]:
+                   prepared, eval_config: ml_collections.ConfigDict,
+                   context: samples.SampleContext | None = None) -> dict[str, float]:
   """Runs each distinct evaluator once on ``eval.num_fake`` samples (``fake_batches(num)``) and
   up to ``eval.num_real`` images of ``prepared`` (a `RealImages`); returns all their values in
   one dict."""
   out = {}
   for fn in dict.fromkeys(evaluators.values()):  # 'kid' and 'fid' share one function: call it once
     reals = RealImages(prepared, eval_config.num_real, eval_config.batch_size)
-    out.update({k: float(v) for k, v in fn(fake_batches(eval_config.num_fake), reals, eval_config).items()})
+    values = fn(fake_batches(eval_config.num_fake), reals, eval_config, context)
+    out.update({k: float(v) for k, v in values.items()})
   return out

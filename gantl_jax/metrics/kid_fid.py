@@ -39,7 +39,7 @@ image count and the SHA-256 of the weight file, so each run computes them once.
 from __future__ import annotations
 
 import functools
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import jax
 import ml_collections
@@ -370,12 +370,13 @@ def requested(eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def evaluate(fakes: Iterable[np.ndarray], reals: Iterable[np.ndarray],
-             eval_config: ml_collections.ConfigDict) -> dict[str, float]:
+             eval_config: ml_collections.ConfigDict, context: Any = None) -> dict[str, float]:
   """The evaluator of 'kid' and 'fid': ``{'kid': ..., 'fid': ...}`` for those ``eval.metrics`` names.
 
   One pass of the network over each image set serves both. With ``eval.inception_weights`` ''
   it returns {} (logged once): no value is ever made up.
   """
+  del context  # the Inception metrics need the samples and the reals only
   names = requested(eval_config)
   weights = load_configured_weights(eval_config)
   if weights is None:
