@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import tiny
@@ -18,6 +19,7 @@ from gantl_jax import losses
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import train
+from test_step_golden import leaf_errors
 
 R = 16  # image size of the op tests
 N = 8   # images per batch
@@ -320,6 +322,78 @@ def test_step_shows_d_augmented_reals_and_takes_r1_through_the_augmentation():
   assert r1 == pytest.approx(float(jnp.mean(through)), rel=1e-4)
   for wrong in (plain, at_augmented):
     assert abs(float(jnp.mean(wrong)) / r1 - 1) > 0.05
+
+
+def test_step_shows_g_and_d_augmented_fakes_and_differentiates_g_through_them():
+  """With plain SGD of rate 1 (a parameter's change is minus its gradient), the step's G main and
+  D main equal those assembled here from the step's per-example keys: G main's loss is that of
+  D(aug(G(z))) with G main's keys and the fakes' sub-stream, its gradient taken through the
+  augmentation; D main sees aug(fake) of the updated G with D main's keys and the fakes'
+  sub-stream, next to aug(real) with the reals' one. The pipeline 'bg' at p = 1 warps every
+  image, so that fakes left unaugmented, or augmented with the reals' sub-stream, change both
+  gradients by far more than the tolerance."""
+  c = tiny.get_config()
+  c.model.update(resolution=8, z_dim=16, w_dim=16, channel_base=64, channel_max=16)
+  c.train.update(pl_weight=0.0, style_mixing_prob=0.0)
+  c.augment.update(kind="fixed", p=1.0, pipeline="bg")
+  config = config_lib.resolve(c)
+  nets = state_lib.build_networks(config)
+  nets = nets._replace(g_tx=optax.sgd(1.0), d_tx=optax.sgd(1.0))
+  state = jax.jit(lambda: state_lib.init_state(nets, 0))()
+  reals = images(8, 8)
+  new_state, metrics = jax.jit(steps.make_train_step(config, nets), static_argnames="flags")(
+      state, reals, flags=steps.StepFlags())
+
+  g, d = nets.generator, nets.discriminator
+  aug = augment.make(config.augment)
+  key = jax.random.fold_in(state.key, state.step)
+  buffers = state.g.buffers
+
+  def reference(fake_stream, fake_p):
+    """G main and D main with the fakes augmented by sub-stream ``fake_stream`` at ``fake_p``."""
+    def fakes(params, phase):
+      keys = steps._example_keys(jax.random.fold_in(key, phase), 8, None)
+      z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, steps._Z), (g.z_dim,)))(keys)
+      noise_keys = jax.vmap(lambda k: jax.random.fold_in(k, steps._NOISE))(keys)
+      x = g.apply({"params": params, "buffers": buffers}, z, noise_mode="random", noise_keys=noise_keys)
+      return x, keys
+
+    sub = lambda keys, stream: jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
+    D = lambda params, x: d.apply({"params": params}, x)
+
+    def g_main(params):
+      x, keys = fakes(params, steps._G_MAIN)
+      return jnp.mean(jax.nn.softplus(-D(state.d.params, aug(x, sub(keys, fake_stream), fake_p))))
+
+    g_loss, grads = jax.value_and_grad(g_main)(state.g.params)
+    g_params = jax.tree.map(lambda p, dp: p - dp, state.g.params, grads)
+    fake, keys = fakes(g_params, steps._D_MAIN)
+    fake = aug(fake, sub(keys, fake_stream), fake_p)
+    real = aug(reals, sub(keys, steps._AUG_REAL), 1.0)
+
+    def d_main(params):
+      fake_logits = D(params, fake)
+      return jnp.mean(jax.nn.softplus(-D(params, real)) + jax.nn.softplus(fake_logits)), fake_logits
+
+    (d_loss, fake_logits), grads = jax.value_and_grad(d_main, has_aux=True)(state.d.params)
+    d_params = jax.tree.map(lambda p, dp: p - dp, state.d.params, grads)
+    return dict(g=g_params, d=d_params, g_loss=g_loss, d_loss=d_loss, fake_logits=jnp.mean(fake_logits))
+
+  reference = jax.jit(reference)
+  refs = {"augmented with their own sub-stream": reference(steps._AUG_FAKE, 1.0),
+          "augmented with the reals' sub-stream": reference(steps._AUG_REAL, 1.0),
+          "left unaugmented": reference(steps._AUG_FAKE, 0.0)}
+  for name in ("g_loss", "d_loss", "fake_logits"):
+    assert float(metrics[name]) == pytest.approx(float(refs["augmented with their own sub-stream"][name]), rel=1e-5, abs=1e-6), name
+  for kind, ref in refs.items():
+    for net in ("g", "d"):
+      errors = leaf_errors(getattr(new_state, net).params, ref[net], getattr(state, net).params)
+      worst = max(e[0] / e[1] for e in errors.values())
+      print(f"{net} against the reference with its fakes {kind}: worst leaf {worst:.2g} tolerances off")
+      if kind == "augmented with their own sub-stream":
+        assert worst <= 1, (net, kind)
+      else:
+        assert worst > 30, (net, kind)
 
 
 def ada_config(**kw):
