@@ -31,7 +31,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from absl import logging
 
 from gantl_jax import state as state_lib
 from gantl_jax.state import GANState
@@ -173,16 +172,14 @@ def check(manager: ocp.CheckpointManager) -> None:
 
 def close(manager: ocp.CheckpointManager) -> None:
   """Lets the save in flight commit, then releases the manager; never raises, so that it can run
-  on every exit path of a loop. A save that fails here is logged (the loop has already stopped
-  on an error of its own, or reports it through :func:`wait`)."""
-  try:
-    manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("a checkpoint save to %s failed (%s); %s", manager.directory, root_cause(e), kept(manager))
-  try:
-    manager.close()
-  except Exception:  # pylint: disable=broad-except  # the failed save again: logged above
-    pass
+  on every exit path of a loop. A save that fails here is not reported again: the loop has
+  already stopped on that error (:func:`check`, :func:`wait`) or on one of its own, whose
+  message names the last committed step (:func:`kept`)."""
+  for release in (manager.wait_until_finished, manager.close):
+    try:
+      release()
+    except Exception:  # pylint: disable=broad-except  # Orbax raises the failed save's error again
+      pass
 
 
 def last_committed(manager: ocp.CheckpointManager) -> Optional[int]:
