@@ -284,7 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises ``config.ConfigError`` / ``data.DataError`` / ``transfer.TransferError`` before writing
   anything, and ``TrainingError`` / ``checkpoint.CheckpointError`` when the run diverges or its
-  files cannot be written (its last good checkpoint is kept).
+  files cannot be written (its last good checkpoint is kept, and named). Whatever ends the run, the
+  checkpoint save in flight is committed first. A resume restores the newest readable checkpoint;
+  newer, unreadable ones are renamed ``N.unreadable`` with a warning.
   """
   t_launch = time.time()
   compilation.enable_cache(config.train.compile_cache_dir)  # before anything compiles
