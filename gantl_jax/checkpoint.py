@@ -18,12 +18,14 @@ it was written before the statistic existed, keeps its fresh value.
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it on
 commit), so a crash during a save never damages the previous checkpoint, and a half-written one
 is never listed. :func:`save` refuses a state with a non-finite value, so a diverged run never
-replaces its last good checkpoint.
+replaces its last good checkpoint. :func:`restore_newest_readable` skips a committed step whose
+files cannot be read (truncated, say) and restores the newest one that can.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from typing import Any, Optional
 
 import jax
@@ -41,6 +43,10 @@ JSON_ITEMS = ("data", "meta")
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be written or read; the message names the directory and the cause."""
+
+
+class NonFiniteStateError(CheckpointError):
+  """:func:`save` refused a state that holds a NaN or an infinity (a diverged run)."""
 
 
 def make_manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,
@@ -108,16 +114,20 @@ def save(manager: ocp.CheckpointManager, state: GANState, *, data_state: dict, m
          force: bool = False, metrics: Optional[dict] = None) -> bool:
   """Saves ``state`` (global arrays) at its step, asynchronously; returns whether it saved.
 
-  Raises ``CheckpointError`` (and saves nothing) if the state holds a NaN or an infinity, or if
-  the save itself fails; the previous checkpoint is then intact. ``metrics`` go to Orbax's
-  ``best_fn`` where the manager keeps the best checkpoints.
+  Raises ``NonFiniteStateError`` (and saves nothing) if the state holds a NaN or an infinity,
+  ``CheckpointError`` if the save cannot fit on the disk or fails; the previous checkpoint is then
+  intact, and the message names it. ``metrics`` go to Orbax's ``best_fn`` where the manager keeps
+  the best checkpoints.
   """
   step = int(jax.device_get(state.step))
   if not bool(jax.device_get(jax.jit(all_finite)(state))):
-    raise CheckpointError(f"the state at step {step} holds NaN or infinite values; not saving it "
-                          f"to {manager.directory} (the previous checkpoint is kept)")
+    raise NonFiniteStateError(f"the state at step {step} holds NaN or infinite values and was not "
+                              f"saved; {kept(manager)}")
   items = _split(state)
-  _check_space(manager.directory, sum(x.nbytes for x in jax.tree.leaves(items)))
+  # The save in flight must be on the disk before its free space is measured (Orbax's save waits
+  # for it anyway, so this blocks no longer); a failure of that save is reported here.
+  wait(manager)
+  _check_space(manager, sum(x.nbytes for x in jax.tree.leaves(items)))
   args = {k: ocp.args.PyTreeSave(v) for k, v in items.items()}
   args["data"] = ocp.args.JsonSave(data_state)
   args["meta"] = ocp.args.JsonSave({**meta, "format_version": FORMAT_VERSION})
@@ -131,16 +141,16 @@ def save(manager: ocp.CheckpointManager, state: GANState, *, data_state: dict, m
 SPACE_MARGIN = 1.25
 
 
-def _check_space(directory: os.PathLike, nbytes: int) -> None:
+def _check_space(manager: ocp.CheckpointManager, nbytes: int) -> None:
   """Refuses a save that cannot fit on the disk. Checked before the asynchronous write starts,
   because a write that runs out of space fails later, in Orbax's threads, with hundreds of lines
   of traces."""
-  free = shutil.disk_usage(directory).free
+  free = shutil.disk_usage(manager.directory).free
   if free < nbytes * SPACE_MARGIN:
     raise CheckpointError(
-        f"not enough disk space for a checkpoint in {directory}: it needs about "
-        f"{nbytes * SPACE_MARGIN / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; free some space "
-        f"(the previous checkpoint is kept)")
+        f"not enough disk space for a checkpoint in {manager.directory}: it needs about "
+        f"{nbytes * SPACE_MARGIN / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free; free some "
+        f"space, then resume ({kept(manager)})")
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -160,14 +170,69 @@ def check(manager: ocp.CheckpointManager) -> None:
     raise CheckpointError(_failed(manager, e)) from e
 
 
-def _failed(manager: ocp.CheckpointManager, e: BaseException) -> str:
-  try:  # an earlier save may still be in flight: let it commit, so the message names it
+def close(manager: ocp.CheckpointManager) -> None:
+  """Lets the save in flight commit, then releases the manager; never raises, so that it can run
+  on every exit path of a loop. A save that fails here is not reported again: the loop has
+  already stopped on that error (:func:`check`, :func:`wait`) or on one of its own, whose
+  message names the last committed step (:func:`kept`)."""
+  for release in (manager.wait_until_finished, manager.close):
+    try:
+      release()
+    except Exception:  # pylint: disable=broad-except  # Orbax raises the failed save's error again
+      pass
+
+
+def last_committed(manager: ocp.CheckpointManager) -> Optional[int]:
+  """The newest committed step of ``manager`` (None if none), once the save in flight has
+  committed or failed: this waits for it."""
+  try:
     manager.wait_until_finished()
-  except Exception:  # it is the one that failed
+  except Exception:  # pylint: disable=broad-except  # it failed: the steps on disk tell
     pass
   committed = committed_steps(manager.directory)
-  kept = f"the last complete checkpoint, step {committed[-1]}, is kept" if committed else "no checkpoint was completed"
-  return f"a checkpoint save to {manager.directory} failed ({root_cause(e)}); {kept}"
+  return committed[-1] if committed else None
+
+
+def kept(manager: ocp.CheckpointManager) -> str:
+  """'the last complete checkpoint, step N, is kept in DIR', or that none was completed (after
+  waiting for the save in flight)."""
+  step = last_committed(manager)
+  if step is None:
+    return f"no checkpoint was completed in {manager.directory}"
+  return f"the last complete checkpoint, step {step}, is kept in {manager.directory}"
+
+
+def _failed(manager: ocp.CheckpointManager, e: BaseException) -> str:
+  return f"a checkpoint save to {manager.directory} failed ({root_cause(e)}); {kept(manager)}"
+
+
+def _is_closed_loop_callback(unraisable) -> bool:
+  """Orbax writes a step's arrays with tensorstore from a private asyncio loop, and closes that
+  loop as soon as one write fails (a full disk); tensorstore's other writes then finish into the
+  closed loop, and each one's callback raises this RuntimeError where nothing can catch it."""
+  frames = []
+  tb = unraisable.exc_traceback
+  while tb is not None:
+    frames.append(tb.tb_frame.f_code.co_name)
+    tb = tb.tb_next
+  return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+          and unraisable.object is None and "call_soon_threadsafe" in frames)
+
+
+def ignore_closed_loop_callbacks() -> None:
+  """Drops, process-wide, the stray 'Event loop is closed' errors that a failed asynchronous save
+  leaves behind (see ``_is_closed_loop_callback``); the failure itself is reported by
+  :func:`check` / :func:`wait`. Every other unraisable exception goes to the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "ignores_closed_loop_callbacks", False):
+    return
+
+  def hook(unraisable):
+    if not _is_closed_loop_callback(unraisable):
+      previous(unraisable)
+
+  hook.ignores_closed_loop_callbacks = True
+  sys.unraisablehook = hook
 
 
 def root_cause(e: BaseException) -> str:
@@ -230,6 +295,30 @@ def restore(manager: ocp.CheckpointManager, abstract_state: GANState,
   extras.update(items.get("extras", {}))
   items["extras"] = extras
   return _join(abstract_state, items), out["data"], meta
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: GANState
+                            ) -> tuple[GANState, dict, dict, int, list[tuple[int, str]]]:
+  """Restores the newest committed step whose files can be read, like :func:`restore`.
+
+  Returns (state, data_state, meta, step, unreadable): ``unreadable`` lists (step, cause) of the
+  newer steps that failed to read (a truncated or corrupt file), newest first; they are left as
+  they are. Raises ``CheckpointError`` naming each step and cause when no step can be read, and
+  at once for a step of a newer format (that is not damage).
+  """
+  unreadable = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, data_state, meta = restore(manager, abstract_state, step)
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore, JSON, msgpack, ...
+      unreadable.append((step, root_cause(e)))
+      continue
+    return state, data_state, meta, step, unreadable
+  causes = "; ".join(f"step {step}: {cause}" for step, cause in unreadable)
+  raise CheckpointError(f"no checkpoint in {manager.directory} can be read ({causes}); restore the "
+                        f"directory from a backup, or move it aside to start the run again")
 
 
 def _stored_keys(manager: ocp.CheckpointManager, step: int, item: str) -> set[str]:

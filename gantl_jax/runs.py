@@ -48,6 +48,22 @@ class Network(NamedTuple):
     return run if is_run else directory
 
 
+def read_config_json(path: str) -> dict:
+  """A run's ``config.json`` as a dict; ``ConfigError`` naming the file when it is not a JSON
+  object (empty or truncated, e.g. by a full disk)."""
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except json.JSONDecodeError as e:
+    config = e
+  if not isinstance(config, dict):
+    why = (f"not valid JSON ({config.msg} at line {config.lineno} column {config.colno})"
+           if isinstance(config, json.JSONDecodeError) else "not a JSON object")
+    raise ConfigError(f"{path} is {why}; delete it: the config stored with each checkpoint is "
+                      f"used instead, and the next training launch of this workdir writes it again")
+  return config
+
+
 def generator_variables(config: ml_collections.ConfigDict, g_vars: Any) -> Any:
   """The plain generator variables (what ``Generator.apply`` takes) of a run's stored G-EMA.
 
@@ -77,8 +93,7 @@ def load_g_ema(workdir: str, step: Optional[int] = None,
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: --workdir must be a training run directory")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(read_config_json(config_path))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = checkpoint.committed_steps(ckpt_dir)
   if not steps:

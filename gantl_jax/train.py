@@ -33,6 +33,7 @@ from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
 from gantl_jax import monitor as monitor_lib
 from gantl_jax import parallel
+from gantl_jax import runs
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import transfer
@@ -70,6 +71,9 @@ ADDED_KEYS = {
     "train.compile_cache_dir": "auto",
     "train.tensorboard": True,
 }
+# What a user does about a diverged run, in every message that reports one.
+DIVERGED_REMEDY = ("Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a "
+                   "new --workdir")
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
@@ -106,8 +110,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   path = os.path.join(workdir, "config.json")
   where = path
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = runs.read_config_json(path)
   else:
     old = _checkpoint_config(os.path.join(workdir, "checkpoints"))
     where = f"the latest checkpoint in {workdir}/checkpoints"
@@ -121,11 +124,48 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def _checkpoint_config(directory: str) -> Optional[dict]:
-  """The resolved config stored with the latest checkpoint of ``directory``, if any."""
-  if not checkpoint.committed_steps(directory):
+  """The resolved config stored with the newest readable checkpoint of ``directory``, if any (the
+  resume skips unreadable ones the same way)."""
+  steps = checkpoint.committed_steps(directory)
+  if not steps:
     return None
   with checkpoint.make_manager(directory, item_names=("meta",), read_only=True, max_to_keep=None) as m:
-    return checkpoint.read_meta(m, m.latest_step()).get("config")
+    for step in reversed(steps):
+      try:
+        return checkpoint.read_meta(m, step).get("config")
+      except Exception:  # pylint: disable=broad-except  # a damaged step: the resume reports it
+        continue
+  return None
+
+
+def _write_atomically(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` through a temporary file in the same directory, so a crash or a
+  full disk leaves the old file or the new one, never a truncated one."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _set_aside_unreadable(manager, unreadable: list[tuple[int, str]], resumed: int) -> None:
+  """Renames the unreadable steps newer than the restored one to ``N.unreadable`` (never deleted:
+  their files may still be recovered), so that the run can save those steps again; logs each."""
+  for step, cause in unreadable:
+    src = os.path.join(manager.directory, str(step))
+    dst = f"{src}.unreadable"
+    if jax.process_index() == 0:
+      os.replace(src, dst)
+    logging.warning("checkpoint step %d in %s cannot be read (%s); resuming from step %d, the newest "
+                    "readable one; the damaged step is kept as %s", step, manager.directory, cause,
+                    resumed, dst)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("gantl_jax: unreadable checkpoints set aside")
+  manager.reload()
 
 
 def _check_writable(directory: str, what: str) -> None:
@@ -244,7 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises ``config.ConfigError`` / ``data.DataError`` / ``transfer.TransferError`` before writing
   anything, and ``TrainingError`` / ``checkpoint.CheckpointError`` when the run diverges or its
-  files cannot be written (its last good checkpoint is kept).
+  files cannot be written (its last good checkpoint is kept, and named). Whatever ends the run, the
+  checkpoint save in flight is committed first. A resume restores the newest readable checkpoint;
+  newer, unreadable ones are renamed ``N.unreadable`` with a warning.
   """
   t_launch = time.time()
   compilation.enable_cache(config.train.compile_cache_dir)  # before anything compiles
@@ -281,7 +323,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   state = parallel.create_state(nets, config.seed, "jit", mesh)
   data_state, transfer_report = None, None
   if manager.latest_step() is not None:
-    state, data_state, _ = checkpoint.restore(manager, state)
+    state, data_state, _, resumed, unreadable = checkpoint.restore_newest_readable(manager, state)
+    if unreadable:
+      _set_aside_unreadable(manager, unreadable, resumed)
     logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.transfer.source:
     state, transfer_report = transfer.transfer_state(config, state, g_fisher=g_fisher)
@@ -295,8 +339,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   eval_path = os.path.join(workdir, "eval.jsonl")
   if is_main:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config_lib.to_json(config))
+    _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
     if fisher_is_new:  # before the first checkpoint: a resume reads it instead of recomputing
       fisher_lib.save(fisher_path, g_fisher)
     for path in (metrics_path, eval_path):
@@ -304,8 +347,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
       if dropped:
         logging.info("%s: dropped %d records past step %d (re-run after the resume)", path, dropped, start_step)
     if transfer_report is not None:
-      with open(os.path.join(workdir, "transfer_report.json"), "w") as f:
-        json.dump(transfer_report, f, indent=1)
+      _write_atomically(os.path.join(workdir, "transfer_report.json"), json.dumps(transfer_report, indent=1))
       print(transfer.summary(transfer_report), flush=True)
   state = parallel.from_global(state, mode)
 
@@ -333,12 +375,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   def fail_if_diverged(fetched: list[dict], first_step: int) -> None:
     where = _first_non_finite(fetched, first_step)
     if where:
-      last = manager.latest_step()
+      last = checkpoint.last_committed(manager)
       kept = (f"the last good one (step {last}) is in {manager.directory}" if last is not None
               else "none was written before")
-      raise TrainingError(
-          f"training diverged at {where}; no checkpoint of a non-finite state was written, {kept}. "
-          f"Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a new --workdir")
+      raise TrainingError(f"training diverged at {where}; no checkpoint of a non-finite state was "
+                          f"written, {kept}. {DIVERGED_REMEDY}")
 
   def save_checkpoint(force: bool, manager=manager, metrics=None) -> None:
     if force and manager.latest_step() == step:
@@ -347,10 +388,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     try:
       checkpoint.save(manager, global_state, data_state=data_iter.get_state(), meta=meta,
                       force=force, metrics=metrics)
-    except checkpoint.CheckpointError:
-      # A non-finite state: name the step and phase where it happened, if the metrics show it.
+    except checkpoint.NonFiniteStateError as e:
+      # Name the step and phase where it happened, if the metrics not yet fetched show it.
       fail_if_diverged([parallel.first_replica(m, mode) for m in pending], step - len(pending))
-      raise
+      raise TrainingError(f"training diverged: {e}. {DIVERGED_REMEDY}") from None
 
   def evaluate() -> None:
     g_ema = parallel.to_global(state.g_ema.variables, mode, mesh)  # not the whole state
@@ -378,6 +419,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     monitor.write(f"evaluating {', '.join(evaluators)} every {eval_every} steps against {reals_described}")
   t_log, step_log = time.time(), start_step
   first_step_seconds = compile_seconds = None
+  managers = [m for m in (manager, best_manager) if m is not None]
+  checkpoint.ignore_closed_loop_callbacks()
   try:
     if is_main and start_step == 0:
       reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
@@ -433,15 +476,19 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
         if eval_every and step % eval_every:
           evaluate()
         write_samples("final")
-    checkpoint.wait(manager)
-    if best_manager is not None:
-      checkpoint.wait(best_manager)
+    for m in managers:
+      checkpoint.wait(m)  # a failure of the final save is this run's error
+  except BaseException as e:
+    if not isinstance(e, (TrainingError, checkpoint.CheckpointError)):  # those name what is kept
+      logging.warning("the run stopped at step %d (%s); %s", step, type(e).__name__, checkpoint.kept(manager))
+    raise
   finally:
+    # Every exit path commits the save in flight (or lets it fail) before the process ends:
+    # otherwise it stays a temporary directory that the resume ignores.
     data_iter.close()
     monitor.close()
-  manager.close()
-  if best_manager is not None:
-    best_manager.close()
+    for m in managers:
+      checkpoint.close(m)
   summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
              "first_step_seconds": first_step_seconds, "compile_seconds": compile_seconds,
              "compile_cache": {k: v - cache_counts[k] for k, v in compilation.cache_counts().items()},

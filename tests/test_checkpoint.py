@@ -1,7 +1,9 @@
 """Checkpoints: the versioned item layout, restoring the pre-versioned format, extras added later,
-refusing non-finite states, disk space and the network-only writer."""
+refusing non-finite states, disk space (measured once the save in flight has committed) and the
+network-only writer."""
 import json
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -107,6 +109,29 @@ def test_a_save_that_cannot_fit_is_refused_before_it_starts(v0, tmp_path, monkey
     with pytest.raises(checkpoint.CheckpointError, match=r"not enough disk space .* 0.0 MiB are free"):
       checkpoint.save(m, fresh, data_state={}, meta={})
   assert os.listdir(tmp_path / "ckpt") == []
+
+
+def test_a_save_waits_for_the_one_in_flight_before_measuring_free_space(v0, tmp_path, monkeypatch):
+  """The disk-space check counts the previous save's files: that save is committed first (it
+  commits half a second after its arrays are written here)."""
+  _, _, fresh = v0
+  directory = str(tmp_path / "ckpt")
+  committed_when_measured = []
+  real = checkpoint.shutil.disk_usage
+
+  def disk_usage(path):
+    committed_when_measured.append(checkpoint.committed_steps(directory))
+    return real(path)
+
+  monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+  finalize = checkpoint.ocp.CheckpointManager._finalize
+  monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "_finalize",
+                      lambda self, *a, **k: (time.sleep(0.5), finalize(self, *a, **k))[1])
+  with checkpoint.make_manager(directory) as m:
+    for step in (1, 2):
+      checkpoint.save(m, fresh.replace(step=jnp.int32(step)), data_state={}, meta={})
+  assert committed_when_measured == [[], [1]]
+  assert checkpoint.committed_steps(directory) == [1, 2]
 
 
 def test_save_networks_refuses_an_existing_step(v0, tmp_path):
