@@ -37,8 +37,9 @@ scheduled steps first (default 16: one full period, so every phase has run and a
 times ``--steps`` steps ``--repeats`` times; each timed run starts at a multiple of 16 steps, so
 16 steps hold 1 R1 and 4 path-length phases, like ours; on CUDA it synchronises the device before
 reading each clock. Prints one JSON line with the keys of ``gantl_jax.bench`` where they apply,
-and which of the official CUDA kernels (``bias_act``, ``upfirdn2d``: built on first use with ninja
-and nvcc, else the official code falls back to its reference implementations) were in use.
+which of the official CUDA kernels (``bias_act``, ``upfirdn2d``: built on first use with ninja
+and nvcc, else the official code falls back to its reference implementations) were in use, and
+whether its ``conv2d_gradfix`` op ran (only on the torch versions it names, 1.7-1.9).
 
 Where ``requests`` (imported by ``dnnlib.util`` for downloads only) or ``distutils`` (gone from
 Python 3.12; ``dnnlib.util`` takes ``strtobool`` from it) cannot be imported, a stand-in is
@@ -236,7 +237,7 @@ def main(argv=None):
     times.append(time.perf_counter() - t0)
   sec = statistics.median(times)
   images_per_s = args.steps * s["batch"] / sec
-  from torch_utils.ops import bias_act, upfirdn2d
+  from torch_utils.ops import bias_act, conv2d_gradfix, upfirdn2d
   on_cuda = device.type == "cuda"
   record = dict(
       config=f"{args.config} (official stylegan2-ada-pytorch)", resolution=s["resolution"],
@@ -249,6 +250,9 @@ def main(argv=None):
       device_peak_mb=round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1) if on_cuda else None,
       cuda_kernels=dict(bias_act=bias_act._plugin is not None, upfirdn2d=upfirdn2d._plugin is not None)
       if on_cuda else None,
+      # Its own conv2d gradient op (no weight gradients in R1 and path length) only on the torch
+      # versions it names; otherwise torch.nn.functional.conv2d.
+      conv2d_gradfix=conv2d_gradfix._should_use_custom_op(trainer.real),
       import_stand_ins=stand_ins,
       peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
       torch=torch.__version__, threads=torch.get_num_threads(),
