@@ -29,7 +29,8 @@
 # GPU_CHECK_ARGS (extra --config.* flags for every run of ours) [none], GPU_CHECK_PARTS
 # (comma-separated names to run; the others write no line) [all], GPU_CHECK_TOTAL_S [400],
 # GPU_CHECK_MIN_PART_S (no part starts with less left) [20], GPU_CHECK_OFFICIAL_SRC
-# [.official/stylegan2-ada-pytorch], GPU_CHECK_OFFICIAL_CONFIG [bench256],
+# [.official/stylegan2-ada-pytorch], GPU_CHECK_OFFICIAL_PYTHON [$PYTHON], GPU_CHECK_OFFICIAL_DEVICE
+# [cuda], GPU_CHECK_OFFICIAL_CONFIG [bench256],
 # GPU_CHECK_OFFICIAL_PRECISIONS [mixed tf32 fp32], GPU_CHECK_OFFICIAL_STEPS [16],
 # GPU_CHECK_OFFICIAL_REPEATS [2], GPU_CHECK_OFFICIAL_WARMUP [16], JAX_COMPILATION_CACHE_DIR
 # [a folder in the work dir: the profile reuses the bench's compiled programs].
@@ -47,6 +48,8 @@ PARTS=${GPU_CHECK_PARTS:-all}
 TOTAL_S=${GPU_CHECK_TOTAL_S:-400}
 MIN_PART_S=${GPU_CHECK_MIN_PART_S:-20}
 OFFICIAL_SRC=${GPU_CHECK_OFFICIAL_SRC:-.official/stylegan2-ada-pytorch}
+OFFICIAL_PY=${GPU_CHECK_OFFICIAL_PYTHON:-$PY}
+OFFICIAL_DEVICE=${GPU_CHECK_OFFICIAL_DEVICE:-cuda}
 OFFICIAL_CONFIG=${GPU_CHECK_OFFICIAL_CONFIG:-bench256}
 OFFICIAL_PRECISIONS=${GPU_CHECK_OFFICIAL_PRECISIONS:-mixed tf32 fp32}
 OFFICIAL_STEPS=${GPU_CHECK_OFFICIAL_STEPS:-16}
@@ -185,9 +188,9 @@ fi
 official_missing=""
 if [[ ! -f "$OFFICIAL_SRC/training/networks.py" ]]; then
   official_missing="no official source at $OFFICIAL_SRC (carry a stylegan2-ada-pytorch checkout there)"
-elif ! torch_cuda=$(timeout 60 "$PY" -c "import torch; print(torch.cuda.is_available())" 2>/dev/null); then
-  official_missing="torch cannot be imported by $PY"
-elif [[ "$torch_cuda" != True ]]; then
+elif ! torch_cuda=$(timeout 60 "$OFFICIAL_PY" -c "import torch; print(torch.cuda.is_available())" 2>/dev/null); then
+  official_missing="torch cannot be imported by $OFFICIAL_PY"
+elif [[ "$OFFICIAL_DEVICE" == cuda && "$torch_cuda" != True ]]; then
   official_missing="torch sees no CUDA device"
 fi
 # The official CUDA kernels are built (where ninja and nvcc are here) on first use into a folder of
@@ -200,8 +203,8 @@ for precision in $OFFICIAL_PRECISIONS; do
     record "$part" skipped 0 0 "" "$official_missing" ""
     continue
   fi
-  run_part "$part" 60 "--precision $precision" -- "$PY" benchmarks/official_bench.py --official_src "$OFFICIAL_SRC" \
-    --config "$OFFICIAL_CONFIG" --device cuda --precision "$precision" --steps "$OFFICIAL_STEPS" \
+  run_part "$part" 60 "--precision $precision" -- "$OFFICIAL_PY" benchmarks/official_bench.py --official_src "$OFFICIAL_SRC" \
+    --config "$OFFICIAL_CONFIG" --device "$OFFICIAL_DEVICE" --precision "$precision" --steps "$OFFICIAL_STEPS" \
     --repeats "$OFFICIAL_REPEATS" --warmup_steps "$OFFICIAL_WARMUP"
 done
 
@@ -227,6 +230,8 @@ if ours and theirs:
   best = max(ours, key=lambda l: l["result"]["images_per_s"])
   for t in theirs:
     a, b = best["result"]["images_per_s"], t["result"]["images_per_s"]
-    print(f"ratio ours/official: {best['part']} {a} / {t['part']} {b} images/s = {a / b:.2f}")
+    same = all(best["result"][k] == t["result"][k] for k in ("resolution", "batch"))
+    print(f"ratio ours/official: {best['part']} {a} / {t['part']} {b} images/s = {a / b:.2f}"
+          + ("" if same else " (not comparable: resolution or batch differ)"))
 EOF
 echo "[gpu_check] $((SECONDS - START)) s; results in $OUT" >&2
