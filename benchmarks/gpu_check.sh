@@ -137,10 +137,12 @@ BENCH=("$PY" -m gantl_jax.bench --config "$CONFIG" --steps "$STEPS" --repeats "$
 echo "[gpu_check] config $CONFIG, out $OUT, work $WORK, budget $TOTAL_S s" >&2
 
 # 1. float32 at XLA's default precision, the lazy-regularisation variants merged and separate.
-for programs in merged separate; do
-  args="--config.train.variant_programs=$programs"
-  run_part "f32_$programs" 120 "$args" -- "${BENCH[@]}" $args $EXTRA_ARGS
-done
+# The first part compiles cold; the later ones find XLA's GPU autotuning of the convolutions they
+# share in JAX_COMPILATION_CACHE_DIR (jax_persistent_cache_enable_xla_caches), hence the shorter timeouts.
+args="--config.train.variant_programs=merged"
+run_part f32_merged 150 "$args" -- "${BENCH[@]}" $args $EXTRA_ARGS
+args="--config.train.variant_programs=separate"
+run_part f32_separate 100 "$args" -- "${BENCH[@]}" $args $EXTRA_ARGS
 programs_arg=$(best_of f32_merged f32_separate | cut -d' ' -f2)
 programs_arg=${programs_arg:---config.train.variant_programs=merged}
 
