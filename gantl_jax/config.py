@@ -119,6 +119,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int = 1) -> ml_colle
   from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
   fewshot.check_config(config)
   _check_ewc_and_adapters(config)
+  optim.check_freeze_matches(config)  # needs the model and fewshot keys checked
   _check(not config.eval.get("heldout", False) or config.data.source == "synthetic",
          f"eval.heldout=True needs held-out images, which only a synthetic domain has "
          f"(data.source={config.data.source!r}); set --config.eval.heldout=False")
