@@ -46,7 +46,7 @@ def read(path: Optional[str], from_arrays: Callable[[dict], T], what: str) -> Op
 
 
 def _unreadable(path: str, what: str, error: Exception) -> None:
-  logging.warning("eval: ignoring unreadable %s cache %s, recomputing it (%s: %s)", what, path,
+  logging.warning("ignoring unreadable %s cache %s, recomputing it (%s: %s)", what, path,
                   type(error).__name__, error)
   return None
 
