@@ -18,7 +18,10 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from gantl_jax import adapters
+from gantl_jax import fewshot
 from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
 FROZEN = "frozen"
@@ -84,8 +87,6 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
   """{'g': G's parameter paths, 'd': D's} of the networks ``state.build_networks`` makes from
   ``config`` (adapter leaves and CDC's patch head included), from shapes alone: no weights are
   initialised and no XLA backend is started (a multi-process job joins after the config check)."""
-  # Imported here, not at the top: these modules import this one (or config, which does).
-  from gantl_jax import adapters, fewshot  # pylint: disable=g-import-not-at-top
   model = config.model.to_dict()
   # The convolution implementation changes no parameter, and 'auto' would ask for the backend.
   model["conv_impl"] = "xla"
@@ -98,7 +99,6 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
 def _param_paths(key: str) -> dict[str, tuple[str, ...]]:
   """:func:`param_paths` of a JSON key (``resolve`` runs several times per launch)."""
   from gantl_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
-  from gantl_jax.models import stylegan2  # pylint: disable=g-import-not-at-top
   spec = json.loads(key)
   model = ml_collections.ConfigDict(spec["model"])
   g = stylegan2.generator_from_config(model)
