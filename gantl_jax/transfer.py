@@ -128,17 +128,30 @@ def read_source(source: str) -> Source:
       meta = checkpoint.read_meta(mngr, step) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
     except Exception as e:  # pylint: disable=broad-except  (see _damaged)
       raise _damaged(where, "meta", e) from None
+    try:
+      metadata = mngr.item_metadata(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(where, _unreadable_item(directory, step, present), e) from None
     shapes = {}
     for item in present:
-      try:
-        tree = mngr.item_metadata(step)[item]
-      except Exception as e:  # pylint: disable=broad-except
-        raise _damaged(where, item, e) from None
+      tree = metadata[item]
       tree = getattr(tree, "tree", tree)
       if not isinstance(tree, dict):  # Orbax gives None when the item's _METADATA is missing
         raise _damaged(where, item, f"{os.path.join(step_dir, item, '_METADATA')} is missing or unreadable")
       shapes[item] = {p: tuple(m.shape) for p, m in _flat(tree).items()}
   return Source(directory, step, shapes, meta)
+
+
+def _unreadable_item(directory: str, step: int, items: list[str]) -> str:
+  """The first of ``items`` whose metadata a manager of that item alone cannot read (the error of
+  reading all items at once does not say which); 'item metadata' if each reads alone."""
+  for item in items:
+    try:
+      with checkpoint.make_manager(directory, max_to_keep=None, item_names=(item,), read_only=True) as mngr:
+        mngr.item_metadata(step)
+    except Exception:  # pylint: disable=broad-except
+      return item
+  return "item metadata"
 
 
 def _damaged(where: str, item: str, cause: Any) -> "TransferError":

@@ -249,6 +249,8 @@ def _damaged_copy(tmp_path, damage):
   item = copy / "4000" / "g_ema"
   if damage == "metadata":
     (item / "_METADATA").unlink()
+  elif damage == "garbage_metadata":
+    (item / "_METADATA").write_text("garbage{")
   else:  # the item's largest data file, cut in half
     data = max((item / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
     os.truncate(data, data.stat().st_size // 2)
@@ -257,6 +259,7 @@ def _damaged_copy(tmp_path, damage):
 
 @pytest.mark.parametrize("damage,cause", [
     ("metadata", "{source}/4000/g_ema/_METADATA is missing or unreadable"),
+    ("garbage_metadata", "JSONDecodeError: Expecting value"),
     ("truncated", 'ValueError: OUT_OF_RANGE: Error reading "'),
 ])
 def test_damaged_source_fails_the_preflight_in_one_line(tmp_path, damage, cause):
