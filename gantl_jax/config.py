@@ -110,6 +110,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
   fewshot.check_config(config)
   _check_ewc_and_adapters(config)
+  optim.check_freeze_matches(config)  # needs the model and fewshot keys checked
   from gantl_jax.metrics import samples as sample_metrics  # pylint: disable=g-import-not-at-top
   try:
     sample_metrics.check([n.strip() for n in config.eval.metrics.split(",")], config.eval,

@@ -25,7 +25,8 @@ sign). Decisions, each for a reason:
 
 The loop computes F once, when the run starts from its transfer source, and stores it in the run
 (``DIR/g_fisher.npz``, written atomically before the first checkpoint), so a resume reads it back
-instead of recomputing. It reaches the step in ``frozen['g_fisher']``, next to the source G in
+instead of recomputing. A stored file that cannot be read (truncated, overwritten) is recomputed,
+with a warning: the computation is deterministic, so the run goes on bit for bit as it would have. It reaches the step in ``frozen['g_fisher']``, next to the source G in
 ``frozen['g']``.
 """
 from __future__ import annotations
@@ -40,6 +41,7 @@ from flax import traverse_util
 from jax import lax
 
 from gantl_jax.config import ConfigError
+from gantl_jax.metrics import cache
 
 FILE = "g_fisher.npz"  # in the run's workdir
 
@@ -138,11 +140,14 @@ def save(path: str, g_fisher: Any) -> None:
   os.replace(tmp, path)
 
 
-def load(path: str, template: Any) -> Any:
+def load(path: str, template: Any) -> Optional[Any]:
   """The Fisher stored at ``path``, as numpy arrays in the structure of ``template`` (G's plain
-  params, arrays or shapes). Raises ConfigError naming the file if it does not fit."""
-  with np.load(path) as data:
-    stored = {k: data[k] for k in data.files}
+  params, arrays or shapes); None, with a warning naming the file, when there is none or it cannot
+  be read (the caller recomputes it; never unpickled). Raises ConfigError naming the file if it
+  reads but does not fit."""
+  stored = cache.read(path, lambda arrays: arrays, "G's Fisher information")
+  if stored is None:
+    return None
   want = traverse_util.flatten_dict(template, sep="/")
   wrong = sorted(p for p, x in want.items() if p not in stored or stored[p].shape != tuple(x.shape))
   if wrong:

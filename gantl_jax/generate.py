@@ -24,16 +24,20 @@ from gantl_jax.models import stylegan2
 
 # Images per device call: one compiled shape, and memory bounded whatever the number of images.
 BATCH = 16
+# Seeds (images) of one call at most: every image is held in memory until it is written (10,000
+# images of 256 px are 2 GB). Larger sets are several calls.
+MAX_SEEDS = 10_000
 GIF_FRAME_MS = 80
 
 
 def parse_seeds(text: str) -> list[int]:
   """'0-3,7' -> [0, 1, 2, 3, 7]: comma-separated seeds and inclusive ranges LO-HI.
 
-  Raises ConfigError naming ``--seeds`` and the expected form.
+  Raises ConfigError naming ``--seeds`` and the expected form, also for more than ``MAX_SEEDS``
+  seeds (counted before any list is made).
   """
   form = "comma-separated seeds or ranges LO-HI with 0 <= LO <= HI < 2**32, e.g. '0-15' or '1,5,9'"
-  seeds = []
+  seeds, count = [], 0
   for part in text.split(","):
     part = part.strip()
     if not part:
@@ -46,6 +50,11 @@ def parse_seeds(text: str) -> list[int]:
       raise ConfigError(f"--seeds={text!r}: the range {part!r} runs backwards; give {form}")
     if hi >= 2 ** 32:  # np.random.RandomState's limit
       raise ConfigError(f"--seeds={text!r}: {hi} is not below 2**32; give {form}")
+    count += hi - lo + 1
+    if count > MAX_SEEDS:
+      raise ConfigError(f"--seeds={text!r} holds more than the {MAX_SEEDS:,} seeds of one call (all "
+                        f"its images are held in memory); split it into several calls, e.g. "
+                        f"--seeds=0-{MAX_SEEDS - 1}")
     seeds.extend(range(lo, hi + 1))
   if not seeds:
     raise ConfigError(f"--seeds={text!r} holds no seed; give {form}")
@@ -53,12 +62,17 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_grid(text: str) -> tuple[int, int]:
-  """'4x2' -> (4 columns, 2 rows). Raises ConfigError naming ``--grid`` and the expected form."""
+  """'4x2' -> (4 columns, 2 rows). Raises ConfigError naming ``--grid`` and the expected form, or
+  the limit of ``MAX_SEEDS`` images."""
   m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
   if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
     raise ConfigError(f"--grid={text!r}: give COLUMNSxROWS with both at least 1, e.g. '4x2' "
                       f"(4 columns, 2 rows of consecutive seeds from the first of --seeds)")
-  return int(m.group(1)), int(m.group(2))
+  cols, rows = int(m.group(1)), int(m.group(2))
+  if cols * rows > MAX_SEEDS:
+    raise ConfigError(f"--grid={text!r}: {cols * rows:,} images, more than the {MAX_SEEDS:,} of one "
+                      f"call (all of them are held in memory); give a smaller grid")
+  return cols, rows
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> np.ndarray:

@@ -7,6 +7,8 @@ would NOT freeze: leaves outside its mask receive the raw gradient as their upda
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 from typing import Any, Iterable, Sequence
@@ -16,7 +18,10 @@ import ml_collections
 import optax
 from flax import traverse_util
 
+from gantl_jax import adapters
+from gantl_jax import fewshot
 from gantl_jax.config import ConfigError
+from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
 FROZEN = "frozen"
@@ -69,12 +74,88 @@ def _compile(patterns: Iterable[str], what: str) -> list[re.Pattern]:
 def check_freeze(freeze: ml_collections.ConfigDict, resolution: int) -> None:
   """Raises ConfigError naming the ``freeze.*`` key whose preset, regex or multiplier cannot work.
 
-  ``config.resolve`` calls it, so a typo stops the run before any work is done.
+  ``config.resolve`` calls it, so a typo stops the run before any work is done. Whether each
+  pattern matches a parameter is :func:`check_freeze_matches`.
   """
   preset_patterns(freeze, resolution)
   for net in ("g", "d"):
     _compile(as_patterns(freeze[net]), f"freeze.{net}")
     parse_lr_mults(freeze[f"{net}_lr_mults"], f"freeze.{net}_lr_mults")
+
+
+def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]:
+  """{'g': G's parameter paths, 'd': D's} of the networks ``state.build_networks`` makes from
+  ``config`` (adapter leaves and CDC's patch head included), from shapes alone: no weights are
+  initialised and no XLA backend is started (a multi-process job joins after the config check)."""
+  model = config.model.to_dict()
+  # The convolution implementation changes no parameter, and 'auto' would ask for the backend.
+  model["conv_impl"] = "xla"
+  key = json.dumps(dict(model=model, patch_resolution=fewshot.patch_resolution(config),
+                        adapters=adapters.kind(config) != "none"), sort_keys=True, default=str)
+  return _param_paths(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _param_paths(key: str) -> dict[str, tuple[str, ...]]:
+  """:func:`param_paths` of a JSON key (``resolve`` runs several times per launch)."""
+  from gantl_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
+  spec = json.loads(key)
+  model = ml_collections.ConfigDict(spec["model"])
+  g = stylegan2.generator_from_config(model)
+  d = stylegan2.discriminator_from_config(model, patch_resolution=spec["patch_resolution"])
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  shapes = jax.eval_shape(lambda k: dict(g=state_lib.init_g_variables(g, k, spec["adapters"]),
+                                         d=stylegan2.init_discriminator(d, k)), rng)
+  return {net: tuple(traverse_util.flatten_dict(shapes[net]["params"], sep="/")) for net in ("g", "d")}
+
+
+def _natural(text: str) -> list:
+  """Sort key in which 'b8' comes before 'b16'."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def layer_summary(paths: Iterable[str]) -> str:
+  """The layers of parameter ``paths``, compactly: 'b16/{conv0,conv1,fromrgb,skip}, b4/{conv,fc,out}'.
+
+  A layer is a path cut after the component that follows a block ('b16'), or after its second
+  component where it has no block ('mapping/fc0')."""
+  groups: dict[str, set] = {}
+  for path in paths:
+    parts = path.split("/")
+    block = next((i for i, part in enumerate(parts[:-1]) if re.fullmatch(r"b\d+", part)), 0)
+    parent, child = "/".join(parts[:block + 1]), parts[block + 1] if block + 1 < len(parts) else ""
+    groups.setdefault(parent, set()).add(child)
+  out = []
+  for parent in sorted(groups, key=_natural):
+    children = sorted(groups[parent], key=_natural)
+    out.append(f"{parent}/{children[0]}" if len(children) == 1 else f"{parent}/{{{','.join(children)}}}")
+  return ", ".join(out)
+
+
+def check_freeze_matches(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the ``freeze.*`` key and the pattern of it that matches no
+  parameter path of its network (a typo, or a block the model's resolution lacks, would otherwise
+  silently train what it meant to freeze), with the layers it could have named.
+
+  Each entry is checked alone: of ``freeze.preset``'s patterns, ``freeze.g`` / ``freeze.d`` and the
+  regexes of ``freeze.g_lr_mults`` / ``freeze.d_lr_mults``. Call it after the other checks of
+  ``config.resolve`` (it builds the model's parameter tree from ``config.model`` and ``config.fewshot``).
+  """
+  f = config.freeze
+  resolution = config.model.resolution
+  preset = dict(zip(("g", "d"), preset_patterns(f, resolution)))
+  paths = param_paths(config)
+  names = dict(g="G", d="D")
+  for net in ("g", "d"):
+    entries = ([(f"freeze.preset={f.preset!r}", p) for p in preset[net]]
+               + [(f"freeze.{net}", p) for p in as_patterns(f[net])]
+               + [(f"freeze.{net}_lr_mults", p) for p, _ in parse_lr_mults(f[f"{net}_lr_mults"])])
+    for key, pattern in entries:
+      regex = re.compile(pattern)
+      if not any(regex.search(p) for p in paths[net]):
+        raise ConfigError(
+            f"{key}: the pattern {pattern!r} matches no parameter of {names[net]} at {resolution} px, "
+            f"whose parameter paths start with {layer_summary(paths[net])}; fix or remove the pattern")
 
 
 def _group_name(mult: float) -> str:

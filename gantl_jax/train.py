@@ -506,9 +506,10 @@ def _source_fisher(config: ml_collections.ConfigDict, path: str, mesh) -> tuple[
   d = stylegan2.discriminator_from_config(config.model)
   shapes = jax.eval_shape(lambda k: {"g": stylegan2.init_generator(g, k),
                                      "d": stylegan2.init_discriminator(d, k)}, jax.random.key(0))
-  if os.path.exists(path):
+  stored = fisher_lib.load(path, shapes["g"]["params"])  # None: none yet, or unreadable
+  if stored is not None:
     logging.info("G's Fisher information read from %s", path)
-    return fisher_lib.load(path, shapes["g"]["params"]), False
+    return stored, False
   f = config.fewshot
   # Whole groups of minibatch-stddev samples, spread evenly over the devices.
   per_call = fisher_lib.sample_group(d) * mesh.devices.size

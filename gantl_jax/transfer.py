@@ -4,7 +4,8 @@
 target config and overlays on it the source's weights:
 
 1. ``config.transfer.source`` is located: a run's workdir, its ``checkpoints/`` directory (the
-   latest step is used) or one step directory. A missing source fails at once (``preflight``).
+   latest step is used) or one step directory. A missing source fails at once (``preflight``), and
+   so does a damaged one: the preflight reads every array the transfer will restore.
 2. The source's ``meta`` item holds the model hyper-parameters it was trained with; those that
    change what the weights mean (z_dim, w_dim, mapping depth, channels, ...) must equal the
    target's. The resolution may differ: blocks are named by resolution, so shared blocks match.
@@ -121,15 +122,47 @@ def read_source(source: str) -> Source:
   directory, step = locate(source)
   step_dir = os.path.join(directory, str(step))
   present = [k for k in NETWORKS if os.path.isdir(os.path.join(step_dir, k))]
+  where = f"{directory}/{step}"
   with _open(directory, step) as mngr:
-    meta = checkpoint.read_meta(mngr, step) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
-    metadata = mngr.item_metadata(step)
+    try:
+      meta = checkpoint.read_meta(mngr, step) if os.path.isdir(os.path.join(step_dir, "meta")) else {}
+    except Exception as e:  # pylint: disable=broad-except  (see _damaged)
+      raise _damaged(where, "meta", e) from None
+    try:
+      metadata = mngr.item_metadata(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(where, _unreadable_item(directory, step, present), e) from None
     shapes = {}
     for item in present:
       tree = metadata[item]
       tree = getattr(tree, "tree", tree)
+      if not isinstance(tree, dict):  # Orbax gives None when the item's _METADATA is missing
+        raise _damaged(where, item, f"{os.path.join(step_dir, item, '_METADATA')} is missing or unreadable")
       shapes[item] = {p: tuple(m.shape) for p, m in _flat(tree).items()}
   return Source(directory, step, shapes, meta)
+
+
+def _unreadable_item(directory: str, step: int, items: list[str]) -> str:
+  """The first of ``items`` whose metadata a manager of that item alone cannot read (the error of
+  reading all items at once does not say which); 'item metadata' if each reads alone."""
+  for item in items:
+    try:
+      with checkpoint.make_manager(directory, max_to_keep=None, item_names=(item,), read_only=True) as mngr:
+        mngr.item_metadata(step)
+    except Exception:  # pylint: disable=broad-except
+      return item
+  return "item metadata"
+
+
+def _damaged(where: str, item: str, cause: Any) -> "TransferError":
+  """The one-line error for a source item that cannot be read. Orbax and TensorStore raise
+  assorted types for damaged files (AssertionError for a missing _METADATA, ValueError for a
+  truncated data file, ...), with messages of many lines: the first line says what broke."""
+  text = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
+  first = text.strip().splitlines()[0] if text.strip() else type(cause).__name__
+  return TransferError(f"transfer.source {where}: its item {item!r} cannot be read ({first[:400]}); the "
+                       f"checkpoint is damaged or incomplete: copy it again, or point "
+                       f"--config.transfer.source at another checkpoint")
 
 
 def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDict, where: str) -> list[str]:
@@ -169,7 +202,20 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
   src = read_source(t.source)
   check_hparams(src.meta.get("model"), config, f"{src.directory}/{src.step}")
   nets = state_lib.build_networks(config)
-  _plan(config, src, jax.eval_shape(lambda: state_lib.init_state(nets, 0)))
+  plan = _plan(config, src, jax.eval_shape(lambda: state_lib.init_state(nets, 0)))
+  # Every array the transfer will restore is read once now, into host memory, and dropped: a
+  # damaged data file stops the launch here, before the run writes anything. (Sources are a few
+  # hundred MB at most: a second read costs seconds.)
+  wanted: dict[str, set] = {}
+  for net in NETWORKS:
+    if plan[net]["item"] is not None:
+      wanted.setdefault(plan[net]["item"], set()).update(plan[net]["restored"])
+  with _open(src.directory, src.step) as mngr:
+    for item, paths in wanted.items():
+      # One leaf at a time: when a read fails, no other read of the item is left in flight, whose
+      # completion after Orbax closed its event loop would print tracebacks.
+      for path in sorted(paths):
+        _read_host(mngr, src, item, [path])
 
 
 def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANState) -> dict:
@@ -231,7 +277,7 @@ def match(target: dict[str, tuple], source: dict[str, tuple]) -> dict[str, list]
               source_only=sorted(p for p in source if p not in target))
 
 
-def _restore_leaves(mngr: ocp.CheckpointManager, step: int, item: str, fresh: dict[str, jax.Array],
+def _restore_leaves(mngr: ocp.CheckpointManager, src: Source, item: str, fresh: dict[str, jax.Array],
                     paths: list[str]) -> dict[str, jax.Array]:
   """The ``paths`` of ``item``, read into the shapes, dtypes and shardings of ``fresh``."""
   if not paths:
@@ -239,8 +285,25 @@ def _restore_leaves(mngr: ocp.CheckpointManager, step: int, item: str, fresh: di
   target = traverse_util.unflatten_dict(
       {p: jax.ShapeDtypeStruct(fresh[p].shape, fresh[p].dtype, sharding=fresh[p].sharding)
        for p in paths}, sep="/")
-  out = mngr.restore(step, args=ocp.args.Composite(**{item: checkpoint.restore_args(target, partial=True)}))
-  return _flat(out[item])
+  return _restore(mngr, src, item, checkpoint.restore_args(target, partial=True))
+
+
+def _read_host(mngr: ocp.CheckpointManager, src: Source, item: str, paths: list[str]) -> dict[str, np.ndarray]:
+  """The ``paths`` of ``item`` as numpy arrays (no device, no target shapes: those of the source)."""
+  if not paths:
+    return {}
+  target = traverse_util.unflatten_dict(
+      {p: jax.ShapeDtypeStruct(src.shapes[item][p], np.float32) for p in paths}, sep="/")
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  return _restore(mngr, src, item, ocp.args.PyTreeRestore(item=target, partial_restore=True, restore_args=args))
+
+
+def _restore(mngr: ocp.CheckpointManager, src: Source, item: str, args: ocp.args.PyTreeRestore) -> dict[str, Any]:
+  """The flat leaves of ``item`` read with ``args``; TransferError when a file of it is damaged."""
+  try:
+    return _flat(mngr.restore(src.step, args=ocp.args.Composite(**{item: args}))[item])
+  except Exception as e:  # pylint: disable=broad-except  (see _damaged)
+    raise _damaged(f"{src.directory}/{src.step}", item, e) from None
 
 
 def _variables(state: state_lib.GANState, net: str) -> dict:
@@ -295,7 +358,7 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState,
       if p["item"] is None:
         continue
       # One read per network, so G and G-EMA never share buffers (the step donates the state).
-      restored = _restore_leaves(mngr, src.step, p["item"], p["fresh"], p["restored"])
+      restored = _restore_leaves(mngr, src, p["item"], p["fresh"], p["restored"])
       state = _replace(state, net, traverse_util.unflatten_dict({**p["fresh"], **restored}, sep="/"))
 
   report = dict(
@@ -348,7 +411,7 @@ def read_networks(config: ml_collections.ConfigDict, networks: dict[str, str],
                             f"{m['mismatched'][0]['path']}: keep model.resolution and the "
                             f"channels of the source")
       out[name] = traverse_util.unflatten_dict(
-          _restore_leaves(mngr, src.step, item, fresh, m["restored"]), sep="/")
+          _restore_leaves(mngr, src, item, fresh, m["restored"]), sep="/")
   return out
 
 

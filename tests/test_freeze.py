@@ -1,6 +1,10 @@
 """Freezing: presets resolve to the right parameters; frozen leaves stay bit-identical in the real
 train step, hold no optimizer state and cost no weight-gradient FLOPs; optax.masked alone would not
 freeze."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +113,67 @@ def test_preset_patterns_and_errors():
     c.update(**bad)
     with pytest.raises(config_lib.ConfigError, match=match):
       optim.preset_patterns(c, 16)
+
+
+D16_LAYERS = "b4/{conv,fc,out}, b8/{conv0,conv1,skip}, b16/{conv0,conv1,fromrgb,skip}"
+
+
+@pytest.mark.parametrize("key,value,pattern,net", [
+    ("d", "^nomatch/", "^nomatch/", "D"),
+    ("d", "^b64/", "^b64/", "D"),               # a block the 16 px model lacks
+    ("d", "^b16/,^nomatch/", "^nomatch/", "D"),  # one entry of a list
+    ("g", "^mapping/,synthesis/b32/", "synthesis/b32/", "G"),
+    ("g_lr_mults", "^mapping/=0.1,^synthesis/b64/=2", "^synthesis/b64/", "G"),
+    ("d_lr_mults", "fromRGB=0.5", "fromRGB", "D")])
+def test_pattern_matching_nothing_is_an_error(key, value, pattern, net):
+  c = tiny.get_config()
+  c.freeze[key] = value
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.resolve(c)
+  msg = str(e.value)
+  assert msg.startswith(f"freeze.{key}: the pattern {pattern!r} matches no parameter of {net} at 16 px"), msg
+  assert "\n" not in msg
+  if net == "D":
+    assert D16_LAYERS in msg
+  else:
+    assert "mapping/{fc0,fc1}, synthesis/b4/{const,conv1,torgb}, synthesis/b8/" in msg
+
+
+@pytest.mark.parametrize("resolution", [8, 16, 64, 256])
+def test_every_preset_matches_at_every_resolution(resolution):
+  """No preset pattern is left without a parameter (the check would stop legitimate runs), also with
+  the adapters' and CDC's extra parameters."""
+  for preset in PRESETS:
+    c = tiny.get_config()
+    c.model.resolution = resolution
+    c.freeze.update(preset=preset, d_blocks=1, g_blocks=1, g="/torgb/", d="/fromrgb/")
+    config_lib.resolve(c)
+  c.freeze.update(preset=",".join(PRESETS), d_blocks=2, g_blocks=2)
+  c.fewshot.update(adapter="kernel_modulation", cdc_weight=1.0)
+  c.transfer.source = "somewhere"
+  config_lib.resolve(c)
+
+
+def test_layer_summary():
+  assert optim.layer_summary(["b16/conv0/weight", "b4/out/bias", "b16/conv0/bias", "b16/skip/weight"]) == \
+      "b4/out, b16/{conv0,skip}"
+  assert optim.layer_summary(["synthesis/b4/const", "synthesis/b8/conv0/affine/weight", "mapping/fc1/bias",
+                              "mapping/fc0/bias"]) == "mapping/{fc0,fc1}, synthesis/b4/const, synthesis/b8/conv0"
+
+
+def test_launch_with_a_pattern_matching_nothing_writes_nothing(tmp_path):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, os.path.join(repo, "launch.py"), "--config",
+                         os.path.join(repo, "configs/tiny.py"), "--workdir", str(workdir),
+                         "--config.freeze.d=^nomatch/"],
+                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert proc.stderr.strip().splitlines() == [
+      f"error: freeze.d: the pattern '^nomatch/' matches no parameter of D at 16 px, whose parameter "
+      f"paths start with {D16_LAYERS}; fix or remove the pattern"]
+  assert not workdir.exists()
 
 
 @pytest.mark.parametrize("preset", PRESETS)

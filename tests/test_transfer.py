@@ -239,3 +239,51 @@ def test_ffhq_to_anime_fails_at_once_without_paths(tmp_path):
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert "does not exist" in proc.stderr and "import_stylegan2" in proc.stderr
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def _damaged_copy(tmp_path, damage):
+  """A copy of the shipped source (never the shipped one) with its g_ema item damaged."""
+  import shutil
+  copy = tmp_path / "photo32"
+  shutil.copytree(os.path.join(REPO, "pretrained/photo32"), copy)
+  item = copy / "4000" / "g_ema"
+  if damage == "metadata":
+    (item / "_METADATA").unlink()
+  elif damage == "garbage_metadata":
+    (item / "_METADATA").write_text("garbage{")
+  else:  # the item's largest data file, cut in half
+    data = max((item / "ocdbt.process_0" / "d").iterdir(), key=lambda f: f.stat().st_size)
+    os.truncate(data, data.stat().st_size // 2)
+  return str(copy)
+
+
+@pytest.mark.parametrize("damage,cause", [
+    ("metadata", "{source}/4000/g_ema/_METADATA is missing or unreadable"),
+    ("garbage_metadata", "JSONDecodeError: Expecting value"),
+    ("truncated", 'ValueError: OUT_OF_RANGE: Error reading "'),
+])
+def test_damaged_source_fails_the_preflight_in_one_line(tmp_path, damage, cause):
+  from configs import demo_anime
+  c = demo_anime.get_config()
+  c.transfer.source = os.path.join(REPO, "pretrained/photo32")
+  transfer.preflight(config_lib.resolve(c), str(tmp_path / "w"))  # the intact source passes
+  c.transfer.source = source = _damaged_copy(tmp_path, damage)
+  with pytest.raises(transfer.TransferError) as e:
+    transfer.preflight(config_lib.resolve(c), str(tmp_path / "w"))
+  msg = str(e.value)
+  assert "\n" not in msg, msg
+  assert msg.startswith(f"transfer.source {source}/4000: its item 'g_ema' cannot be read ("
+                        f"{cause.format(source=source)}"), msg
+  assert msg.endswith("the checkpoint is damaged or incomplete: copy it again, or point "
+                      "--config.transfer.source at another checkpoint"), msg
+
+
+def test_launch_from_a_truncated_source_writes_nothing(tmp_path):
+  source = _damaged_copy(tmp_path, "truncated")
+  proc, _ = _launch(["--config", os.path.join(REPO, "configs/demo_anime.py"),
+                     f"--config.transfer.source={source}"], tmp_path)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: transfer.source {source}/4000: its item 'g_ema' "
+                                                 f"cannot be read (ValueError: OUT_OF_RANGE"), proc.stderr[-3000:]
+  assert not (tmp_path / "run").exists()

@@ -2,8 +2,10 @@
 each run, and each evaluation of a run, computes them once.
 
 A cache file is a plain ``.npz`` of arrays (no pickle), written atomically. A file that cannot be
-read is reported and recomputed by the caller; a cache directory that cannot be written only costs
-the recomputation.
+read (truncated, overwritten, bits flipped) is reported and recomputed by the caller; a cache
+directory that cannot be written only costs the recomputation. No checksum of its own is stored:
+reading a member to its end checks the zip format's CRC-32 of it, so a changed payload fails to
+read instead of giving other numbers.
 """
 from __future__ import annotations
 
@@ -31,10 +33,22 @@ def read(path: Optional[str], from_arrays: Callable[[dict], T], what: str) -> Op
     return None
   try:
     with np.load(path, allow_pickle=False) as f:
-      return from_arrays(dict(f))
-  except (OSError, ValueError, KeyError) as e:
-    logging.warning("eval: ignoring unreadable %s cache %s (%s)", what, path, e)
-    return None
+      arrays = dict(f)
+  # numpy's and zipfile's readers raise a dozen types on a damaged file (BadZipFile on a bad CRC or
+  # a truncated archive; ValueError, EOFError, tokenize.TokenError on a damaged header;
+  # NotImplementedError or zlib.error on a flipped flag), and the file is only a cache.
+  except Exception as e:  # pylint: disable=broad-except
+    return _unreadable(path, what, e)
+  try:
+    return from_arrays(arrays)
+  except (KeyError, ValueError, TypeError, IndexError) as e:  # arrays missing or inconsistent
+    return _unreadable(path, what, e)
+
+
+def _unreadable(path: str, what: str, error: Exception) -> None:
+  logging.warning("ignoring unreadable %s cache %s, recomputing it (%s: %s)", what, path,
+                  type(error).__name__, error)
+  return None
 
 
 def write(path: Optional[str], arrays: dict[str, np.ndarray], what: str) -> None:
