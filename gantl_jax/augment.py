@@ -22,7 +22,8 @@ the reflection be done by folding sample coordinates instead of padding the imag
 
 **The controller** (:func:`ada_update`) moves p by sign(r_t - target) * batch * interval /
 (ada_kimg * 1000) every ``ada_interval`` steps, where r_t = E[sign(D(real))] over those steps;
-p and its accumulators live in the state's ``extras`` (:func:`initial_extras`).
+p and its accumulators live in the state's ``extras`` (:func:`initial_extras`). With CDC's patch
+discriminator, r_t counts the image-level (anchor) steps only.
 
 **DiffAugment** (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN
 Training"): the policies ``color`` (brightness +-0.5, saturation x[0, 2], contrast x[0.5, 1.5]),
@@ -114,20 +115,27 @@ def probability(cfg: ml_collections.ConfigDict, extras: dict[str, Array]) -> Any
 
 
 def ada_update(extras: dict[str, Array], real_sign: Array, global_batch: int,
-               cfg: ml_collections.ConfigDict) -> tuple[dict[str, Array], Array]:
+               cfg: ml_collections.ConfigDict, *, counted: bool = True,
+               count_every: int = 1) -> tuple[dict[str, Array], Array]:
   """One step of ADA's controller, as in stylegan2-ada-pytorch's training loop.
 
   ``real_sign`` is this step's E[sign(D(real))] over the global batch (already averaged over
-  every device and host). It is accumulated; every ``cfg.ada_interval`` steps, r_t is the mean
-  over those steps and p moves by sign(r_t - ada_target) * global_batch * interval / (ada_kimg *
-  1000), clipped to [0, 1], and the accumulators restart. Returns the new extras and r_t (NaN on
-  steps that did not adjust p, so that a log line's nanmean is the mean of the r_t it saw).
+  every device and host). It is accumulated; every ``cfg.ada_interval`` counted steps, r_t is the
+  mean over those steps and p moves by sign(r_t - ada_target) * global_batch * count_every *
+  interval / (ada_kimg * 1000), clipped to [0, 1], and the accumulators restart. Returns the new
+  extras and r_t (NaN on steps that did not adjust p, so that a log line's nanmean is the mean of
+  the r_t it saw).
+
+  ``counted=False`` leaves the accumulators as they are: ada_target is a level of image logits,
+  so with CDC's patch discriminator only its image-level steps, one in ``count_every``, feed r_t,
+  and p still moves by the images of all the steps between two adjustments.
   """
-  sign_sum = extras["ada_sign_sum"] + real_sign.astype(jnp.float32)
-  count = extras["ada_count"] + 1
+  sign_sum, count = extras["ada_sign_sum"], extras["ada_count"]
+  if counted:
+    sign_sum, count = sign_sum + real_sign.astype(jnp.float32), count + 1
   due = count >= cfg.ada_interval
-  rt = sign_sum / count.astype(jnp.float32)
-  rate = global_batch * cfg.ada_interval / (cfg.ada_kimg * 1000)
+  rt = sign_sum / jnp.maximum(count, 1).astype(jnp.float32)
+  rate = global_batch * count_every * cfg.ada_interval / (cfg.ada_kimg * 1000)
   p = extras["aug_p"]
   p = jnp.where(due, jnp.clip(p + jnp.sign(rt - cfg.ada_target) * rate, 0.0, 1.0), p)
   new = {**extras, "aug_p": p.astype(jnp.float32),

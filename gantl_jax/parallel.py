@@ -15,6 +15,7 @@ either mode, on any number of devices.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as ocp_multihost
 
 from gantl_jax import images as image_io
 from gantl_jax import state as state_lib
@@ -54,6 +56,24 @@ def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
     kwargs = dict(coordinator_address=address, num_processes=num or None,
                   process_id=pid if pid >= 0 else None)
   jax.distributed.initialize(**kwargs)
+
+
+# Long enough for one process to compile the train step on a loaded machine while the others wait.
+BARRIER_TIMEOUT_S = 1800
+_barrier_ids = itertools.count()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = BARRIER_TIMEOUT_S) -> None:
+  """Blocks until every process of the job has called this (a barrier of the distributed
+  runtime's coordination service, no device collective; nothing in a single-process job).
+
+  Call it after a phase whose length differs between processes (compiling, or reading the
+  compilation cache) and before the next collective: gloo (the CPU collectives) gives up when the
+  processes reach their first collective over a set of devices more than 30 s apart, a limit that
+  neither ``jax.distributed.initialize`` nor XLA's ``xla_cpu_collective_timeout_seconds`` changes.
+  Every process must make the same calls in the same order."""
+  barrier = ocp_multihost.get_barrier_sync_fn()
+  barrier(key=f"gantl_jax_{name}_{next(_barrier_ids)}", timeout_ms=timeout_s * 1000)
 
 
 def make_mesh(devices: Optional[list] = None) -> Mesh:

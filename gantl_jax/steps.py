@@ -336,8 +336,11 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
 
     extras = {**state.extras, "pl_mean": pl_mean}
     # ADA's controller, on D main's sign of the (augmented) reals' logits, already a global mean.
+    # Its target is a level of image logits: CDC's patch steps do not count.
     if aug_config is not None and aug_config.kind == "ada":
-      extras, metrics["ada_rt"] = augment.ada_update(extras, metrics["real_sign"], global_batch, aug_config)
+      extras, metrics["ada_rt"] = augment.ada_update(
+          extras, metrics["real_sign"], global_batch, aug_config, counted=not patch,
+          count_every=fewshot.anchor_interval(config) if patch_d else 1)
     if aug_p is not None:
       metrics["aug_p"] = jnp.asarray(extras.get("aug_p", aug_p), jnp.float32)
 

@@ -304,6 +304,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
            t_launch: float) -> dict[str, Any]:
   mode = config.parallel.mode
   is_main = jax.process_index() == 0
+  # The processes got here after imports and data preparation of different lengths; the first
+  # collective (the checkpoint manager's) must not find them more than gloo's 30 s apart.
+  parallel.wait_for_all_processes("started")
   cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
   mesh = parallel.make_mesh()
   fisher_path = os.path.join(workdir, fisher_lib.FILE)
@@ -433,6 +436,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
         placed = parallel.place_batch(next(data_iter), mode, mesh)
         if compile_seconds is None:
           compile_seconds = _compile_ahead(step_fn, config, step, total_steps, (state, placed, frozen), monitor)
+          parallel.wait_for_all_processes("compiled")  # compiling took each process its own time
           monitor.start_bar()
           t_log = time.time()  # the first line's images/s measures training, not compiling
         state, metrics = step_fn(state, placed, step, frozen)

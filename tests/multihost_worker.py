@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 # parallel_common sits next to this file; the repository root holds configs/ and gantl_jax/.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -22,7 +23,6 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.experimental import multihost_utils  # noqa: E402
 
 from gantl_jax import checkpoint  # noqa: E402
 from gantl_jax import parallel  # noqa: E402
@@ -37,6 +37,8 @@ def main() -> None:
   ap.add_argument("--mode", choices=("jit", "pmap"), required=True)
   ap.add_argument("--workdir", required=True)
   ap.add_argument("--out", required=True)
+  ap.add_argument("--late_s", type=float, default=0.0,
+                  help="sleep between compiling and the first collective, as a slower process")
   args = ap.parse_args()
 
   parallel.maybe_initialize_distributed(ml_collections.ConfigDict(dict(
@@ -47,10 +49,10 @@ def main() -> None:
 
   batches = common.global_batches()
   run = common.Run(args.mode, jax.devices(), jax.process_index(), jax.process_count())
-  # Compile ahead, then meet: gloo gives up when the processes reach their first collective more
-  # than 30 s apart, and one process may compile (or read the compilation cache) much faster.
+  # Compile ahead, then meet (one process may compile, or read the compilation cache, much faster).
   run.step.lower(run.state, run.place(batches[0]), 0).compile()
-  multihost_utils.sync_global_devices("compiled")
+  time.sleep(args.late_s)
+  parallel.wait_for_all_processes("compiled")
   run.run(2, batches)
   saved = common.params_of(run.state, args.mode)
 

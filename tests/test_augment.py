@@ -426,6 +426,33 @@ def test_ada_controller_moves_p_by_the_sign_and_stays_in_range():
   assert float(extras["aug_p"]) == 1.0
 
 
+def test_ada_counts_only_the_image_level_steps_of_cdc():
+  """With CDC's patch discriminator (anchor steps every 2nd step), a patch step's sign of the patch
+  logits leaves ADA's accumulators and p alone; an anchor step's sign of the image logits is r_t,
+  and p moves by the images of both steps. Reference: the rule written out here."""
+  c = tiny.get_config()
+  c.model.update(resolution=8, z_dim=16, w_dim=16, channel_base=64, channel_max=16, mbstd_group_size=1)
+  c.train.update(batch_size=8, pl_weight=0.0)
+  c.fewshot.update(cdc_anchor_interval=2)
+  c.augment.update(kind="ada", p=0.5, ada_interval=1, ada_kimg=1.0)
+  config = config_lib.resolve(c)
+  nets = state_lib.build_networks(config)
+  state = jax.jit(lambda: state_lib.init_state(nets, 0))()
+  step = jax.jit(steps.make_train_step(config, nets), static_argnames="flags")
+  rate = 8 * 2 * 1 / (1.0 * 1000)
+
+  after_patch, m = step(state, images(8, 8), flags=steps.StepFlags(anchor=False))
+  assert np.isnan(float(m["ada_rt"]))
+  assert {k: float(v) for k, v in after_patch.extras.items() if k != "pl_mean"} == {
+      "aug_p": 0.5, "ada_sign_sum": 0.0, "ada_count": 0}
+
+  after_anchor, m = step(after_patch, images(8, 8, seed=1), flags=steps.StepFlags(anchor=True))
+  sign = float(m["real_sign"])
+  assert float(m["ada_rt"]) == sign
+  assert float(after_anchor.extras["aug_p"]) == pytest.approx(0.5 + np.sign(sign - 0.6) * rate, abs=1e-7)
+  assert float(after_anchor.extras["ada_count"]) == 0
+
+
 def test_config_section_is_validated_and_ada_kimg_resolved():
   def resolve(**kw):
     c = tiny.get_config()

@@ -1,10 +1,12 @@
 """The speed tools: the bench's JSON record, the matmul-rate probe and the step profiler
-(benchmarks/profile_step.py) on CPU. No timing is asserted, only that the numbers are there."""
+(benchmarks/profile_step.py) on CPU. No speed is asserted: the rates must follow from the times
+the record reports, and the FLOP counts lie in the range measured for the config."""
 import ctypes
 import ctypes.util
 import importlib.util
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +53,15 @@ def test_bench_record_has_the_speed_fields(record):
   assert line["matmul_gflop_per_s"] > 0
   assert line["fraction_of_matmul"] == pytest.approx(line["gflop_per_s"] / line["matmul_gflop_per_s"], rel=2e-3)
   assert line["backend"] == "cpu" and line["load_avg_1m_start"] >= 0
+  # The rates follow from the one repeat's time, as printed (rounded to 0.1 ms and 0.1 s).
+  step_ms = line["step_ms_median"]
+  assert line["step_ms_all"] == [step_ms] and 0 < step_ms < 60_000
+  rounding = 0.05 / step_ms + 1e-3
+  assert line["images_per_s"] == pytest.approx(line["batch"] * 1000 / step_ms, rel=rounding)
+  assert line["sec_per_kimg"] == pytest.approx(1000 / line["images_per_s"], abs=0.051)  # 0.1 s rounding
+  assert line["gflop_per_s"] == pytest.approx(line["gflop_per_step"] * 1000 / step_ms, rel=rounding + 1e-2)
+  # XLA's count for this config's step (jax 0.10.2: 0.01063), with room for another XLA's.
+  assert 0.0085 < line["gflop_per_step"] < 0.013
 
 
 def test_flop_count_sees_through_the_chunked_weight_gradient(monkeypatch):
@@ -64,7 +75,14 @@ def test_flop_count_sees_through_the_chunked_weight_gradient(monkeypatch):
 
 
 def test_matmul_rate_in_bf16():
-  assert bench.matmul_rate(jnp.bfloat16, n=128, repeats=2) > 0
+  # 2-core CPU: far from 0 and from an accelerator's rate.
+  assert 1e8 < bench.matmul_rate(jnp.bfloat16, n=128, repeats=2) < 1e13
+
+
+def test_matmul_rate_is_the_flops_over_the_fastest_call(monkeypatch):
+  ticks = iter([0.0, 3.0, 10.0, 10.5, 20.0, 22.0])  # three calls: 3 s, 0.5 s, 2 s
+  monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+  assert bench.matmul_rate(jnp.float32, n=64, repeats=3) == 2 * 64 ** 3 / 0.5
 
 
 def test_profile_step_on_cpu(tmp_path):

@@ -8,20 +8,29 @@
   logs and images, both take part in the checkpoint, which equals a single-process run on the
   same global batches.
 
+In each job one process reaches the first collective 40 s after the other, as on a loaded machine
+(gloo gives up at 30 s): the worker's process 1 finishes compiling late, launch.py's process 0
+starts training late.
+
 Subprocesses inherit the persistent compilation cache of conftest.py (the two processes of a
 job compile the same program, so a second session reads it from the cache); every subprocess has
-a timeout, and all processes of a job are killed when one fails or times out.
+a timeout, and all processes of a job are killed when one fails or times out; a failure reports
+each process's exit status and the lines of its log that say why. Marked ``multiprocess``
+(``pytest -m multiprocess`` runs them alone).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 import portpicker
+import pytest
 
 import parallel_common as common
 from gantl_jax import checkpoint
@@ -29,12 +38,18 @@ from gantl_jax import parallel
 from gantl_jax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.multiprocess
+
 TIMEOUT = 1200  # seconds per job: two compiles of the reg step on 2 loaded cores can take minutes
 # Global relative L2 difference after 2-3 steps. Measured: 9.7e-10 (pmap, step 3) and 5.6e-10
 # (launch.py, step 2). Not a few times that: where a gradient entry is near zero, its Adam step
 # can flip sign between device counts, which gave 3.2e-8 here at an earlier commit
 # (docs/parallel.md) and 2.3e-7 by step 3 in test_parallel.py on other data; see TOL_STEP3 there.
 TOL = 1e-6
+# How late one process of each job reaches its first collective (the launch.py job's process 0
+# starts training, the pmap worker's process 1 finishes compiling): past gloo's 30 s, so that the
+# job fails unless the processes wait for each other there.
+LATE_S = 40
 
 
 def _env() -> dict[str, str]:
@@ -46,6 +61,36 @@ def _env() -> dict[str, str]:
   return env
 
 
+# Lines of a process's output that say why it failed.
+WHY = re.compile(r"Error|DEADLINE_EXCEEDED|Traceback|Check failed|Fatal")
+
+
+def _exit_meaning(returncode: int, killed: str) -> str:
+  """What a process's exit status says: its own exit code, or the signal that ended it and who sent
+  it (``killed``: why this test killed it, '' if it did not)."""
+  if returncode >= 0:
+    return f"exit code {returncode}"
+  name = signal.Signals(-returncode).name
+  if killed:
+    return f"{name}: killed by this test {killed}"
+  if -returncode == signal.SIGABRT:
+    return f"{name}: the process aborted itself (a fatal error in XLA, gloo or the runtime)"
+  return f"{name}: a signal from outside this test"
+
+
+def _failure_report(procs, outputs: list[str], killed: list[str], logdir: str) -> str:
+  """One line per process (exit status and the last line that says why), then each one's lines
+  that say why and the end of its output."""
+  lines, details = [], []
+  for i, (p, out, why_killed) in enumerate(zip(procs, outputs, killed)):
+    why = [line.strip() for line in out.splitlines() if WHY.search(line)]
+    lines.append(f"process {i}: {p.returncode} ({_exit_meaning(p.returncode, why_killed)})"
+                 + (f": {why[-1][:500]}" if why else ""))
+    details.append(f"--- process {i} ({os.path.join(logdir, f'process_{i}.log')}), the lines that say why:\n"
+                   + "\n".join(w[:500] for w in why[-20:]) + f"\n--- its last 2000 characters:\n{out[-2000:]}")
+  return "\n".join(lines + details)
+
+
 def _run_all(commands: list[list[str]], env: dict[str, str], logdir: str) -> list[str]:
   """Starts the processes of one job, waits for all with a timeout, kills them all on failure;
   returns their combined outputs."""
@@ -55,6 +100,7 @@ def _run_all(commands: list[list[str]], env: dict[str, str], logdir: str) -> lis
     logs.append(log)
     procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
   deadline = time.time() + TIMEOUT
+  killed = [""] * len(procs)
   try:
     # Poll rather than wait on each in turn: when one process fails, the others would block in
     # a collective until the coordinator's heartbeat timeout; stop them at once instead.
@@ -63,8 +109,11 @@ def _run_all(commands: list[list[str]], env: dict[str, str], logdir: str) -> lis
         break
       time.sleep(1)
   finally:
-    for p in procs:
+    failed = [i for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+    for i, p in enumerate(procs):
       if p.poll() is None:
+        killed[i] = (f"after process {failed[0]} failed" if failed else
+                     f"at the {TIMEOUT} s timeout")
         p.kill()
         p.wait()
   outputs = []
@@ -72,17 +121,28 @@ def _run_all(commands: list[list[str]], env: dict[str, str], logdir: str) -> lis
     log.seek(0)
     outputs.append(log.read())
     log.close()
-  report = "\n".join(f"--- process {i} exited with {p.returncode} (-9: killed after a sibling failed "
-                      f"or the {TIMEOUT} s timeout):\n{out[:2000]}\n...\n{out[-2000:]}" for i, (p, out) in enumerate(zip(procs, outputs)))
-  assert all(p.returncode == 0 for p in procs), report
+  assert all(p.returncode == 0 for p in procs), _failure_report(procs, outputs, killed, logdir)
   return outputs
+
+
+def _late(seconds: float, module: str, function: str, argv: list[str]) -> list[str]:
+  """The command ``python argv...`` in a process that calls ``module.function`` ``seconds`` late,
+  as a process that imports, prepares or compiles slower than the others."""
+  code = (f"import importlib, runpy, sys, time\n"
+          f"module = importlib.import_module({module!r})\n"
+          f"call = getattr(module, {function!r})\n"
+          f"setattr(module, {function!r}, lambda *a, **k: (time.sleep({seconds}), call(*a, **k))[1])\n"
+          f"sys.argv = {argv!r}\n"
+          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+  return [sys.executable, "-c", code]
 
 
 def test_two_processes_pmap_with_checkpoint(tmp_path):
   port = portpicker.pick_unused_port()
   commands = [[sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
                "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
-               "--mode", "pmap", "--workdir", str(tmp_path), "--out", str(tmp_path / f"params_{i}.npz")]
+               "--mode", "pmap", "--workdir", str(tmp_path), "--out", str(tmp_path / f"params_{i}.npz"),
+               "--late_s", str(LATE_S if i == 1 else 0)]
               for i in range(2)]
   _run_all(commands, _env(), str(tmp_path))
   outs = [dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2)]
@@ -108,7 +168,8 @@ def test_two_processes_pmap_with_checkpoint(tmp_path):
 
 
 def test_launch_two_processes_jit(tmp_path):
-  """``python launch.py`` as a user runs it on two hosts (here: two processes, one workdir)."""
+  """``python launch.py`` as a user runs it on two hosts (here: two processes, one workdir), one of
+  which starts training LATE_S later than the other."""
   steps = 2
   overrides = [f"--config.train.batch_size={common.GLOBAL_BATCH}", "--config.model.mbstd_group_size=2",
                "--config.train.r1_interval=1", "--config.train.pl_interval=1",
@@ -123,10 +184,12 @@ def test_launch_two_processes_jit(tmp_path):
 
   workdir = tmp_path / "run"
   port = portpicker.pick_unused_port()
-  commands = [[sys.executable, os.path.join(REPO, "launch.py"), "--config", "configs/tiny.py",
+  commands = [[os.path.join(REPO, "launch.py"), "--config", "configs/tiny.py",
                "--workdir", str(workdir), f"--config.parallel.coordinator_address=127.0.0.1:{port}",
                "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"] + overrides
               for i in range(2)]
+  # Process 0 starts training LATE_S after process 1.
+  commands = [_late(LATE_S, "gantl_jax.train", "_train", commands[0]), [sys.executable] + commands[1]]
   _run_all(commands, _env(), str(tmp_path))
 
   # Only process 0 writes logs and images: one metrics line per step (two writers would double them).

@@ -74,7 +74,10 @@ def test_quick_study_runs_the_grid_reports_and_skips_finished_runs(source, capsy
   # The report: one row per arm, and the plot.
   text = (out / "report.md").read_text()
   assert "| scratch | " in text and "| finetune | " in text and "10-shot final SWD" in text
-  assert Image.open(out / "swd_vs_kimg.png").size[0] > 400
+  # Each arm's point is drawn in its colour inside the panel (left of the legend).
+  panel = np.asarray(Image.open(out / "swd_vs_kimg.png").convert("RGB"))[:, :PANEL_RIGHT + 4]
+  for colour in report.COLOURS[:2]:
+    assert np.all(panel == report._rgb(colour), axis=-1).sum() >= 9, colour
   # The held-out descriptors were cached beside the held-out dataset, once for both runs.
   cached = [f for _, _, files in os.walk(source / "tfds") for f in files if f.startswith("swd_s123_")]
   assert cached == ["swd_s123_m131072_v1_n64.npz"]
@@ -109,6 +112,18 @@ def test_heldout_images_are_other_images_of_the_domain(tmp_path):
     config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 1_000_001}))
 
 
+# The plot's first panel spans pixel columns 64 to 544 (kimg 0 to the longest curve's end).
+PANEL_RIGHT = 544
+
+
+def colour_row(image, colour, x):
+  """The mean row of the pixels of exactly ``colour`` ('#rrggbb') within 2 columns of ``x``: the
+  centre of the point drawn there (the line through it passes the same rows)."""
+  rows, _ = np.nonzero(np.all(image[:, x - 2:x + 3] == report._rgb(colour), axis=-1))
+  assert rows.size, (colour, x)
+  return float(rows.mean())
+
+
 def result(arm, shots, seed, swd, kid=None, kimg=1.0, status="done"):
   curve = [{"step": 1, "kimg": 0.5, "swd": swd + 10}, {"step": 2, "kimg": 1.0, "swd": swd}]
   final = {"swd": swd, **({"kid": kid} if kid is not None else {})}
@@ -137,6 +152,17 @@ def test_report_table_plot_and_doc_block(tmp_path):
   mean_curve = report.curves(report.select_kimg(report.read_jsonl(str(tmp_path / "results.jsonl"))), "freezed", 10)
   np.testing.assert_allclose(mean_curve[1], [32.0, 22.0])
   np.testing.assert_allclose(mean_curve[2], [2.0, 2.0])
+  # The curves' points sit where a linear SWD axis puts them: scratch 100 and 90, freezed 32 and
+  # 22 at kimg 0.5 and 1 (pixel columns 304 and 544). Pixels per SWD unit, from four pairs:
+  image = np.asarray(Image.open(tmp_path / "study_swd.png").convert("RGB"))
+  y = {(arm, x): colour_row(image, report.COLOURS[i], x) for i, arm in enumerate(["scratch", "freezed"])
+       for x in (304, PANEL_RIGHT)}
+  per_unit = [(y["freezed", 304] - y["scratch", 304]) / (100 - 32),
+              (y["freezed", PANEL_RIGHT] - y["scratch", PANEL_RIGHT]) / (90 - 22),
+              (y["freezed", PANEL_RIGHT] - y["freezed", 304]) / (32 - 22),
+              (y["scratch", PANEL_RIGHT] - y["scratch", 304]) / (100 - 90)]
+  assert per_unit[0] > 2, y  # higher SWD higher up, over most of the 360 px panel
+  assert per_unit[1:] == pytest.approx([per_unit[0]] * 3, rel=0.05), (per_unit, y)
 
 
 def test_fewshot_numbers_speed_ratio_gap_saturation_and_swd(tmp_path):
