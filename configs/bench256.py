@@ -1,4 +1,4 @@
-"""Speed benchmark config: the GPU setting of issue 14's table (256 px, batch 32).
+"""Speed benchmark config: the 256 px, batch 32 GPU setting.
 
 configs/base.py with batch 32 and its StyleGAN2 settings spelled out so that the benchmark stays
 put if the defaults move: channel_base 16384, channel_max 512, 2 mapping layers, mbstd groups of 4,
