@@ -162,9 +162,7 @@ def _set_aside_unreadable(manager, unreadable: list[tuple[int, str]], resumed: i
     logging.warning("checkpoint step %d in %s cannot be read (%s); resuming from step %d, the newest "
                     "readable one; the damaged step is kept as %s", step, manager.directory, cause,
                     resumed, dst)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices("gantl_jax: unreadable checkpoints set aside")
+  parallel.wait_for_all_processes("unreadable checkpoints set aside")  # before any process reloads
   manager.reload()
 
 

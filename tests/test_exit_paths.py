@@ -15,24 +15,12 @@ import types
 import numpy as np
 import pytest
 
-from configs import tiny
 from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import parallel
 from gantl_jax import runs
 from gantl_jax import train
-
-
-def make_config(tmp_path, **overrides):
-  c = tiny.get_config()
-  c.model.update(mbstd_group_size=1)
-  c.train.update(total_kimg=0.08, log_every=1, pl_batch_shrink=1)
-  c.checkpoint.update(every_steps=5, max_to_keep=2)
-  c.data.update(data_dir=str(tmp_path.parent / "tfds"))
-  for key, value in overrides.items():
-    section, name = key.split("__")
-    c[section][name] = value
-  return c
+from test_loop import make_config  # the same programs as the loop's tests: compiled once for both
 
 
 @pytest.fixture
