@@ -120,11 +120,16 @@ def get_config() -> ml_collections.ConfigDict:
   # The images: built by gantl_jax.data.prepare into a tfds array_record dataset once, then read
   # by its pipeline. The resolution is model.resolution. Checked by gantl_jax.data.check_config.
   c.data = ml_collections.ConfigDict(dict(
-      source="synthetic",        # 'synthetic' (built-in demo domain) or 'folder' (your images)
+      source="synthetic",        # 'synthetic' (built-in demo domain), 'folder' (your images) or 'idx' (Fashion-MNIST)
       domain="photo",            # synthetic domain: 'photo' (source-like) or 'anime' (target-like)
       num_images=2000,           # synthetic: number of images rendered into the dataset
       folder="",                 # folder: path to the images (recursive; png/jpg/jpeg/webp); required if source=='folder'
-      n_shot=0,                  # folder: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
+      # idx: the directory of MNIST-layout IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte,
+      # gzipped or not; Debian's dataset-fashion-mnist puts Fashion-MNIST here). Grayscale images,
+      # 28 px resized with Lanczos to model.resolution; train and test files are one pool.
+      idx_dir="/usr/share/datasets/fashion-mnist",
+      classes="",                # idx: comma-separated class numbers, e.g. '0,1,2,3,4,5,6,7' (a source) or '9' (a target); '' = all
+      n_shot=0,                  # folder, idx: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
       seed=0,                    # data identity: synthetic images and the n-shot subset (not the shuffle order)
       mirror_dataset=False,      # double the dataset with x-flipped copies (at read time, no extra disk)
       xflip=True,                # random x-flip per example in the pipeline, by shuffle seed + stream position
@@ -153,9 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
       # KID / FID need the FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth
       # or NVIDIA's inception-2015-12-05.pt (read without torch, no code run). '' skips them.
       inception_weights="",
-      # The real images compared with: False = the first num_real training images; True (synthetic
-      # data only) = num_real held-out images of data.domain, none of them in a training set
-      # (images 1,000,000 on of data.seed; gantl_jax/data/checks.py), prepared once.
+      # The real images compared with: False = the first num_real training images; True = num_real
+      # held-out images, none of them in the training set, prepared once: synthetic data, images
+      # 1,000,000 on of data.seed (gantl_jax/data/checks.py); idx data, images of data.classes outside
+      # the n-shot set (needs data.n_shot > 0). A folder has none: use real_folder.
       heldout=False,
       # A folder of held-out images of the target domain (any source of data), prepared once like a
       # training folder; every image of it is a reference. Takes the place of eval.heldout.

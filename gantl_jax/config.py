@@ -120,8 +120,8 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
     raise ConfigError(str(e)) from None
   _check(not (config.eval.heldout and config.eval.real_folder),
          "eval.heldout=True and eval.real_folder are two sources of held-out images; set one of them")
-  _check(not config.eval.get("heldout", False) or config.data.source == "synthetic",
-         f"eval.heldout=True needs held-out images, which only a synthetic domain has "
+  _check(not config.eval.get("heldout", False) or config.data.source in ("synthetic", "idx"),
+         f"eval.heldout=True needs held-out images, which only a synthetic domain or an IDX set has "
          f"(data.source={config.data.source!r}); set --config.eval.heldout=False and give a folder of "
          f"held-out images as --config.eval.real_folder")
 

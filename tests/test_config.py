@@ -106,7 +106,7 @@ BAD = [
     ("freeze.g_lr_mults", "^mapping/=nan", "finite number >= 0"),
     ("freeze.preset", "freezeD", "unknown preset"),
     # The data section is checked by the data layer's own rules (DataError), at start, without tfds.
-    ("data.source", "web", "'synthetic' or 'folder'"),
+    ("data.source", "web", "'synthetic', 'folder' or 'idx'"),
     ("data.domain", "cartoon", "unknown synthetic domain"),
     ("data.num_images", 0, "> 0"),
     ("data.n_shot", -1, ">= 0"),

@@ -174,10 +174,10 @@ def n_shot_order(num_files: int, seed: int) -> np.ndarray:
 # Builders.
 
 
-def _features(resolution: int) -> tfds.features.FeaturesDict:
+def _features(resolution: int, channels: int = 3) -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(
       {
-          "image": tfds.features.Image(shape=(resolution, resolution, 3), encoding_format="png"),
+          "image": tfds.features.Image(shape=(resolution, resolution, channels), encoding_format="png"),
           "file": tfds.features.Text(),
       }
   )
@@ -296,6 +296,55 @@ class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
     _write_report(self)
 
 
+@dataclasses.dataclass(eq=False)
+class IdxConfig(tfds.core.BuilderConfig):
+  idx_dir: str = ""
+  classes: tuple = ()
+  resolution: int = 0
+  n_shot: int = 0
+  seed: int = 0
+  held_out: int = 0  # > 0: this many images of the classes outside the n-shot set (idx.select)
+
+
+class GantlIdx(tfds.core.GeneratorBasedBuilder):
+  """Images of some classes of an MNIST-layout IDX set such as Fashion-MNIST (see `idx.py`),
+  stored grayscale: (res, res, 1)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Class selection, seeded n-shot and held-out sets, Lanczos resize, grayscale."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg: IdxConfig = self.builder_config
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"Classes {cfg.classes or 'all'} of the IDX files in {cfg.idx_dir}",
+        features=_features(cfg.resolution, channels=1),
+        disable_shuffling=True,  # example i is report['files'][i]
+    )
+
+  def _split_generators(self, dl_manager):
+    return {_SPLIT: self._generate_examples()}
+
+  def _generate_examples(self):
+    from gantl_jax.data import idx  # pylint: disable=import-outside-toplevel  (idx imports this module)
+    cfg: IdxConfig = self.builder_config
+    report = _new_report(self, source="idx", idx_dir=cfg.idx_dir, classes=list(cfg.classes), n_shot=cfg.n_shot,
+                         seed=cfg.seed, held_out=cfg.held_out)
+    report["crop"] = "whole image, Lanczos resize"
+    images, labels = idx.load(cfg.idx_dir)
+    chosen = idx.select(labels, cfg.classes, n_shot=cfg.n_shot, seed=cfg.seed, held_out=cfg.held_out,
+                        idx_dir=cfg.idx_dir)
+    for k, i in enumerate(chosen):
+      image = Image.fromarray(idx.resize(images[i], cfg.resolution)[:, :, 0], "L")
+      yield k, {"image": image, "file": f"{labels[i]}_{i:05d}"}
+    report["files"] = [f"{labels[i]}_{i:05d}" for i in chosen]
+    report["num_examples"] = len(chosen)
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    super()._download_and_prepare(dl_manager, download_config)
+    _write_report(self)
+
+
 def _new_report(builder, **fields) -> dict:
   cfg = builder.builder_config
   builder._gantl_report = dict(
@@ -375,6 +424,32 @@ def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0
   name = f"{domain}_r{resolution}_n{count}_s{seed}{f'_from{start}' if start else ''}_{code}"
   cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed, start=start)
   return GantlSynthetic(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
+
+
+def idx_builder(idx_dir: str, *, classes: str = "", resolution: int, n_shot: int = 0, seed: int = 0,
+                held_out: int = 0, data_dir: str) -> GantlIdx:
+  """A `GantlIdx` builder of the n-shot set (``held_out`` = 0) or of ``held_out`` other images
+  of ``classes`` (see `idx.select`); its name fingerprints the options and the IDX files' sizes
+  and mtimes. DataError when the files are missing or an option cannot work."""
+  from gantl_jax.data import idx  # pylint: disable=import-outside-toplevel  (idx imports this module)
+  _check_resolution(resolution)
+  if n_shot < 0:
+    raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {n_shot}")
+  idx_dir = os.path.abspath(os.path.expanduser(idx_dir))
+  parsed = idx.parse_classes(classes)
+  stats = []
+  for key, path in sorted(idx.find_files(idx_dir).items()):
+    st = os.stat(path)
+    stats.append([os.path.basename(path), st.st_size, st.st_mtime_ns])
+  seed = seed if n_shot else 0
+  fp = _hash(dict(v=str(GantlIdx.VERSION), dir=idx_dir, classes=parsed, res=resolution, n_shot=n_shot,
+                  seed=seed, held_out=held_out, files=stats))
+  tag = "-".join(map(str, parsed)) or "all"
+  name = f"{_safe(os.path.basename(idx_dir))}_c{tag}_r{resolution}_n{n_shot}_s{seed}" \
+         f"{f'_heldout{held_out}' if held_out else ''}_{fp}"
+  cfg = IdxConfig(name=name, idx_dir=idx_dir, classes=parsed, resolution=resolution, n_shot=n_shot, seed=seed,
+                  held_out=held_out)
+  return GantlIdx(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
 def _check_resolution(resolution: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from gantl_jax.data import synthetic
 
-SOURCES = ("synthetic", "folder")
+SOURCES = ("synthetic", "folder", "idx")
 # A synthetic dataset of n images holds images 0..n-1 of its domain and seed; images from here on
 # are in none (data.num_images must stay below), so every domain has an unlimited held-out set.
 HELD_OUT_START = 1_000_000
@@ -24,10 +24,10 @@ def check_config(c: Any) -> None:
   """Raises DataError naming the first `data.*` key whose value cannot work.
 
   Only values are checked here; whether `data.folder` is set and holds
-  images is checked by `prepare`, where the folder is read.
+  images, or `data.idx_dir` the IDX files, is checked by `prepare`, where they are read.
   """
   if c.source not in SOURCES:
-    raise DataError(f"data.source must be 'synthetic' or 'folder', got {c.source!r}")
+    raise DataError(f"data.source must be 'synthetic', 'folder' or 'idx', got {c.source!r}")
   if c.source == "synthetic":
     try:
       synthetic.domain_id(c.domain)
@@ -36,6 +36,9 @@ def check_config(c: Any) -> None:
     if not 0 < c.num_images <= HELD_OUT_START:
       raise DataError(f"data.num_images must be > 0 and at most {HELD_OUT_START} for data.source='synthetic' "
                       f"(images from there on are the held-out set), got {c.num_images}")
+  if c.source == "idx":
+    from gantl_jax.data import idx  # pylint: disable=import-outside-toplevel  (numpy and PIL, no tfds)
+    idx.parse_classes(c.classes)
   if c.n_shot < 0:
     raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {c.n_shot}")
   for key in ("prefetch", "num_workers"):

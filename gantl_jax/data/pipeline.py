@@ -80,6 +80,9 @@ def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose:
   data_dir = str(c.data_dir)
   if c.source == "synthetic":
     make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed), data_dir=data_dir)
+  elif c.source == "idx":
+    make = lambda: builders.idx_builder(c.idx_dir, classes=c.classes, resolution=resolution, n_shot=int(c.n_shot),
+                                        seed=int(c.seed), data_dir=data_dir)
   else:
     if not c.folder:
       raise DataError("data.folder is required when data.source == 'folder'")
@@ -89,15 +92,20 @@ def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose:
 
 def prepare_held_out(data_config: ml_collections.ConfigDict, *, resolution: int, num: int,
                      verbose: bool = True) -> PreparedData:
-  """``num`` held-out images of the synthetic domain of ``data_config``: images
-  ``checks.HELD_OUT_START`` on, of its ``seed``, which no training set holds. Prepared (once)
-  and opened like a dataset; DataError for a folder source, which has no held-out images."""
+  """``num`` held-out images of ``data_config``'s data, none of them in its training set: of a
+  synthetic domain, images ``checks.HELD_OUT_START`` on of its ``seed``; of an IDX set, up to
+  ``num`` images of ``data.classes`` outside the n-shot set (`idx.select`). Prepared (once) and
+  opened like a dataset; DataError for a folder source, which has no held-out images."""
   c = data_config
   checks.check_config(c)
-  if c.source != "synthetic":
-    raise DataError(f"held-out images need data.source='synthetic' (a folder has none), got {c.source!r}")
-  make = lambda: builders.synthetic_builder(c.domain, count=int(num), resolution=resolution, seed=int(c.seed),
-                                            start=checks.HELD_OUT_START, data_dir=str(c.data_dir))
+  if c.source == "synthetic":
+    make = lambda: builders.synthetic_builder(c.domain, count=int(num), resolution=resolution, seed=int(c.seed),
+                                              start=checks.HELD_OUT_START, data_dir=str(c.data_dir))
+  elif c.source == "idx":
+    make = lambda: builders.idx_builder(c.idx_dir, classes=c.classes, resolution=resolution, n_shot=int(c.n_shot),
+                                        seed=int(c.seed), held_out=int(num), data_dir=str(c.data_dir))
+  else:
+    raise DataError(f"held-out images need data.source='synthetic' or 'idx' (a folder has none), got {c.source!r}")
   held_out = ml_collections.ConfigDict(dict(c.to_dict(), mirror_dataset=False))
   return _open(*builders.prepare_builder(make, verbose=verbose), held_out, resolution)
 

@@ -111,7 +111,7 @@ def real_batches(data_source, num: int, batch_size: int) -> Batches:
 def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
   """The prepared dataset the evaluators compare with: the images of ``eval.real_folder``
   (prepared once, like a training folder, all of them); with ``eval.heldout`` ``eval.num_real``
-  held-out images of the same synthetic domain (none of them in a training set;
+  held-out images of the same synthetic domain or IDX classes (none of them in the training set;
   `pipeline.prepare_held_out`); otherwise ``prepared``, the training data itself."""
   from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
   e = config.eval
@@ -132,9 +132,16 @@ def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
   num = min(int(e.num_real), reals.num_examples)
   if e.get("real_folder", ""):
     return f"{num} held-out images of eval.real_folder={e.real_folder}"
+  if e.get("heldout", False) and d.source == "idx":
+    return f"{num} held-out images of classes {d.classes or 'all'} of {d.idx_dir} (none in the {d.n_shot}-shot set)"
   if e.get("heldout", False):
     return f"{num} held-out '{d.domain}' images (synthetic, none in a training set)"
-  what = f"data.folder={d.folder}" if d.source == "folder" else f"synthetic '{d.domain}'"
+  if d.source == "folder":
+    what = f"data.folder={d.folder}"
+  elif d.source == "idx":
+    what = f"classes {d.classes or 'all'} of {d.idx_dir}"
+  else:
+    what = f"synthetic '{d.domain}'"
   return f"{num} training images ({what}; not held out: set eval.real_folder)"
 
 

@@ -1,0 +1,25 @@
+"""Few-shot style transfer with known correspondence: 10 Twemoji faces (targets/twemoji_faces/shots),
+measured against the other 108 (targets/twemoji_faces/held_out), from the Noto source of
+configs/noto_source.py, which holds the same emoji in Noto's drawing (same file names).
+
+    python launch.py --config configs/twemoji_faces.py --workdir runs/twemoji_faces \
+        --config.transfer.source=runs/noto_source/checkpoints
+"""
+import os
+
+from configs import noto_source
+
+TARGETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "targets")
+
+
+def get_config():
+  c = noto_source.get_config()
+  c.train.update(total_kimg=16.0, log_every=25, sample_every=250)
+  c.data.update(folder=os.path.join(TARGETS, "twemoji_faces", "shots"))
+  c.eval.update(every_kimg=4.0, metrics="swd", num_real=108,
+                real_folder=os.path.join(TARGETS, "twemoji_faces", "held_out"))
+  c.checkpoint.update(every_steps=250)
+  c.transfer.update(source="runs/noto_source/checkpoints", on_mismatch="error")
+  c.freeze.update(preset="freezed", d_blocks=2)
+  c.augment.update(kind="ada")
+  return c
