@@ -279,3 +279,53 @@ def test_inception_feature_of_a_gray_image_is_that_of_the_image_repeated_to_rgb(
   three = np.asarray(fn(params, jnp.asarray(np.repeat(gray, 3, -1))))
   assert one.shape == (1, 2048) and np.abs(three).max() > 0.1
   np.testing.assert_allclose(one, three, rtol=0, atol=1e-6 * np.abs(three).max())
+
+
+# ---------------------------------------------------------------------------
+# A tiny grayscale run, end to end.
+
+
+def test_tiny_grayscale_run_trains_generates_exports_and_measures(tmp_path):
+  from gantl_jax import export, generate, runs, train  # pylint: disable=import-outside-toplevel
+  folder = tmp_path / "gray_faces"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:16, :16]
+  for i in range(16):
+    cy, cx, r = rng.uniform(5, 11), rng.uniform(5, 11), rng.uniform(3, 6)
+    disc = np.where((yy - cy) ** 2 + (xx - cx) ** 2 < r * r, 200, 40) + rng.integers(0, 20, (16, 16))
+    Image.fromarray(disc.astype(np.uint8)).save(folder / f"{i:02d}.png")
+  c = tiny.get_config()
+  c.model.update(img_channels=1, mbstd_group_size=1)
+  c.train.update(total_kimg=0.016, log_every=1, pl_batch_shrink=1)  # 2 steps of 8
+  c.data.update(source="folder", folder=str(folder), data_dir=str(tmp_path / "tfds"))
+  c.checkpoint.update(every_steps=2)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(c, workdir)
+
+  with Image.open(os.path.join(workdir, "reals.png")) as im:
+    assert im.mode == "L" and im.size == (4 * 16, 2 * 16)
+    reals = np.asarray(im)
+  # The grid's first cell is the first training image (the folder's files in sorted order).
+  np.testing.assert_array_equal(reals[:16, :16], np.asarray(Image.open(folder / "00.png")))
+  with Image.open(os.path.join(workdir, "samples_init.png")) as im:
+    assert im.mode == "L"
+
+  out = generate.generate(workdir, seeds="0-3", outdir=str(tmp_path / "gen"))
+  network = runs.load_network(workdir)
+  pixels = generate.seed_images(network, [0, 1, 2, 3])
+  assert pixels.shape == (4, 16, 16, 1)
+  for s in range(4):
+    with Image.open(os.path.join(out, f"seed{s:04d}.png")) as im:
+      assert im.mode == "L"
+      np.testing.assert_array_equal(np.asarray(im), pixels[s, ..., 0])
+
+  exported = export.export(workdir, outdir=str(tmp_path / "exported"))
+  again = runs.load_network(exported)
+  assert again.hparams["img_channels"] == 1
+  np.testing.assert_array_equal(generate.seed_images(again, [0, 1, 2, 3]), pixels)
+
+  read_back = np.stack([np.asarray(Image.open(os.path.join(out, f"seed{s:04d}.png")))[..., None] for s in range(4)])
+  real = np.stack([np.asarray(Image.open(folder / f"{i:02d}.png"))[..., None] for i in range(16)])
+  values = swd.compute_swd(swd.accumulate([real], seed=0), swd.accumulate([read_back], seed=0), seed=0)
+  assert np.isfinite(values["swd_avg"]) and values["swd_avg"] > 0
