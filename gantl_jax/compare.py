@@ -44,20 +44,21 @@ def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tu
   ``held_out`` ``num`` images the run never trained on: of ``real_folder`` (else the run's
   ``eval.real_folder``), or of its synthetic domain. A folder run with no held-out folder falls
   back to its training images, and the description says so."""
-  d, res = config.data, config.model.resolution
+  d, res, channels = config.data, config.model.resolution, config.model.img_channels
   real_folder = real_folder or (config.eval.get("real_folder", "") if held_out else "")
   if held_out and real_folder:
     prepared = pipeline.prepare_folder(real_folder, data_config=d, resolution=res,
-                                       key="--real_folder", verbose=False)
+                                       key="--real_folder", channels=channels, verbose=False)
     count = min(num, prepared.num_examples)
     return (np.stack([prepared.data_source[i] for i in range(count)]),
             f"{count} held-out images of {real_folder}")
   if d.source == "synthetic":
     start = checks.HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
-    pixels = synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed))
+    pixels = pipeline.to_channels(
+        synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed)), channels)
     return pixels, (f"{count} held-out '{d.domain}' images" if held_out else "training images")
-  prepared = pipeline.prepare(d, resolution=res, verbose=False)
+  prepared = pipeline.prepare(d, resolution=res, channels=channels, verbose=False)
   count = min(num, prepared.num_examples)
   return (np.stack([prepared.data_source[i] for i in range(count)]),
           f"the {count} training images (not held out: give --real_folder)")
@@ -72,7 +73,7 @@ def _swd(fakes: np.ndarray, reals: np.ndarray, seed: int = 0) -> float:
 def _labelled(grid: np.ndarray, labels: tuple[str, ...], cell: int, scale: int) -> np.ndarray:
   """Upscales a grid of rows of ``cell``-px images by ``scale`` (nearest) and writes each row's
   label in a white margin on its left."""
-  big = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+  big = image_io.to_pil(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
   canvas = Image.new("RGB", (big.width + _LABEL_WIDTH, big.height), "white")
   canvas.paste(big, (_LABEL_WIDTH, 0))
   draw = ImageDraw.Draw(canvas)

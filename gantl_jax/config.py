@@ -36,9 +36,9 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   """
   config = ml_collections.ConfigDict(config.to_dict())
   m, t = config.model, config.train
-  _check(m.img_channels == 3,
-         f"model.img_channels={m.img_channels}: only RGB is supported (the data pipeline converts "
-         f"every image to RGB and samples are written as RGB PNGs); set it to 3")
+  _check(m.img_channels in (1, 3),
+         f"model.img_channels={m.img_channels}: set it to 3 (RGB) or 1 (grayscale: images are "
+         f"converted to their luma, samples written as grayscale PNGs)")
   problem = resolutions.resolution_problem(m.resolution)
   _check(problem is None, f"model.resolution {problem}")
   _check(m.mapping_layers >= 1, f"model.mapping_layers must be >= 1, got {m.mapping_layers}")

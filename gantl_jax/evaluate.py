@@ -49,7 +49,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
     raise ConfigError(f"--metrics {e.metrics}: nothing left to run (kid and fid need "
                       f"--inception_weights or eval.inception_weights)")
   verbose = jax.process_index() == 0
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=verbose)
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
+                              channels=config.model.img_channels, verbose=verbose)
   reals = metrics_lib.prepare_reals(config, prepared, verbose)
   source_batches = None
   if "correspondence" in evaluators:

@@ -16,11 +16,16 @@ def to_uint8(images):
   return xp.clip(xp.round((images + 1) * 127.5), 0, 255).astype(xp.uint8)
 
 
+def to_pil(pixels: np.ndarray) -> Image.Image:
+  """One uint8 HWC image as a PIL image: mode 'L' for C = 1 (grayscale), 'RGB' for C = 3."""
+  return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def save_png(pixels: np.ndarray, path: str) -> None:
-  """Writes one uint8 HWC image (C = 1 or 3) as a PNG, through a temporary file, so a reader
-  (or a crash) never sees half an image."""
+  """Writes one uint8 HWC image (C = 1: a grayscale PNG, C = 3: RGB) through a temporary file,
+  so a reader (or a crash) never sees half an image."""
   tmp = path + ".tmp.png"
-  Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(tmp)
+  to_pil(pixels).save(tmp)
   os.replace(tmp, path)
 
 

@@ -272,7 +272,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str):
     transfer.preflight(config, workdir)
   evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   verbose = jax.process_index() == 0
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=verbose)
+  prepared = pipeline.prepare(config.data, resolution=config.model.resolution,
+                              channels=config.model.img_channels, verbose=verbose)
   eval_reals = metrics_lib.prepare_reals(config, prepared, verbose) if evaluators else prepared
   return config, workdir, prepared, eval_reals
 

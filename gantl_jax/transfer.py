@@ -9,6 +9,8 @@ target config and overlays on it the source's weights:
 2. The source's ``meta`` item holds the model hyper-parameters it was trained with; those that
    change what the weights mean (z_dim, w_dim, mapping depth, channels, ...) must equal the
    target's. The resolution may differ: blocks are named by resolution, so shared blocks match.
+   One change of ``img_channels`` is accepted: an RGB source for a grayscale target (3 -> 1),
+   whose toRGB and fromRGB leaves are folded exactly (:func:`fold_to_gray`).
 3. Target leaves ('params/...' and 'buffers/...') are matched to the source item
    (``transfer.g_from`` / ``g_ema_from`` / ``d_from``) by path and shape, using Orbax's item
    metadata (shapes without reading data). Leaves missing from the source or of another shape are
@@ -18,9 +20,10 @@ target config and overlays on it the source's weights:
    identity modulation) keep their initialisation when the source lacks them, without either.
 4. The matched leaves are read with a partial restore straight into the target's shardings and
    replace the fresh ones. Optimizer moments, step and counters stay fresh (step 0).
-5. The report (the loop writes it as ``transfer_report.json``) lists what was restored, kept at
-   init (of which ``new``: those only a training method adds), present only in the source,
-   frozen and trainable (with adapters: which layers are modulated); :func:`summary` prints it.
+5. The report (the loop writes it as ``transfer_report.json``) lists what was restored, folded
+   to grayscale, kept at init (of which ``new``: those only a training method adds), present only
+   in the source, frozen and trainable (with adapters: which layers are modulated);
+   :func:`summary` prints it.
 
 ``read_frozen`` reads a source network's variables for the steps' ``frozen`` argument (the
 few-shot regularisers compare the adapted G with the source G).
@@ -29,6 +32,7 @@ What freezing saves in FLOPs: ``python -m gantl_jax.bench --config ... --freeze_
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, NamedTuple, Optional
 
@@ -63,6 +67,9 @@ def _new_in_target(net: str, path: str) -> bool:
 # (resolution may differ; conv_clamp only clips activations and is reported, not enforced.)
 MUST_MATCH = ("img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",
               "channel_base", "channel_max", "mbstd_num_channels")
+# ITU-R 601-2 luma: the weights of R, G, B in the grayscale image folded from an RGB generator,
+# those with which the data pipeline converts RGB images (PIL's convert('L')).
+LUMA = (0.299, 0.587, 0.114)
 HOW_TO_MAKE_A_SOURCE = (
     "Provide --config.transfer.source=DIR, where DIR is a checkpoint of this project: train one, "
     "e.g. the demo source `python launch.py --config configs/demo_photo.py --workdir "
@@ -175,7 +182,9 @@ def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDic
                         f"hyper-parameters, so its weights cannot be checked; make sources with "
                         f"this project's training or with gantl_jax.tools.import_stylegan2")
   target = config_lib.model_hparams(config)
-  wrong = [k for k in MUST_MATCH if k in source_model and source_model[k] != target[k]]
+  gray = _gray_from_rgb(source_model, config)
+  wrong = [k for k in MUST_MATCH if k in source_model and source_model[k] != target[k]
+           and not (k == "img_channels" and gray)]
   if wrong:
     details = ", ".join(f"{k}: source {source_model[k]!r}, target {target[k]!r}" for k in wrong)
     flags = " ".join(f"--config.model.{k}={source_model[k]}" for k in wrong)
@@ -183,6 +192,10 @@ def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDic
                         f"({details}); its weights would be meaningless for this model. "
                         f"Set {flags}")
   notes = []
+  if gray:
+    notes.append("model.img_channels: source 3 (RGB), target 1 (grayscale): G's toRGB layers give "
+                 "the luma of the source's image, D's fromRGB layers see a gray image as RGB with "
+                 "equal channels (the folded leaves are listed per network)")
   for k in ("resolution", "conv_clamp", "mbstd_grouping"):
     if k in source_model and source_model[k] != target[k]:
       notes.append(f"model.{k}: source {source_model[k]!r}, target {target[k]!r}")
@@ -209,7 +222,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str) -> None:
   wanted: dict[str, set] = {}
   for net in NETWORKS:
     if plan[net]["item"] is not None:
-      wanted.setdefault(plan[net]["item"], set()).update(plan[net]["restored"])
+      wanted.setdefault(plan[net]["item"], set()).update(plan[net]["restored"] + plan[net]["folded"])
   with _open(src.directory, src.step) as mngr:
     for item, paths in wanted.items():
       # One leaf at a time: when a read fails, no other read of the item is left in flight, whose
@@ -230,16 +243,18 @@ def _plan(config: ml_collections.ConfigDict, src: Source, state: state_lib.GANSt
     item = t[f"{net}_from"]
     fresh = _flat(_variables(state, net))
     if not item:
-      plan[net] = dict(item=None, fresh=fresh, restored=[], mismatched=[], source_only=[], new=[])
+      plan[net] = dict(item=None, fresh=fresh, restored=[], folded=[], mismatched=[], source_only=[], new=[])
       continue
     if item not in src.shapes:
       raise TransferError(f"transfer.{net}_from={item!r}: the source {where} has no item {item!r} "
                           f"(it has {sorted(src.shapes)}); set --config.transfer.{net}_from to one "
                           f"of those, or to '' to keep {net} at its initialisation")
     _refuse_adapted_source(src, item)
-    m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
+    m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item],
+              fold_gray=_gray_from_rgb(src.meta.get("model"), config))
     is_new = lambda mm: mm["source"] is None and _new_in_target(net, mm["path"])
-    plan[net] = dict(item=item, fresh=fresh, restored=m["restored"], source_only=m["source_only"],
+    plan[net] = dict(item=item, fresh=fresh, restored=m["restored"], folded=m["folded"],
+                     source_only=m["source_only"],
                      mismatched=[mm for mm in m["mismatched"] if not is_new(mm)],
                      new=[mm["path"] for mm in m["mismatched"] if is_new(mm)])
   mismatched = [(net, m) for net in NETWORKS for m in plan[net]["mismatched"]]
@@ -267,14 +282,78 @@ def _refuse_adapted_source(src: Source, item: str) -> None:
 # Matching and restoring.
 
 
-def match(target: dict[str, tuple], source: dict[str, tuple]) -> dict[str, list]:
-  """Splits flat {path: shape} dicts into restored / mismatched (shape differs or missing from
-  the source) / source_only paths."""
+def match(target: dict[str, tuple], source: dict[str, tuple], fold_gray: bool = False) -> dict[str, list]:
+  """Splits flat {path: shape} dicts into restored / folded (with ``fold_gray``: RGB leaves that
+  :func:`fold_to_gray` gives the target's shape) / mismatched (shape differs or missing from the
+  source) / source_only paths."""
   restored = sorted(p for p in target if p in source and tuple(source[p]) == tuple(target[p]))
+  folded = sorted(p for p in target if fold_gray and p in source and p not in restored
+                  and _gray_shape(p, source[p]) == tuple(target[p]))
   mismatched = [dict(path=p, target=list(target[p]), source=list(source[p]) if p in source else None)
-                for p in sorted(target) if p not in restored]
-  return dict(restored=restored, mismatched=mismatched,
+                for p in sorted(target) if p not in restored and p not in folded]
+  return dict(restored=restored, folded=folded, mismatched=mismatched,
               source_only=sorted(p for p in source if p not in target))
+
+
+# ---------------------------------------------------------------------------
+# A grayscale target from an RGB source.
+
+
+def _gray_from_rgb(source_model: Optional[dict], config: ml_collections.ConfigDict) -> bool:
+  """Whether the source is an RGB network and the target a grayscale one."""
+  return bool(source_model) and source_model.get("img_channels") == 3 and config.model.img_channels == 1
+
+
+def _rgb_layer(path: str) -> Optional[str]:
+  """'torgb' or 'fromrgb' for the leaves whose shape has the image channels, else None."""
+  parts = path.split("/")
+  if parts[-2:] in (["torgb", "weight"], ["torgb", "bias"]):
+    return "torgb"
+  if parts[-2:] == ["fromrgb", "weight"]:
+    return "fromrgb"
+  return None
+
+
+def _gray_shape(path: str, shape: tuple) -> Optional[tuple]:
+  """The shape :func:`fold_to_gray` gives the RGB leaf ``path`` of ``shape``; None if it folds none."""
+  shape, layer = tuple(shape), _rgb_layer(path)
+  if layer == "torgb" and shape[-1:] == (3,):
+    return shape[:-1] + (1,)
+  if layer == "fromrgb" and len(shape) == 4 and shape[2] == 3:
+    return shape[:2] + (1,) + shape[3:]
+  return None
+
+
+def fold_to_gray(path: str, value: np.ndarray) -> np.ndarray:
+  """The grayscale network's leaf ``path`` from the RGB network's ``value``, exactly.
+
+  G's toRGB (``.../torgb/weight`` HWIO with O = 3, ``.../torgb/bias`` (3,)): a layer linear in
+  its weight and bias whose outputs are summed over the blocks, so the weighted sum of the 3
+  output channels with `LUMA` gives the luma of the RGB image (its affine, over the input
+  channels, is unchanged). Exact as long as ``model.conv_clamp`` does not clip the image.
+  D's fromRGB (``.../fromrgb/weight`` HWIO with I = 3): on a gray image x repeated as (x, x, x)
+  the RGB layer computes (W_R + W_G + W_B) x / sqrt(3) (its equalised learning rate divides by
+  sqrt(fan_in)), so the folded weight is that sum over the input channels times sqrt(1 / 3).
+  """
+  layer = _rgb_layer(path)
+  value = np.asarray(value)
+  if layer == "torgb":
+    luma = np.asarray(LUMA, np.float64)
+    return (value.astype(np.float64) @ luma)[..., None].astype(value.dtype)
+  if layer == "fromrgb":
+    return (value.astype(np.float64).sum(axis=2, keepdims=True) / math.sqrt(3)).astype(value.dtype)
+  raise ValueError(f"{path} has no image channels to fold")
+
+
+def _fold_leaves(mngr: ocp.CheckpointManager, src: Source, item: str, fresh: dict[str, Any],
+                 paths: list[str]) -> dict[str, jax.Array]:
+  """The RGB source leaves ``paths`` of ``item`` folded to grayscale (:func:`fold_to_gray`),
+  placed in the dtypes and shardings of ``fresh``."""
+  out = {}
+  for path, value in _read_host(mngr, src, item, paths).items():
+    folded = fold_to_gray(path, value).astype(fresh[path].dtype)
+    out[path] = jax.make_array_from_callback(folded.shape, fresh[path].sharding, lambda index, a=folded: a[index])
+  return out
 
 
 def _restore_leaves(mngr: ocp.CheckpointManager, src: Source, item: str, fresh: dict[str, jax.Array],
@@ -359,6 +438,7 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState,
         continue
       # One read per network, so G and G-EMA never share buffers (the step donates the state).
       restored = _restore_leaves(mngr, src, p["item"], p["fresh"], p["restored"])
+      restored.update(_fold_leaves(mngr, src, p["item"], p["fresh"], p["folded"]))
       state = _replace(state, net, traverse_util.unflatten_dict({**p["fresh"], **restored}, sep="/"))
 
   report = dict(
@@ -368,8 +448,8 @@ def transfer_state(config: ml_collections.ConfigDict, state: state_lib.GANState,
     p = plan[net]
     kept = sorted([m["path"] for m in p["mismatched"]] + p["new"]) if p["item"] else sorted(p["fresh"])
     report["networks"][net] = dict(
-        source_item=p["item"], restored=p["restored"], kept_at_init=kept, new=p["new"],
-        mismatched=p["mismatched"], source_only=p["source_only"],
+        source_item=p["item"], restored=p["restored"], folded_to_gray=p["folded"], kept_at_init=kept,
+        new=p["new"], mismatched=p["mismatched"], source_only=p["source_only"],
         restored_count=_count(p["fresh"], p["restored"]), kept_at_init_count=_count(p["fresh"], kept))
   if adapters.kind(config) != "none":
     report["adapters"] = adapters.report(config, state.g.params, report["freeze"]["g"]["trainable"], g_fisher)
@@ -396,6 +476,7 @@ def read_networks(config: ml_collections.ConfigDict, networks: dict[str, str],
   (variables of arrays or ``jax.ShapeDtypeStruct`` with shardings). Every leaf must exist in the
   source with the template's shape."""
   src = read_source(config.transfer.source)
+  fold_gray = _gray_from_rgb(src.meta.get("model"), config)
   out = {}
   with _open(src.directory, src.step) as mngr:
     for name, item in networks.items():
@@ -404,14 +485,15 @@ def read_networks(config: ml_collections.ConfigDict, networks: dict[str, str],
         raise TransferError(f"the few-shot regularisers need the source's {item!r}, but "
                             f"{src.directory}/{src.step} has only {sorted(src.shapes)}")
       _refuse_adapted_source(src, item)
-      m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item])
+      m = match({p: v.shape for p, v in fresh.items()}, src.shapes[item], fold_gray=fold_gray)
       if m["mismatched"]:
         raise TransferError(f"the few-shot regularisers need the whole source {item!r} with the "
                             f"target's shapes; {len(m['mismatched'])} leaves differ, e.g. "
                             f"{m['mismatched'][0]['path']}: keep model.resolution and the "
                             f"channels of the source")
-      out[name] = traverse_util.unflatten_dict(
-          _restore_leaves(mngr, src, item, fresh, m["restored"]), sep="/")
+      leaves = _restore_leaves(mngr, src, item, fresh, m["restored"])
+      leaves.update(_fold_leaves(mngr, src, item, fresh, m["folded"]))
+      out[name] = traverse_util.unflatten_dict(leaves, sep="/")
   return out
 
 
@@ -430,7 +512,9 @@ def summary(report: dict) -> str:
   lines += [f"  note: {n}" for n in report["notes"]]
   for net, r in report["networks"].items():
     lines.append(f"  {net:5s} <- {r['source_item'] or '(none)':5s}  restored {len(r['restored'])} "
-                 f"({r['restored_count']:,} values), kept at init {len(r['kept_at_init'])} "
+                 f"({r['restored_count']:,} values), "
+                 + (f"folded to gray {len(r['folded_to_gray'])}, " if r.get("folded_to_gray") else "")
+                 + f"kept at init {len(r['kept_at_init'])} "
                  f"({r['kept_at_init_count']:,}), only in source {len(r['source_only'])}")
     new = set(r.get("new", ()))
     for path in r["kept_at_init"][:20]:

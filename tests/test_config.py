@@ -69,8 +69,8 @@ def _with(key: str, value):
 BAD = [
     ("model.mbstd_group_size", 0, ">= 1"),
     ("model.mbstd_num_channels", -1, ">= 0"),
-    ("model.img_channels", 1, "only RGB"),
-    ("model.img_channels", 4, "set it to 3"),
+    ("model.img_channels", 2, "set it to 3 (RGB) or 1 (grayscale"),
+    ("model.img_channels", 4, "set it to 3 (RGB) or 1 (grayscale"),
     ("model.z_dim", 0, ">= 1"),
     ("model.mapping_lr_mul", 0.0, "positive"),
     ("model.conv_clamp", -1.0, "positive or None"),

@@ -2,14 +2,18 @@
 
 Both are `tfds.core.GeneratorBasedBuilder`s written to `array_record` files and
 read back with `builder.as_data_source()` (random access, no TensorFlow). Each
-example is `{'image': uint8 (res, res, 3), 'file': str}` stored as PNG, so
-reading decodes a small PNG, never the original file again.
+example is `{'image': uint8 (res, res, C), 'file': str}` stored as PNG, so
+reading decodes a small PNG, never the original file again. C is the
+`channels` the builder was made with: 3 (RGB) or 1 (grayscale, for
+`model.img_channels=1`).
 
 Folder images go through one path, `load_image`:
   * EXIF orientation is applied, then the mode becomes RGB: grayscale, palette,
     CMYK (PIL's plain conversion, no ICC profile) and 16-bit (scaled, not
     clipped) are converted; images with alpha (RGBA, LA, transparent palette)
     are composited on WHITE, so transparent backgrounds don't turn black.
+    With channels=1 that RGB image is then converted to its ITU-R 601-2 luma
+    (PIL's convert('L'): L = (19595 R + 38470 G + 7471 B + 2**15) >> 16).
   * The centre square of side min(width, height) is cropped and resized to
     `resolution` with Lanczos. Images smaller than that are upscaled (listed
     under `upscaled` in the report), not skipped: few-shot sets are often small.
@@ -20,8 +24,10 @@ Folder images go through one path, `load_image`:
 
 Every option lands in the builder config name (a hash of the folder path,
 resolution, n_shot, seed and the file list with sizes and mtimes; for the
-synthetic domains, of the renderer's source), so changed inputs never reuse a
-stale prepared dataset. tfds writes into `incomplete.*` and renames when done;
+synthetic domains, of the renderer's source; a grayscale preparation's name
+ends in `_c1` and its hash includes the channel count), so changed inputs never
+reuse a stale prepared dataset, and an RGB preparation is never read as a
+grayscale one. tfds writes into `incomplete.*` and renames when done;
 on top of that `prepare_builder` only trusts a prepared folder whose
 `prepare_report.json` (written inside the temporary folder, before the rename)
 says complete and matches the example count; anything else is deleted and
@@ -132,8 +138,9 @@ class LoadedImage:
   upscaled: bool = False
 
 
-def load_image(folder: str, file: str, resolution: int) -> LoadedImage:
-  """Reads one file into uint8 (resolution, resolution, 3); errors are returned, not raised."""
+def load_image(folder: str, file: str, resolution: int, channels: int = 3) -> LoadedImage:
+  """Reads one file into uint8 (resolution, resolution, channels), channels 3 (RGB) or 1 (the
+  luma of the RGB image, as PIL's convert('L')); errors are returned, not raised."""
   path = os.path.join(folder, file)
   try:
     with warnings.catch_warnings():
@@ -141,7 +148,12 @@ def load_image(folder: str, file: str, resolution: int) -> LoadedImage:
       with Image.open(path) as img:
         img.load()
         img = ImageOps.exif_transpose(img)
-        img, mode = to_rgb(img)
+        mode = img.mode
+        img, _ = to_rgb(img)
+        if channels == 1:
+          img = img.convert("L")
+        if mode == ("L" if channels == 1 else "RGB"):
+          mode = None  # stored as it was read
         array, upscaled = center_crop_resize(img, resolution)
   except Image.DecompressionBombError as e:
     return LoadedImage(file, error=f"too large: {e}")
@@ -149,16 +161,18 @@ def load_image(folder: str, file: str, resolution: int) -> LoadedImage:
     return LoadedImage(file, error="not a readable image")
   except (OSError, ValueError, SyntaxError, EOFError) as e:
     return LoadedImage(file, error=f"corrupt or truncated: {e}")
-  if array.shape != (resolution, resolution, 3):
+  if channels == 1:
+    array = array[..., None]
+  if array.shape != (resolution, resolution, channels):
     return LoadedImage(file, error=f"unexpected decoded shape {array.shape}")
   return LoadedImage(file, array, converted_from=mode, upscaled=upscaled)
 
 
-def _load_many(folder: str, files: list[str], resolution: int) -> Iterator[LoadedImage]:
+def _load_many(folder: str, files: list[str], resolution: int, channels: int) -> Iterator[LoadedImage]:
   # Bounded window of concurrent decodes, results in input order.
   with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
     for start in range(0, len(files), _BLOCK):
-      yield from pool.map(lambda f: load_image(folder, f, resolution), files[start : start + _BLOCK])
+      yield from pool.map(lambda f: load_image(folder, f, resolution, channels), files[start : start + _BLOCK])
 
 
 def n_shot_order(num_files: int, seed: int) -> np.ndarray:
@@ -187,6 +201,21 @@ def _hash(obj) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _pil_image(array: np.ndarray) -> Image.Image:
+  """A uint8 (H, W, 1) or (H, W, 3) array as the PIL image tfds encodes ('L' or 'RGB')."""
+  return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def _check_channels(channels: int) -> None:
+  if channels not in (1, 3):
+    raise DataError(f"image channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+
+
+def _channels_suffix(channels: int) -> str:
+  # RGB names carry no suffix, so datasets prepared before grayscale existed are reused.
+  return "" if channels == 3 else f"_c{channels}"
+
+
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
   folder: str = ""
@@ -197,6 +226,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   files: tuple = dataclasses.field(default=(), repr=False)
   other_files: int = 0
   fingerprint: str = ""
+  channels: int = 3
 
 
 class GantlFolder(tfds.core.GeneratorBasedBuilder):
@@ -209,7 +239,7 @@ class GantlFolder(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"Images of {self.builder_config.folder}",
-        features=_features(self.builder_config.resolution),
+        features=_features(self.builder_config.resolution, self.builder_config.channels),
         disable_shuffling=True,  # example i is report['files'][i]
     )
 
@@ -219,12 +249,12 @@ class GantlFolder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     cfg: FolderConfig = self.builder_config
     report = _new_report(self, source="folder", folder=cfg.folder, n_shot=cfg.n_shot, seed=cfg.seed)
-    report.update(num_candidates=len(cfg.files), ignored_other_files=cfg.other_files)
+    report.update(num_candidates=len(cfg.files), ignored_other_files=cfg.other_files, channels=cfg.channels)
     files = list(cfg.files)
     if cfg.n_shot:
       files = [files[i] for i in n_shot_order(len(files), cfg.seed)]
     kept = []
-    for loaded in _load_many(cfg.folder, files, cfg.resolution):
+    for loaded in _load_many(cfg.folder, files, cfg.resolution, cfg.channels):
       if loaded.error:
         report["skipped"].append({"file": loaded.file, "reason": loaded.error})
         continue
@@ -232,7 +262,7 @@ class GantlFolder(tfds.core.GeneratorBasedBuilder):
         report["converted"].append({"file": loaded.file, "mode": loaded.converted_from})
       if loaded.upscaled:
         report["upscaled"].append(loaded.file)
-      yield len(kept), {"image": Image.fromarray(loaded.image), "file": loaded.file}
+      yield len(kept), {"image": _pil_image(loaded.image), "file": loaded.file}
       kept.append(loaded.file)
       if cfg.n_shot and len(kept) == cfg.n_shot:
         break
@@ -260,6 +290,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   resolution: int = 0
   seed: int = 0
   start: int = 0  # the first image's index (checks.HELD_OUT_START for a held-out set)
+  channels: int = 3  # 1: the RGB rendering converted to luma (PIL's convert('L'))
 
 
 class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
@@ -273,7 +304,7 @@ class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"Synthetic '{cfg.domain}' faces, seed {cfg.seed}",
-        features=_features(cfg.resolution),
+        features=_features(cfg.resolution, cfg.channels),
         disable_shuffling=True,  # example i is synthetic image i
     )
 
@@ -283,12 +314,14 @@ class GantlSynthetic(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     cfg: SyntheticConfig = self.builder_config
     report = _new_report(self, source="synthetic", domain=cfg.domain, count=cfg.count, seed=cfg.seed,
-                         start=cfg.start)
+                         start=cfg.start, channels=cfg.channels)
     for first in range(0, cfg.count, 256):
       idx = np.arange(first, min(first + 256, cfg.count))
       images = synthetic.render(cfg.domain, cfg.start + idx, resolution=cfg.resolution, seed=cfg.seed)
       for i, im in zip(idx, images):
-        yield int(i), {"image": Image.fromarray(im), "file": f"{cfg.domain}/{cfg.start + int(i):06d}"}
+        image = Image.fromarray(im)
+        yield int(i), {"image": image.convert("L") if cfg.channels == 1 else image,
+                       "file": f"{cfg.domain}/{cfg.start + int(i):06d}"}
     report["num_examples"] = cfg.count
 
   def _download_and_prepare(self, dl_manager, download_config=None):
@@ -382,13 +415,16 @@ def _safe(name: str) -> str:
   return out[:32] or "root"
 
 
-def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int = 0, data_dir: str) -> GantlFolder:
-  """A `GantlFolder` builder whose config name fingerprints every input.
+def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int = 0, data_dir: str,
+                   channels: int = 3) -> GantlFolder:
+  """A `GantlFolder` builder of `channels`-channel images whose config name fingerprints every
+  input.
 
   Lists the folder (raising DataError when missing/empty) and hashes the
   path, options and each file's size and mtime.
   """
   _check_resolution(resolution)
+  _check_channels(channels)
   if n_shot < 0:
     raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {n_shot}")
   folder = os.path.abspath(os.path.expanduser(folder))
@@ -402,27 +438,30 @@ def folder_builder(folder: str, *, resolution: int, n_shot: int = 0, seed: int =
     stats.append([f, st.st_size, st.st_mtime_ns])
   # The seed only matters for a subset: without one, keep one prepared copy per folder.
   seed = seed if n_shot else 0
-  fp = _hash(dict(v=str(GantlFolder.VERSION), folder=folder, res=resolution, n_shot=n_shot, seed=seed, files=stats))
-  name = f"{_safe(os.path.basename(folder))}_r{resolution}_n{n_shot}_s{seed}_{fp}"
+  inputs = dict(v=str(GantlFolder.VERSION), folder=folder, res=resolution, n_shot=n_shot, seed=seed, files=stats)
+  fp = _hash(inputs if channels == 3 else dict(inputs, channels=channels))
+  name = f"{_safe(os.path.basename(folder))}_r{resolution}_n{n_shot}_s{seed}{_channels_suffix(channels)}_{fp}"
   cfg = FolderConfig(
       name=name, folder=folder, resolution=resolution, n_shot=n_shot, seed=seed,
-      files=tuple(files), other_files=others, fingerprint=fp,
+      files=tuple(files), other_files=others, fingerprint=fp, channels=channels,
   )
   return GantlFolder(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
 def synthetic_builder(domain: str, *, count: int, resolution: int, seed: int = 0, start: int = 0,
-                      data_dir: str) -> GantlSynthetic:
-  """A `GantlSynthetic` builder of images start..start+count-1; its name includes a hash of the
-  renderer source."""
+                      data_dir: str, channels: int = 3) -> GantlSynthetic:
+  """A `GantlSynthetic` builder of images start..start+count-1 with `channels` channels; its name
+  includes a hash of the renderer source."""
   _check_resolution(resolution)
+  _check_channels(channels)
   synthetic.domain_id(domain)
   if count <= 0:
     raise DataError(f"synthetic num_images must be > 0, got {count}")
   with open(synthetic.__file__, "rb") as f:
     code = hashlib.sha256(f.read()).hexdigest()[:12]
-  name = f"{domain}_r{resolution}_n{count}_s{seed}{f'_from{start}' if start else ''}_{code}"
-  cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed, start=start)
+  name = f"{domain}_r{resolution}_n{count}_s{seed}{f'_from{start}' if start else ''}{_channels_suffix(channels)}_{code}"
+  cfg = SyntheticConfig(name=name, domain=domain, count=count, resolution=resolution, seed=seed, start=start,
+                        channels=channels)
   return GantlSynthetic(config=cfg, data_dir=os.path.expanduser(data_dir), file_format="array_record")
 
 
@@ -573,7 +612,8 @@ def summarize(report: dict, path: str = "") -> str:
     lines.append(f"  upscaled {len(report['upscaled'])} smaller than {report['resolution']}px: {', '.join(report['upscaled'][:10])}")
   if report.get("converted"):
     modes = sorted({c["mode"] for c in report["converted"]})
-    lines.append(f"  converted {len(report['converted'])} to RGB from {', '.join(modes)}")
+    target = "grayscale (L)" if report.get("channels") == 1 else "RGB"
+    lines.append(f"  converted {len(report['converted'])} to {target} from {', '.join(modes)}")
   if report.get("ignored_other_files"):
     lines.append(f"  ignored {report['ignored_other_files']} files without an image extension")
   if path:

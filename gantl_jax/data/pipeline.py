@@ -15,6 +15,11 @@ contiguous slice p * local : (p + 1) * local of it. So:
 
 A background thread decodes up to `prefetch` batches ahead, each batch's
 PNGs decoded by a small thread pool (PIL releases the GIL).
+
+Images come out with the `channels` given to `prepare` (`model.img_channels`),
+whatever the stored dataset holds (`to_channels`): a grayscale image is repeated
+to RGB, an RGB image becomes its ITU-R 601-2 luma with PIL's integer weights and
+rounding, so it equals PIL's convert('L') bit for bit.
 """
 from __future__ import annotations
 
@@ -33,15 +38,34 @@ from gantl_jax.data import builders, checks
 from gantl_jax.data.checks import DataError
 
 _SPLIT = "train"
+# PIL's convert('L') of RGB: L = (19595 R + 38470 G + 7471 B + 2**15) >> 16, i.e. the ITU-R 601-2
+# weights 0.299, 0.587, 0.114 in 16-bit fixed point (they sum to 2**16), rounded half up.
+_LUMA_WEIGHTS = np.array([19595, 38470, 7471], np.uint32)
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """A uint8 (..., H, W, 1 or 3) image with ``channels`` (1 or 3) channels: grey is repeated to
+  RGB, RGB becomes its luma exactly as PIL's convert('L') computes it; unchanged if it has them."""
+  have = image.shape[-1]
+  if have == channels:
+    return image
+  if have == 1 and channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  if have == 3 and channels == 1:
+    luma = (image.astype(np.uint32) @ _LUMA_WEIGHTS + (1 << 15)) >> 16
+    return luma.astype(np.uint8)[..., None]
+  raise DataError(f"cannot convert {have}-channel images to {channels} channels (1 or 3 only)")
+
 
 
 @dataclasses.dataclass
 class ImageSource:
-  """Random access to uint8 (res, res, 3) images; index >= N is the mirror of index - N."""
+  """Random access to uint8 (res, res, channels) images; index >= N is the mirror of index - N."""
 
   source: Any  # the tfds array_record data source, items {'image', 'file'}
   size: int
   mirror: bool = False
+  channels: int = 3  # of the images returned; the stored ones are converted (`to_channels`)
 
   def __len__(self) -> int:
     return 2 * self.size if self.mirror else self.size
@@ -50,13 +74,13 @@ class ImageSource:
     index = int(index)
     if not 0 <= index < len(self):
       raise IndexError(f"index {index} out of range for {len(self)} images")
-    image = self.source[index % self.size]["image"]
+    image = to_channels(self.source[index % self.size]["image"], self.channels)
     return image[:, ::-1] if index >= self.size else image
 
 
 @dataclasses.dataclass
 class PreparedData:
-  """A prepared dataset: `data_source[i]` is uint8 (res, res, 3)."""
+  """A prepared dataset: `data_source[i]` is uint8 (res, res, channels)."""
 
   name: str
   resolution: int
@@ -69,64 +93,71 @@ class PreparedData:
   options: dict = dataclasses.field(default_factory=dict)
 
 
-def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, verbose: bool = True) -> PreparedData:
+def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, channels: int = 3,
+            verbose: bool = True) -> PreparedData:
   """Builds the tfds dataset once (reused when already prepared) and opens it.
 
   `data_config` is the `data` section of a run config (keys and defaults:
-  `configs/base.py`). Raises DataError naming the key, file or folder at fault.
+  `configs/base.py`); `channels` is `model.img_channels` (1 or 3): folder and synthetic images
+  are stored with that many channels. Raises DataError naming the key, file or folder at fault.
   """
   c = data_config
   checks.check_config(c)
   data_dir = str(c.data_dir)
   if c.source == "synthetic":
-    make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed), data_dir=data_dir)
+    make = lambda: builders.synthetic_builder(c.domain, count=int(c.num_images), resolution=resolution, seed=int(c.seed),
+                                              data_dir=data_dir, channels=channels)
   elif c.source == "idx":
     make = lambda: builders.idx_builder(c.idx_dir, classes=c.classes, resolution=resolution, n_shot=int(c.n_shot),
                                         seed=int(c.seed), data_dir=data_dir)
   else:
     if not c.folder:
       raise DataError("data.folder is required when data.source == 'folder'")
-    make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed), data_dir=data_dir)
-  return _open(*builders.prepare_builder(make, verbose=verbose), c, resolution)
+    make = lambda: builders.folder_builder(c.folder, resolution=resolution, n_shot=int(c.n_shot), seed=int(c.seed),
+                                           data_dir=data_dir, channels=channels)
+  return _open(*builders.prepare_builder(make, verbose=verbose), c, resolution, channels)
 
 
 def prepare_held_out(data_config: ml_collections.ConfigDict, *, resolution: int, num: int,
-                     verbose: bool = True) -> PreparedData:
+                     channels: int = 3, verbose: bool = True) -> PreparedData:
   """``num`` held-out images of ``data_config``'s data, none of them in its training set: of a
   synthetic domain, images ``checks.HELD_OUT_START`` on of its ``seed``; of an IDX set, up to
   ``num`` images of ``data.classes`` outside the n-shot set (`idx.select`). Prepared (once) and
-  opened like a dataset; DataError for a folder source, which has no held-out images."""
+  opened like a dataset with ``channels``; DataError for a folder source, which has no held-out
+  images."""
   c = data_config
   checks.check_config(c)
   if c.source == "synthetic":
     make = lambda: builders.synthetic_builder(c.domain, count=int(num), resolution=resolution, seed=int(c.seed),
-                                              start=checks.HELD_OUT_START, data_dir=str(c.data_dir))
+                                              start=checks.HELD_OUT_START, data_dir=str(c.data_dir),
+                                              channels=channels)
   elif c.source == "idx":
     make = lambda: builders.idx_builder(c.idx_dir, classes=c.classes, resolution=resolution, n_shot=int(c.n_shot),
                                         seed=int(c.seed), held_out=int(num), data_dir=str(c.data_dir))
   else:
     raise DataError(f"held-out images need data.source='synthetic' or 'idx' (a folder has none), got {c.source!r}")
   held_out = ml_collections.ConfigDict(dict(c.to_dict(), mirror_dataset=False))
-  return _open(*builders.prepare_builder(make, verbose=verbose), held_out, resolution)
+  return _open(*builders.prepare_builder(make, verbose=verbose), held_out, resolution, channels)
 
 
 def prepare_folder(folder: str, *, data_config: ml_collections.ConfigDict, resolution: int,
-                   key: str, verbose: bool = True) -> PreparedData:
+                   key: str, channels: int = 3, verbose: bool = True) -> PreparedData:
   """Every image of ``folder`` (a folder of held-out images, given by the config key ``key``),
   prepared once and opened like a training folder with the storage options of ``data_config``;
   DataError naming ``key`` when the folder cannot be read."""
   c = ml_collections.ConfigDict(dict(data_config.to_dict(), source="folder", folder=folder,
                                      n_shot=0, mirror_dataset=False))
   try:
-    return prepare(c, resolution=resolution, verbose=verbose)
+    return prepare(c, resolution=resolution, channels=channels, verbose=verbose)
   except DataError as e:
     raise DataError(f"{key}: {e}") from None
 
 
-def _open(builder, report: dict, c: ml_collections.ConfigDict, resolution: int) -> PreparedData:
-  """The prepared ``builder`` as a `PreparedData` (``c``: the data config's read options)."""
+def _open(builder, report: dict, c: ml_collections.ConfigDict, resolution: int, channels: int) -> PreparedData:
+  """The prepared ``builder`` as a `PreparedData` of ``channels``-channel images (``c``: the data
+  config's read options)."""
   source = builder.as_data_source()[_SPLIT]
-  images = ImageSource(source, len(source), bool(c.mirror_dataset))
+  images = ImageSource(source, len(source), bool(c.mirror_dataset), channels)
   return PreparedData(
       name=f"{builder.name}/{builder.builder_config.name}",
       resolution=resolution,
@@ -295,7 +326,8 @@ class DataIterator:
 def make_iterator(prepared: PreparedData, *, global_batch: int, process_index: int = 0, process_count: int = 1,
                   seed: int = 0, state: dict | None = None, xflip: bool | None = None,
                   prefetch: int | None = None, num_workers: int | None = None) -> DataIterator:
-  """This host's iterator of float32 (global_batch // process_count, res, res, 3) in [-1, 1].
+  """This host's iterator of float32 (global_batch // process_count, res, res, C) in [-1, 1],
+  C the channels of ``prepared``.
 
   `seed` sets the shuffle order and flips; `state` (from `get_state()`)
   resumes a stream. xflip / prefetch / num_workers default to the data

@@ -118,11 +118,12 @@ def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = T
   if e.get("real_folder", ""):
     return pipeline.prepare_folder(e.real_folder, data_config=config.data,
                                    resolution=config.model.resolution, key="eval.real_folder",
-                                   verbose=verbose)
+                                   channels=config.model.img_channels, verbose=verbose)
   if not e.get("heldout", False):
     return prepared
   return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
-                                   num=int(e.num_real), verbose=verbose)
+                                   num=int(e.num_real), channels=config.model.img_channels,
+                                   verbose=verbose)
 
 
 def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
