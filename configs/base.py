@@ -124,10 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
       domain="photo",            # synthetic domain: 'photo' (source-like) or 'anime' (target-like)
       num_images=2000,           # synthetic: number of images rendered into the dataset
       folder="",                 # folder: path to the images (recursive; png/jpg/jpeg/webp); required if source=='folder'
-      # idx: the directory of MNIST-layout IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte,
-      # gzipped or not; Debian's dataset-fashion-mnist puts Fashion-MNIST here). Grayscale images,
-      # 28 px resized with Lanczos to model.resolution; train and test files are one pool.
-      idx_dir="/usr/share/datasets/fashion-mnist",
+      # idx: MNIST-layout IDX files (train-/t10k-images-idx3-ubyte, -labels-idx1-ubyte, gzipped or
+      # not): grayscale, 28 px resized with Lanczos to model.resolution; train and test are one pool.
+      idx_dir="/usr/share/datasets/fashion-mnist",  # idx: their directory (Debian's dataset-fashion-mnist)
       classes="",                # idx: comma-separated class numbers, e.g. '0,1,2,3,4,5,6,7' (a source) or '9' (a target); '' = all
       n_shot=0,                  # folder, idx: keep only n images chosen by `seed` (0 = all); e.g. 10, 100, 1000
       seed=0,                    # data identity: synthetic images and the n-shot subset (not the shuffle order)

@@ -47,7 +47,7 @@ def test_data_defaults_are_documented_in_base():
   """Every data key has a default in configs/base.py (the section moved out of the library)."""
   keys = set(base.get_config().data)
   assert keys == {"source", "domain", "num_images", "folder", "n_shot", "seed", "mirror_dataset",
-                  "xflip", "data_dir", "prefetch", "num_workers"}
+                  "xflip", "data_dir", "prefetch", "num_workers", "idx_dir", "classes"}
   with open(os.path.join(ROOT, "configs", "base.py")) as f:
     lines = f.read().splitlines()
   for key in keys:

@@ -99,11 +99,13 @@ def test_n_shot_and_held_out_sets(tmp_path, idx_dir):
   assert index_of(more)[:5] == shot_ids
   other = pipeline.prepare(_cfg(tmp_path, root, classes="9", n_shot=5, seed=4), resolution=RES, verbose=False)
   assert index_of(other) != shot_ids
-  # Grayscale (res, res, 1): the 28 px image resized with PIL's Lanczos.
-  first = shots.data_source[0]
+  # Grayscale (res, res, 1) for a 1-channel model: the 28 px image resized with PIL's Lanczos; an
+  # RGB model reads the same stored image with its channel repeated.
+  first = pipeline.prepare(c, resolution=RES, channels=1, verbose=False).data_source[0]
   assert first.shape == (RES, RES, 1) and first.dtype == np.uint8
   want = np.asarray(Image.fromarray(images[shot_ids[0]]).resize((RES, RES), Image.LANCZOS))
   np.testing.assert_array_equal(first[:, :, 0], want)
+  np.testing.assert_array_equal(shots.data_source[0], np.repeat(first, 3, axis=2))
   # n_shot = 0: every image of the classes trains, none is left to hold out.
   every = pipeline.prepare(_cfg(tmp_path, root, classes="1,3"), resolution=RES, verbose=False)
   assert sorted(index_of(every)) == list(np.flatnonzero(np.isin(labels, [1, 3])))
