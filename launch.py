@@ -64,6 +64,8 @@ flags.mark_flags_as_required(["workdir"])
 # The config keys that modes other than train read from --config (how to reach the devices and the
 # compilation cache); every other key comes from the run's own config.json.
 _KEYS_OF_EVERY_MODE = ("parallel.", "train.compile_cache_dir")
+# absl's flags that print help and exit before main.
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
@@ -159,6 +161,12 @@ def _config_load_message(error: OSError, argv: list[str]) -> str:
   return f"--config {_config_arg(argv)}: {str(error).splitlines()[-1].strip()}"
 
 
+def _asks_for_help(argv: list[str]) -> bool:
+  """Whether the command line has one of absl's help flags (``--help``, ``-?``, ``--helpfull``, ...)."""
+  flag_args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  return any(arg.startswith("-") and arg.lstrip("-").split("=")[0] in _HELP_FLAGS for arg in flag_args)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad flag or config override is one line and exit status 2.
 
@@ -167,6 +175,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     args = flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl exits 1 after printing the help it was asked for; a help that was asked for is no error.
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
   except (AttributeError, KeyError):
     message = _unknown_override_message(argv)
     if message is None:  # not an override's fault: a bug, shown whole
