@@ -219,9 +219,32 @@ def _quiet_orbax() -> None:
   std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
 
 
+# Library lines that look like errors at the top of every log but ask nothing of the user: JAX's
+# probe for a TPU on a machine without one, tfds's advice to install OpenCV (PIL decodes the
+# stored PNGs) and its note that each prepared dataset is a named configuration.
+_LIBRARY_NOISE = {
+    "jax._src.xla_bridge": ("Unable to initialize backend 'tpu'",),
+    "absl": ("OpenCV is not installed", "Using custom data configuration"),
+}
+
+
+def _quiet_libraries() -> None:
+  """Drops the library lines of ``_LIBRARY_NOISE`` and tfds's own prints around a dataset's
+  preparation ("Downloading and preparing dataset Unknown size ..."): a local folder or a
+  synthetic domain downloads nothing, and the data layer prints what it prepared and where."""
+  import logging as std_logging
+  for logger, prefixes in _LIBRARY_NOISE.items():
+    std_logging.getLogger(logger).addFilter(lambda r, prefixes=prefixes: not r.getMessage().startswith(prefixes))
+  from tensorflow_datasets.core import dataset_builder
+  for method in ("_log_download_bytes", "_log_download_done"):
+    if hasattr(dataset_builder.DatasetBuilder, method):
+      setattr(dataset_builder.DatasetBuilder, method, lambda self: None)
+
+
 def main(argv):
   del argv
   _quiet_orbax()
+  _quiet_libraries()
   from gantl_jax import checkpoint
   from gantl_jax import compilation
   from gantl_jax import config as config_lib
