@@ -64,6 +64,8 @@ flags.mark_flags_as_required(["workdir"])
 # The config keys that modes other than train read from --config (how to reach the devices and the
 # compilation cache); every other key comes from the run's own config.json.
 _KEYS_OF_EVERY_MODE = ("parallel.", "train.compile_cache_dir")
+# absl's flags that print help and exit before main.
+_HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 
 
 def _fail(message: str, status: int = 2) -> NoReturn:
@@ -159,6 +161,12 @@ def _config_load_message(error: OSError, argv: list[str]) -> str:
   return f"--config {_config_arg(argv)}: {str(error).splitlines()[-1].strip()}"
 
 
+def _asks_for_help(argv: list[str]) -> bool:
+  """Whether the command line has one of absl's help flags (``--help``, ``-?``, ``--helpfull``, ...)."""
+  flag_args = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+  return any(arg.startswith("-") and arg.lstrip("-").split("=")[0] in _HELP_FLAGS for arg in flag_args)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad flag or config override is one line and exit status 2.
 
@@ -167,6 +175,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
   """
   try:
     args = flags.FLAGS(argv)
+  except SystemExit as e:
+    # absl exits 1 after printing the help it was asked for; a help that was asked for is no error.
+    if e.code == 1 and _asks_for_help(argv):
+      sys.exit(0)
+    raise
   except (AttributeError, KeyError):
     message = _unknown_override_message(argv)
     if message is None:  # not an override's fault: a bug, shown whole
@@ -206,9 +219,32 @@ def _quiet_orbax() -> None:
   std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
 
 
+# Library lines that look like errors at the top of every log but ask nothing of the user: JAX's
+# probe for a TPU on a machine without one, tfds's advice to install OpenCV (PIL decodes the
+# stored PNGs) and its note that each prepared dataset is a named configuration.
+_LIBRARY_NOISE = {
+    "jax._src.xla_bridge": ("Unable to initialize backend 'tpu'",),
+    "absl": ("OpenCV is not installed", "Using custom data configuration"),
+}
+
+
+def _quiet_libraries() -> None:
+  """Drops the library lines of ``_LIBRARY_NOISE`` and tfds's own prints around a dataset's
+  preparation ("Downloading and preparing dataset Unknown size ..."): a local folder or a
+  synthetic domain downloads nothing, and the data layer prints what it prepared and where."""
+  import logging as std_logging
+  for logger, prefixes in _LIBRARY_NOISE.items():
+    std_logging.getLogger(logger).addFilter(lambda r, prefixes=prefixes: not r.getMessage().startswith(prefixes))
+  from tensorflow_datasets.core import dataset_builder
+  for method in ("_log_download_bytes", "_log_download_done"):
+    if hasattr(dataset_builder.DatasetBuilder, method):
+      setattr(dataset_builder.DatasetBuilder, method, lambda self: None)
+
+
 def main(argv):
   del argv
   _quiet_orbax()
+  _quiet_libraries()
   from gantl_jax import checkpoint
   from gantl_jax import compilation
   from gantl_jax import config as config_lib

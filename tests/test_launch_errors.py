@@ -79,3 +79,13 @@ def test_per_device_batch_is_checked_with_the_real_device_count(tmp_path):
   assert proc.stderr.splitlines() == [
       "error: train.batch_size=6 is not divisible by the 4 devices; use a multiple of 4 (for example 8)"]
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_exits_0_and_lists_the_modes(tmp_path, flag):
+  """Asking for help is no error: the usage on stdout, exit status 0, nothing written."""
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), flag],
+                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "--mode: <train|generate|interpolate|blend|export|compare|eval>" in proc.stdout
+  assert "--workdir" in proc.stdout and not list(tmp_path.iterdir())
