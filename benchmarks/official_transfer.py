@@ -92,7 +92,8 @@ def to_official(variables: dict) -> dict:
         x = x.transpose(2, 0, 1)
       elif x.ndim == 2 and key == "weight":
         x = x.T
-      out[name] = np.ascontiguousarray(x)
+      # np.array, not ascontiguousarray: the latter turns the 0-d noise strengths into shape (1,).
+      out[name] = np.array(x, np.float32, order="C")
 
   for collection in ("params", "buffers"):
     walk(variables.get(collection, {}), ())
@@ -219,13 +220,29 @@ def _score_all(out: str, run_name: str, snapshots: list[tuple[float, str]], num_
   from gantl_jax import generate, runs
   source = runs.load_network(SOURCE)
   source_samples = generate.seed_images(source, list(range(num_eval)))
-  for kimg, path in snapshots:
+  for kimg, path in [(0.0, SOURCE)] + snapshots:
     t0 = time.time()
     values = score(path, num_eval, source_samples)
     record = dict(run=run_name, kimg=round(kimg, 3), path=path, num_eval=num_eval, **meta, **values,
                   score_seconds=round(time.time() - t0, 1))
     print(json.dumps(record), flush=True)
     _append(out, record)
+
+
+def _train_once(cmd: list[str], run_dir: str) -> float:
+  """Runs the training command unless ``run_dir`` holds its finished mark (then only the scoring
+  runs again); returns the training seconds."""
+  mark = os.path.join(run_dir, "trained.json")
+  if os.path.exists(mark):
+    with open(mark) as f:
+      return json.load(f)["train_seconds"]
+  t0 = time.time()
+  print(" ".join(cmd), flush=True)
+  subprocess.run(cmd, check=True)
+  seconds = round(time.time() - t0, 1)
+  with open(mark, "w") as f:
+    json.dump(dict(command=cmd, train_seconds=seconds), f)
+  return seconds
 
 
 def run_ours(args) -> None:
@@ -240,10 +257,7 @@ def run_ours(args) -> None:
          "--config.checkpoint.max_to_keep=1000", "--config.train.tensorboard=False",
          f"--config.train.log_every={max(1, steps_per_snap // 4)}", "--config.train.sample_every=0",
          f"--config.augment.kind={'ada' if args.aug == 'ada' else 'none'}"]
-  t0 = time.time()
-  print(" ".join(cmd), flush=True)
-  subprocess.run(cmd, check=True)
-  train_seconds = time.time() - t0
+  train_seconds = _train_once(cmd, workdir)
   ckpt = os.path.join(workdir, "checkpoints")
   snapshots = [(s * BATCH / 1000, os.path.join(ckpt, str(s))) for s in checkpoint.committed_steps(ckpt)]
   p_curve = [dict(kimg=r["step"] * BATCH / 1000, p=r.get("aug_p", 0.0)) for r in jsonl.read(os.path.join(workdir, "metrics.jsonl"))]
@@ -263,17 +277,12 @@ def run_official(args) -> None:
   cmd = [args.torch_python, os.path.abspath(__file__), "--torch_stage", "train", "--out", args.out,
          "--official_src", args.official_src, "--seed", str(args.seed), "--kimg", str(args.kimg),
          "--aug", args.aug, "--snap_kimg", str(args.snap_kimg), "--data", data, "--run_dir", run_dir]
-  t0 = time.time()
-  print(" ".join(cmd), flush=True)
-  subprocess.run(cmd, check=True)
-  train_seconds = time.time() - t0
-  ticks = [json.loads(line) for line in open(os.path.join(run_dir, "stats.jsonl"))]
-  kimgs = [t["Progress/kimg"]["mean"] for t in ticks]
-  pkls = sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl")))
-  if len(pkls) != len(kimgs):
-    raise SystemExit(f"error: {run_dir} holds {len(pkls)} snapshots for {len(kimgs)} ticks in stats.jsonl")
+  train_seconds = _train_once(cmd, run_dir)
+  with open(os.path.join(run_dir, "stats.jsonl")) as f:
+    ticks = [json.loads(line) for line in f]
   snapshots = []
-  for kimg, pkl in zip(kimgs, pkls):
+  for pkl in sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pkl"))):
+    kimg = int(os.path.basename(pkl)[len("network-snapshot-"):-len(".pkl")]) / 1000
     target = os.path.join(run_dir, "imported", os.path.basename(pkl)[:-4])
     if not os.path.isdir(target):
       subprocess.run([sys.executable, "-m", "gantl_jax.tools.import_stylegan2", pkl, target], check=True,
@@ -304,10 +313,15 @@ CPU_PATCHES = (
     (".pin_memory()", ""),
     ("torch.cuda.max_memory_allocated(device)", "0"),
     ("torch.cuda.reset_peak_memory_stats()", "pass"),
+    # Snapshots named by images shown, not whole kimg, so that ticks under 1 kimg keep theirs.
+    ("f'network-snapshot-{cur_nimg//1000:06d}.pkl'", "f'network-snapshot-{cur_nimg:09d}.pkl'"),
 )
 
 
 def _official_imports(official_src: str):
+  import warnings
+  # Said once per augmented batch: on torch > 1.9 the augmentation uses torch's own grid_sample.
+  warnings.filterwarnings("ignore", message="grid_sample_gradfix not supported")
   sys.path.insert(0, os.path.abspath(official_src))
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from official_bench import register_import_stand_ins  # pylint: disable=import-outside-toplevel
@@ -320,7 +334,8 @@ def _cpu_training_loop(official_src: str):
   import importlib.util
   importlib.import_module("training")  # the package, for the module's own imports
   path = os.path.join(official_src, "training", "training_loop.py")
-  text = open(path).read()
+  with open(path, encoding="utf-8-sig") as f:  # the file starts with a byte-order mark
+    text = f.read()
   for old, new in CPU_PATCHES:
     if old not in text:
       raise SystemExit(f"error: {path} has no {old!r}: not the commit this script was written for")
@@ -385,6 +400,9 @@ def torch_train(args) -> None:
   import torch
   import dnnlib
   training_loop = _cpu_training_loop(args.official_src)
+  # torch_utils.misc.InfiniteSampler passes the dataset to Sampler.__init__, which took it (and
+  # ignored it) up to torch 2.1; later versions take no argument.
+  torch.utils.data.Sampler.__init__ = lambda self, *unused_args, **unused_kwargs: None
   folder = os.path.join(args.out, "export")
   freeze = freezed_layers(32, FREEZE_D_BLOCKS)
   G, D, kw = _load_official(torch, folder, freeze)
