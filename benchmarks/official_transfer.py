@@ -179,7 +179,9 @@ def write_target_images(out: str, seed: int = 0) -> str:
   os.makedirs(folder, exist_ok=True)
   pixels = synthetic.render("anime", np.arange(NUM_SHOTS), resolution=32, seed=seed)
   for i, image in enumerate(pixels):
-    image_io.save_png(image, os.path.join(folder, f"{i:02d}.png"))
+    path = os.path.join(folder, f"{i:02d}.png")
+    if not os.path.exists(path):  # another side's run may be reading them
+      image_io.save_png(image, path)
   return folder
 
 
@@ -260,7 +262,9 @@ def run_ours(args) -> None:
   train_seconds = _train_once(cmd, workdir)
   ckpt = os.path.join(workdir, "checkpoints")
   snapshots = [(s * BATCH / 1000, os.path.join(ckpt, str(s))) for s in checkpoint.committed_steps(ckpt)]
-  p_curve = [dict(kimg=r["step"] * BATCH / 1000, p=r.get("aug_p", 0.0)) for r in jsonl.read(os.path.join(workdir, "metrics.jsonl"))]
+  # ADA's p and its r_t = E[sign(D(real))] (None without ADA) at each logged step.
+  p_curve = [dict(kimg=r["step"] * BATCH / 1000, p=r.get("aug_p", 0.0), rt=r.get("ada_rt"))
+             for r in jsonl.read(os.path.join(workdir, "metrics.jsonl"))]
   meta = dict(side="ours", aug=args.aug, seed=args.seed, total_kimg=args.kimg)
   _append(args.out, dict(run=name, kind="run", **meta, train_seconds=round(train_seconds, 1), p_curve=p_curve))
   _score_all(args.out, name, snapshots, args.num_eval, meta)
@@ -288,7 +292,9 @@ def run_official(args) -> None:
       subprocess.run([sys.executable, "-m", "gantl_jax.tools.import_stylegan2", pkl, target], check=True,
                      cwd=REPO, stdout=subprocess.DEVNULL)
     snapshots.append((kimg, target))
-  p_curve = [dict(kimg=t["Progress/kimg"]["mean"], p=t["Progress/augment"]["mean"]) for t in ticks]
+  # p and the mean sign of D's real logits over each tick (ADA's r_t, before its interval means).
+  p_curve = [dict(kimg=t["Progress/kimg"]["mean"], p=t["Progress/augment"]["mean"],
+                  rt=t.get("Loss/signs/real", {}).get("mean")) for t in ticks]
   meta = dict(side="official", aug=args.aug, seed=args.seed, total_kimg=args.kimg)
   _append(args.out, dict(run=name, kind="run", **meta, train_seconds=round(train_seconds, 1), p_curve=p_curve))
   _score_all(args.out, name, snapshots, args.num_eval, meta)
@@ -484,7 +490,7 @@ def plot_curves(records: list[dict], path: str) -> None:
   for p, (key, title) in enumerate(panels):
     left, top = ml + p * (w + ml), mt
     ys = [y for s in series.values() for _, y in s[key]] or [0.0, 1.0]
-    lo, hi = min(0.0, min(ys)), max(ys) * 1.05 + 1e-9
+    lo, hi = min(0.0, min(ys)), max(max(ys) * 1.05, 0.01 if key == "p" else 1e-9)
     to_px = lambda x, y: (left + x / x_hi * w, top + h - (y - lo) / (hi - lo) * h)  # noqa: E731
     for t in _nice_ticks(lo, hi, 5):
       draw.line([to_px(0, t), to_px(x_hi, t)], fill="#e6e6e6")
