@@ -115,11 +115,10 @@ def official_kwargs(hparams: dict, freeze_layers: int = 0) -> tuple[dict, dict]:
   return g, d
 
 
-def freezed_layers(resolution: int, d_blocks: int) -> int:
+def freezed_layers(d_blocks: int) -> int:
   """The official ``--freezed`` count that freezes the same D blocks as our freeze preset
   'freezed' with ``d_blocks``: the official counts layers from the image side, 4 in the first
   resnet block (fromrgb, conv0, conv1, skip) and 3 in each next (conv0, conv1, skip)."""
-  del resolution
   return 4 + 3 * (d_blocks - 1)
 
 
@@ -410,7 +409,7 @@ def torch_train(args) -> None:
   # ignored it) up to torch 2.1; later versions take no argument.
   torch.utils.data.Sampler.__init__ = lambda self, *unused_args, **unused_kwargs: None
   folder = os.path.join(args.out, "export")
-  freeze = freezed_layers(32, FREEZE_D_BLOCKS)
+  freeze = freezed_layers(FREEZE_D_BLOCKS)
   G, D, kw = _load_official(torch, folder, freeze)
   os.makedirs(args.run_dir, exist_ok=True)
   resume = os.path.join(args.run_dir, "source.pkl")

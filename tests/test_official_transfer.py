@@ -86,5 +86,5 @@ def test_freezed_count_covers_our_frozen_d_blocks(official, d_blocks):
   blocks = [16, 8]  # the fixture's D blocks above the b4 epilogue
   layers = [[k for k in _official_sd(official, "D") if k.startswith(f"b{r}.") and k.endswith(".weight")]
             for r in blocks]
-  assert official_transfer.freezed_layers(16, d_blocks) == sum(len(ls) for ls in layers[:d_blocks])
-  assert official_transfer.freezed_layers(32, 2) == 7  # the demo: b32 (4 layers) and b16 (3)
+  assert official_transfer.freezed_layers(d_blocks) == sum(len(ls) for ls in layers[:d_blocks])
+  assert official_transfer.freezed_layers(2) == 7  # the demo: b32 (4 layers) and b16 (3)
