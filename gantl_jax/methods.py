@@ -28,8 +28,8 @@ ConfigDict = ml_collections.ConfigDict
 
 class StepContext(NamedTuple):
   """What a method's step hooks see of one train step. The first group is fixed when the step is
-  built, the second is the step's own (traced arrays, except ``flags``, ``n`` and
-  ``global_batch``), the third is what the methods chose for this step."""
+  built, the second is the step's own (``state``, ``key`` and ``frozen`` traced; ``flags`` and ``n``
+  static), the third is what the methods chose for this step (static)."""
   config: ConfigDict        # resolved
   nets: Any                 # state.Networks
   axis_name: Optional[str]  # pmap's axis, or None

@@ -352,11 +352,12 @@ def step_context(config: ml_collections.ConfigDict, nets: Networks, axis_name: O
       config=config, nets=nets, axis_name=axis_name, num_shards=num_shards, methods=active,
       state=state, key=jax.random.fold_in(state.key, state.step), flags=flags, frozen=frozen,
       n=n, global_batch=n * (lax.psum(1, axis_name) if axis_name else 1))
-  latents = [f for f in (m.latents(ctx) for m in active if m.latents is not None) if f is not None]
+  latents = {m.name: m.latents(ctx) for m in active if m.latents is not None}
+  latents = {name: f for name, f in latents.items() if f is not None}
   if len(latents) > 1:
-    raise ValueError(f"two methods draw this step's latents: {[m.name for m in active if m.latents]}")
+    raise ValueError(f"methods {sorted(latents)} each draw this step's latents; enable one of them")
   patch = any(m.d_patch(ctx) for m in active if m.d_patch is not None)
-  return ctx._replace(latents=latents[0] if latents else None, patch=patch)
+  return ctx._replace(latents=next(iter(latents.values()), None), patch=patch)
 
 
 def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
