@@ -52,6 +52,12 @@ def kind(config) -> str:
   return fewshot.get("adapter", "none") if fewshot is not None else "none"
 
 
+def enabled(config) -> bool:
+  """Whether G's params carry adapters (method 'adapters' of ``methods.py``: the step merges them
+  into the kernels before every use of G)."""
+  return kind(config) != "none"
+
+
 def _flat(tree: Any) -> dict[str, Any]:
   return traverse_util.flatten_dict(tree, sep="/")
 

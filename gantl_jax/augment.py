@@ -42,6 +42,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
+from gantl_jax import fewshot
 from gantl_jax.models import ops as model_ops
 
 Array = jax.Array
@@ -142,6 +143,43 @@ def ada_update(extras: dict[str, Array], real_sign: Array, global_batch: int,
          "ada_sign_sum": jnp.where(due, 0.0, sign_sum).astype(jnp.float32),
          "ada_count": jnp.where(due, 0, count).astype(jnp.int32)}
   return new, jnp.where(due, rt, jnp.nan)
+
+
+def ada_enabled(config: ml_collections.ConfigDict) -> bool:
+  """Whether D sees images through ADA's pipeline (``augment.kind`` 'ada' or 'fixed')."""
+  cfg = config.get("augment")  # configs written before augmentation existed have none
+  return cfg is not None and cfg.kind in ("ada", "fixed")
+
+
+def diffaug_enabled(config: ml_collections.ConfigDict) -> bool:
+  """Whether D sees images through DiffAugment (``augment.kind='diffaug'``)."""
+  cfg = config.get("augment")
+  return cfg is not None and cfg.kind == "diffaug"
+
+
+def method_extras(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """:func:`initial_extras` of the run's augmentation."""
+  return initial_extras(config.get("augment"))
+
+
+def d_view(ctx, images: Array, keys: Array) -> Array:
+  """What D sees of ``images`` on the step of ``ctx`` (``methods.StepContext``): augmented with
+  one key per image, with the state's (ADA) or the constant ('fixed') probability."""
+  cfg = ctx.config.augment
+  return make(cfg)(images, keys, probability(cfg, ctx.state.extras))
+
+
+def after_step(ctx, extras: dict[str, Array], metrics: dict[str, Array]) -> tuple[dict, dict]:
+  """ADA's controller at the end of the step of ``ctx``, on D main's sign of the (augmented) reals'
+  logits, already a global mean; and the p the step augmented with, logged as ``aug_p``. Its
+  target is a level of image logits: steps whose D judges patches (CDC's) do not count."""
+  cfg = ctx.config.augment
+  out = {}
+  if cfg.kind == "ada":
+    extras, out["ada_rt"] = ada_update(extras, metrics["real_sign"], ctx.global_batch, cfg,
+                                       counted=not ctx.patch, count_every=fewshot.anchor_interval(ctx.config) or 1)
+  out["aug_p"] = jnp.asarray(extras.get("aug_p", probability(cfg, ctx.state.extras)), jnp.float32)
+  return extras, out
 
 
 def make(cfg: Optional[ml_collections.ConfigDict]) -> Optional[AugmentFn]:

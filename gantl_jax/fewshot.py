@@ -15,7 +15,9 @@ Correspondence") has two parts, both selected in the config section ``fewshot``:
   that only the anchor region is pushed towards whole training images. The step's ``anchor`` flag
   (``steps.StepFlags``) says which.
 
-The functions here are pure; ``steps.py`` calls them from G main and from its latent sampling.
+The functions here are pure. The two parts are the methods 'cdc' and 'cdc_anchors' of
+``methods.py``, whose hooks (:func:`cdc_terms`, :func:`anchor_latents`, :func:`patch_step`) the
+step of ``steps.py`` calls.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ _ANCHOR_KEY = 0xFFFFFFFF
 _CDC_Z, _CDC_NOISE = 0, 1
 # Sub-streams of an example's latent key on anchor steps.
 _ANCHOR_INDEX, _ANCHOR_OFFSET = 0, 1
+# Folded into the step's key for its CDC latents; the step's own phases take 0 to 4.
+CDC_PHASE = 5
 
 
 def _section(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
@@ -55,6 +59,22 @@ def anchor_interval(config: ml_collections.ConfigDict) -> Optional[int]:
   """Steps between anchor steps, or None when the anchor-region patch discriminator is off."""
   f = _section(config)
   return f.cdc_anchor_interval if f is not None and f.cdc_anchor_interval > 0 else None
+
+
+def cdc_enabled(config: ml_collections.ConfigDict) -> bool:
+  """Whether G main adds the distance-consistency term."""
+  return cdc_weight(config) > 0
+
+
+def anchors_enabled(config: ml_collections.ConfigDict) -> bool:
+  """Whether the run has the anchor-region patch discriminator."""
+  return anchor_interval(config) is not None
+
+
+def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """The source networks the distance-consistency term reads from the step's ``frozen``."""
+  del config
+  return {"g": "g_ema"}
 
 
 def patch_resolution(config: ml_collections.ConfigDict) -> int:
@@ -155,6 +175,19 @@ def cdc_loss(g: stylegan2.Generator, adapted_vars: Any, source_vars: Any, z: Arr
   return distance_consistency(source, adapted)
 
 
+def cdc_terms(ctx, g_vars: Any) -> dict[str, tuple[Array, Array]]:
+  """G main's weighted distance-consistency term for the step of ``ctx`` (``methods.StepContext``)
+  between G's variables ``g_vars`` (plain params) and the source G of ``ctx.frozen['g']``."""
+  if ctx.frozen is None or "g" not in ctx.frozen:
+    raise ValueError("fewshot.cdc_weight > 0 needs the source G: pass frozen={'g': "
+                     "{'params', 'buffers'}} (see steps.frozen_networks and transfer.read_frozen)")
+  g = ctx.nets.generator
+  # No device offset: every device computes the term on the same latents.
+  z, noise_keys = cdc_inputs(jax.random.fold_in(ctx.key, CDC_PHASE), ctx.config.fewshot.cdc_batch, g.z_dim)
+  term = cdc_weight(ctx.config) * cdc_loss(g, g_vars, ctx.frozen["g"], z, noise_keys)
+  return {"cdc_loss": (term, term)}
+
+
 # ---------------------------------------------------------------------------
 # Anchor regions.
 
@@ -177,3 +210,16 @@ def near_anchors(state_key: Array, z_keys: Array, f: ml_collections.ConfigDict, 
     return points[index] + f.cdc_anchor_std * offset
 
   return jax.vmap(one)(z_keys)
+
+
+def anchor_latents(ctx) -> Optional[Any]:
+  """On anchor steps (``ctx.flags.anchor``), the latents of G main and D main: examples' latent
+  keys -> latents near the anchors (drawn without style mixing, as the official code); else None."""
+  if not ctx.flags.anchor:
+    return None
+  return lambda z_keys: near_anchors(ctx.state.key, z_keys, ctx.config.fewshot, ctx.nets.generator.z_dim)
+
+
+def patch_step(ctx) -> bool:
+  """Whether D judges patches on this step: every step but the anchor steps."""
+  return not ctx.flags.anchor

@@ -41,7 +41,6 @@ from flax import traverse_util
 from jax import lax
 
 from gantl_jax.config import ConfigError
-from gantl_jax.metrics import cache
 
 FILE = "g_fisher.npz"  # in the run's workdir
 
@@ -66,6 +65,29 @@ def ewc_penalty(params: Any, source_params: Any, g_fisher: Any) -> jax.Array:
   plain params layout (merge adapters first)."""
   terms = jax.tree.map(lambda p, s, f: jnp.sum(f * jnp.square(p - s)), params, source_params, g_fisher)
   return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def ewc_enabled(config) -> bool:
+  """Whether G main adds EWC's penalty."""
+  return ewc_weight(config) > 0
+
+
+def frozen_networks(config) -> dict[str, str]:
+  """The source network EWC reads from the step's ``frozen`` (its Fisher, ``frozen['g_fisher']``,
+  is not a source item: the loop adds it)."""
+  del config
+  return {"g": "g_ema"}
+
+
+def ewc_terms(ctx, g_vars: Any) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """G main's EWC term for the step of ``ctx`` (``methods.StepContext``) on G's plain params in
+  ``g_vars``: the weighted penalty, logged unweighted as the other penalties."""
+  frozen = ctx.frozen
+  if frozen is None or "g" not in frozen or "g_fisher" not in frozen:
+    raise ValueError("fewshot.ewc_weight > 0 needs the source G and its Fisher: pass frozen={'g': "
+                     "{'params', 'buffers'}, 'g_fisher': params-shaped tree} (see fisher.g_fisher)")
+  penalty = ewc_penalty(g_vars["params"], frozen["g"]["params"], frozen["g_fisher"])
+  return {"ewc_penalty": (ewc_weight(ctx.config) * penalty, penalty)}
 
 
 def sample_group(discriminator) -> int:
@@ -145,6 +167,8 @@ def load(path: str, template: Any) -> Optional[Any]:
   params, arrays or shapes); None, with a warning naming the file, when there is none or it cannot
   be read (the caller recomputes it; never unpickled). Raises ConfigError naming the file if it
   reads but does not fit."""
+  # Imported here: gantl_jax.metrics imports the train step, whose methods import this module.
+  from gantl_jax.metrics import cache  # pylint: disable=import-outside-toplevel
   stored = cache.read(path, lambda arrays: arrays, "G's Fisher information")
   if stored is None:
     return None

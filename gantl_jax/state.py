@@ -24,8 +24,8 @@ import ml_collections
 import optax
 
 from gantl_jax import adapters
-from gantl_jax import augment
 from gantl_jax import fewshot
+from gantl_jax import methods
 from gantl_jax import optim
 from gantl_jax.models import stylegan2
 
@@ -91,7 +91,7 @@ class Networks(NamedTuple):
   g_tx: optax.GradientTransformation
   d_tx: optax.GradientTransformation
   # Statistics the step keeps beyond pl_mean, with their fresh values, as (name, numpy scalar)
-  # pairs: ADA's p and its accumulators (augment.initial_extras); empty otherwise.
+  # pairs: ADA's p and its accumulators (methods.initial_extras); empty otherwise.
   extras: tuple[tuple[str, Any], ...] = ()
   # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/adapters.py).
   g_adapters: bool = False
@@ -103,7 +103,7 @@ class Networks(NamedTuple):
 def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> Networks:
   """Modules from ``config.model`` (D with CDC's patch head when ``config.fewshot`` asks for it),
   optimizers from ``config.optim``, ``config.freeze`` and the adapters of ``config.fewshot``, the
-  statistics of ``config.augment``.
+  statistics the enabled methods keep (``methods.initial_extras``).
 
   ``g_fisher`` (G's Fisher on the source, ``fisher.g_fisher``) chooses the adapted layers when
   ``fewshot.adapter_fisher_quantile`` > 0; without it every conv layer counts as adapted, which
@@ -122,8 +122,8 @@ def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> N
   d_tx = optim.make_optimizer(d_shapes, config.optim.d, freeze=d_freeze,
                               lr_mults=config.freeze.d_lr_mults,
                               reg_interval=intervals["d"])
-  # Configs written before augmentation existed have no 'augment' section.
-  extras = tuple(augment.initial_extras(config.get("augment")).items())
+  # The extras the enabled methods keep (ADA: p and its accumulators).
+  extras = tuple(methods.initial_extras(config).items())
   return Networks(g, d, g_tx, d_tx, extras, g_adapters=with_adapters)
 
 

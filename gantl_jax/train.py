@@ -11,19 +11,19 @@ corrected command. Then the workdir is locked against a second launch, and the l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
-import math
 import os
-import signal
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
+from gantl_jax import actions
 from gantl_jax import checkpoint
 from gantl_jax import compilation
 from gantl_jax import config as config_lib
@@ -37,6 +37,7 @@ from gantl_jax import runs
 from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import transfer
+from gantl_jax.actions import TrainingError  # raised by the loop's actions; launch reports it
 from gantl_jax.data import pipeline
 from gantl_jax.models import stylegan2
 
@@ -71,18 +72,6 @@ ADDED_KEYS = {
     "train.compile_cache_dir": "auto",
     "train.tensorboard": True,
 }
-# What a user does about a diverged run, in every message that reports one.
-DIVERGED_REMEDY = ("Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a "
-                   "new --workdir")
-# Which phase of the step each loss metric belongs to, in the order the step runs them.
-PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
-                   "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (diverged, cannot write its files); the message says where and why."""
-
-
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -201,64 +190,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
     os.close(fd)  # releases the flock
 
 
-class _StopSignals:
-  """Turns SIGTERM and the first Ctrl-C (SIGINT) into a flag that the loop checks between steps:
-  it then saves a checkpoint and exits cleanly. A second Ctrl-C interrupts at once."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.requested and signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    logging.warning("%s: saving a checkpoint at the end of this step, then exiting (Ctrl-C again "
-                    "to interrupt now)", signal.Signals(signum).name)
-    self.requested = True
-
-  def __exit__(self, *exc):
-    for sig, previous in self._previous.items():
-      signal.signal(sig, previous)
-
-
-def _any_process(flag: bool) -> bool:
-  """Whether any process has ``flag`` set (a host allgather, so only called at sync points)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-
-
-def _first_non_finite(fetched: list[dict], first_step: int) -> Optional[str]:
-  """'step N, phase P (metric=value)' of the first non-finite loss among fetched step metrics."""
-  for i, m in enumerate(fetched):
-    for name, phase in PHASE_OF_METRIC.items():
-      value = float(m[name])
-      # NaN marks a lazy phase that did not run; a phase that ran and diverged gives NaN too,
-      # but then the main losses of the step after it are non-finite as well.
-      if math.isinf(value) or (math.isnan(value) and name in ("g_loss", "d_loss")):
-        return f"step {first_step + i + 1}, phase {phase} ({name}={value})"
-  return None
-
-
-def _summarise(fetched: list[dict]) -> dict:
-  """The mean of each metric over the fetched steps (lazy phases: over the steps that ran them)."""
-  out = {}
-  for k in fetched[0]:
-    values = np.asarray([f[k] for f in fetched], np.float64)
-    mean = float(np.nanmean(values)) if not np.all(np.isnan(values)) else math.nan
-    out[k] = mean if math.isfinite(mean) else None  # JSON has no NaN or infinity
-  return out
-
-
 def prepare_run(config: ml_collections.ConfigDict, workdir: str):
   """Every check of a launch, in the order that fails fastest; writes nothing to ``workdir``.
   Returns (resolved config, absolute workdir, prepared data, the prepared real images of the
@@ -299,19 +230,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _train(config, workdir, prepared, eval_reals, t_launch)
 
 
+class _Run(NamedTuple):
+  """What the loop starts from: the launch's networks, checkpoint managers and state (restored,
+  transferred or fresh), and what the state came with."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  nets: state_lib.Networks
+  evaluators: dict
+  manager: Any
+  best_manager: Any
+  state: Any               # the global (jit-layout) state it starts from
+  start_step: int
+  frozen: Any
+  data_state: Any
+  transfer_report: Optional[dict]
+  g_fisher: Any
+  fisher_is_new: bool
+  cache_counts: dict
+
+  @property
+  def mode(self) -> str:
+    return self.config.parallel.mode
+
+
+@dataclasses.dataclass
+class _Progress:
+  """The loop's position (its state, in the layout of ``parallel.mode``, and step) and timings,
+  for the summary and the messages of any exit."""
+  state: Any
+  step: int
+  first_step_seconds: Optional[float] = None
+  compile_seconds: Optional[float] = None
+
+
+class _Actions(NamedTuple):
+  """The loop's periodic actions, in the order they run after a step."""
+  log: actions.LogMetrics
+  samples: actions.WriteSamples
+  saver: actions.SaveCheckpoint
+  evaluate: actions.Evaluate
+  stop: actions.StopSignals
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals,
            t_launch: float) -> dict[str, Any]:
-  mode = config.parallel.mode
-  is_main = jax.process_index() == 0
+  run = _start(config, workdir)
+  _write_run_files(run)
+  return _loop(run, parallel.from_global(run.state, run.mode), prepared, eval_reals, t_launch)
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+  """The networks, checkpoint managers and state the run starts from: restored from its newest
+  readable checkpoint, else transferred from its source, else fresh. Writes nothing but the
+  unreadable checkpoints it sets aside."""
   # The processes got here after imports and data preparation of different lengths; the first
   # collective (the checkpoint manager's) must not find them more than gloo's 30 s apart.
   parallel.wait_for_all_processes("started")
   cache_counts = compilation.cache_counts()  # this run's hits and writes are counted from here
   mesh = parallel.make_mesh()
-  fisher_path = os.path.join(workdir, fisher_lib.FILE)
   g_fisher, fisher_is_new = None, False
   if fisher_lib.needed(config):
-    g_fisher, fisher_is_new = _source_fisher(config, fisher_path, mesh)
+    g_fisher, fisher_is_new = _source_fisher(config, os.path.join(workdir, fisher_lib.FILE), mesh)
   nets = state_lib.build_networks(config, g_fisher=g_fisher)
   evaluators = metrics_lib.get_evaluators(config.eval, config.checkpoint.keep_best)
   manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"),
@@ -335,155 +315,91 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
   frozen = transfer.read_frozen(config, state, frozen_items) if frozen_items else None
   if fisher_lib.ewc_weight(config) > 0:
     frozen = {**(frozen or {}), "g_fisher": parallel.replicate(g_fisher, mesh)}
-  start_step = int(jax.device_get(state.step))
+  return _Run(config, workdir, mesh, nets, evaluators, manager, best_manager, state,
+              int(jax.device_get(state.step)), frozen, data_state, transfer_report, g_fisher,
+              fisher_is_new, cache_counts)
 
-  # From here on the run writes to its workdir.
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  eval_path = os.path.join(workdir, "eval.jsonl")
-  if is_main:
-    _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(config))
-    if fisher_is_new:  # before the first checkpoint: a resume reads it instead of recomputing
-      fisher_lib.save(fisher_path, g_fisher)
-    for path in (metrics_path, eval_path):
-      dropped = jsonl.trim(path, start_step)
-      if dropped:
-        logging.info("%s: dropped %d records past step %d (re-run after the resume)", path, dropped, start_step)
-    if transfer_report is not None:
-      _write_atomically(os.path.join(workdir, "transfer_report.json"), json.dumps(transfer_report, indent=1))
-      print(transfer.summary(transfer_report), flush=True)
-  state = parallel.from_global(state, mode)
 
+def _write_run_files(run: _Run) -> None:
+  """From here on the run writes to its workdir (the main process): its config, a new Fisher, the
+  logs trimmed to the resumed step, the transfer report."""
+  if jax.process_index() != 0:
+    return
+  workdir, start_step = run.workdir, run.start_step
+  _write_atomically(os.path.join(workdir, "config.json"), config_lib.to_json(run.config))
+  if run.fisher_is_new:  # before the first checkpoint: a resume reads it instead of recomputing
+    fisher_lib.save(os.path.join(workdir, fisher_lib.FILE), run.g_fisher)
+  for name in ("metrics.jsonl", "eval.jsonl"):
+    path = os.path.join(workdir, name)
+    dropped = jsonl.trim(path, start_step)
+    if dropped:
+      logging.info("%s: dropped %d records past step %d (re-run after the resume)", path, dropped, start_step)
+  if run.transfer_report is not None:
+    _write_atomically(os.path.join(workdir, "transfer_report.json"), json.dumps(run.transfer_report, indent=1))
+    print(transfer.summary(run.transfer_report), flush=True)
+
+
+def _make_actions(run: _Run, prepared, eval_reals, data_iter, total_steps: int,
+                  monitor: monitor_lib.Monitor) -> _Actions:
+  """The periodic actions of ``run``'s loop, writing to its workdir and ``monitor``."""
+  config, workdir, mode, mesh = run.config, run.workdir, run.mode, run.mesh
+  is_main, batch = jax.process_index() == 0, config.train.batch_size
+  cols, rows = config.train.sample_grid
+  grid_z = np.random.default_rng(config.seed).standard_normal((cols * rows, config.model.z_dim)).astype(np.float32)
+  meta = {"model": config_lib.model_hparams(config), "config": json.loads(config_lib.to_json(config))}
+  log = actions.LogMetrics(config.train.log_every, total_steps, start_step=run.start_step, batch=batch,
+                           mode=mode, path=os.path.join(workdir, "metrics.jsonl"), write=is_main,
+                           monitor=monitor, manager=run.manager)
+  samples = actions.WriteSamples(config.train.sample_every, generate=parallel.make_generate(run.nets),
+                                 grid_z=grid_z, cols=cols, psi=config.train.sample_psi, workdir=workdir,
+                                 mode=mode, write=is_main, monitor=monitor)
+  saver = actions.SaveCheckpoint(config.checkpoint.every_steps, manager=run.manager, mode=mode, mesh=mesh,
+                                 data_iter=data_iter, meta=meta, log=log)
+  monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
+  eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if run.evaluators else 0
+  reals_described = metrics_lib.describe_reals(config, eval_reals)
+  sample_context = _sample_context(config, run.nets, mesh, prepared, eval_reals) if run.evaluators else None
+  if eval_every:
+    monitor.write(f"evaluating {', '.join(run.evaluators)} every {eval_every} steps against {reals_described}")
+  sample_batches = lambda g_ema, num: parallel.sample_batches(
+      run.nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed)
+  evaluate = actions.Evaluate(eval_every, evaluators=run.evaluators, sample_batches=sample_batches,
+                              eval_reals=eval_reals, eval_config=config.eval, sample_context=sample_context,
+                              reals_described=reals_described, batch=batch, mode=mode, mesh=mesh,
+                              path=os.path.join(workdir, "eval.jsonl"), write=is_main, monitor=monitor,
+                              best_manager=run.best_manager, saver=saver)
+  return _Actions(log, samples, saver, evaluate, actions.StopSignals(log))
+
+
+def _loop(run: _Run, state, prepared, eval_reals, t_launch: float) -> dict[str, Any]:
+  """Runs the steps of ``run`` from ``state`` (in the layout of ``parallel.mode``) to the end or to
+  a stop signal. Whatever ends it, the save in
+  flight is committed (or fails) and the writers are closed before this returns or raises."""
+  config = run.config
   total_steps = config_lib.num_steps(config)
   batch = config.train.batch_size
   data_iter = pipeline.make_iterator(
       prepared, global_batch=batch, process_index=jax.process_index(),
-      process_count=jax.process_count(), seed=config.seed, state=data_state)
-  step_fn = parallel.make_step(config, nets, mode, mesh)
-  generate = parallel.make_generate(nets)
-  cols, rows = config.train.sample_grid
-  grid_z = np.random.default_rng(config.seed).standard_normal((cols * rows, config.model.z_dim)).astype(np.float32)
-  meta = {"model": config_lib.model_hparams(config), "config": json.loads(config_lib.to_json(config))}
-  step = start_step
-  pending: list[dict] = []
-
-  def write_samples(tag: str) -> None:
-    if not is_main:
-      return
-    g_ema = parallel.first_replica(state.g_ema.variables, mode)
-    grid = image_io.make_grid(np.asarray(generate(g_ema, grid_z, truncation_psi=config.train.sample_psi)), cols)
-    image_io.save_png(grid, os.path.join(workdir, f"samples_{tag}.png"))
-    monitor.image("samples", step, grid)
-
-  def fail_if_diverged(fetched: list[dict], first_step: int) -> None:
-    where = _first_non_finite(fetched, first_step)
-    if where:
-      last = checkpoint.last_committed(manager)
-      kept = (f"the last good one (step {last}) is in {manager.directory}" if last is not None
-              else "none was written before")
-      raise TrainingError(f"training diverged at {where}; no checkpoint of a non-finite state was "
-                          f"written, {kept}. {DIVERGED_REMEDY}")
-
-  def save_checkpoint(force: bool, manager=manager, metrics=None) -> None:
-    if force and manager.latest_step() == step:
-      return  # this step was just saved by the periodic save
-    global_state = parallel.to_global(state, mode, mesh)
-    try:
-      checkpoint.save(manager, global_state, data_state=data_iter.get_state(), meta=meta,
-                      force=force, metrics=metrics)
-    except checkpoint.NonFiniteStateError as e:
-      # Name the step and phase where it happened, if the metrics not yet fetched show it.
-      fail_if_diverged([parallel.first_replica(m, mode) for m in pending], step - len(pending))
-      raise TrainingError(f"training diverged: {e}. {DIVERGED_REMEDY}") from None
-
-  def evaluate() -> None:
-    g_ema = parallel.to_global(state.g_ema.variables, mode, mesh)  # not the whole state
-    t0 = time.time()
-    values = metrics_lib.run_evaluators(
-        evaluators, lambda num: parallel.sample_batches(
-            nets, g_ema, mesh, num=num, batch_size=config.eval.batch_size, seed=config.eval.seed),
-        eval_reals, config.eval, sample_context)
-    record = dict(step=step, kimg=step * batch / 1000, seconds=round(time.time() - t0, 2), **values,
-                  reals=reals_described)
-    if is_main:
-      jsonl.append(eval_path, record)
-    monitor.log_eval(step, values)
-    if best_manager is not None:
-      save_checkpoint(force=True, manager=best_manager, metrics=values)
-
-  monitor = monitor_lib.Monitor(workdir, enabled=is_main, total_kimg=total_steps * batch / 1000,
-                                kimg_per_step=batch / 1000, start_step=start_step,
-                                tensorboard=config.train.tensorboard)
-  monitor.write(monitor_lib.watch_line(workdir, config.train.tensorboard))
-  eval_every = _steps_per_kimg(config.eval.every_kimg, batch) if evaluators else 0
-  reals_described = metrics_lib.describe_reals(config, eval_reals)
-  sample_context = _sample_context(config, nets, mesh, prepared, eval_reals) if evaluators else None
-  if eval_every:
-    monitor.write(f"evaluating {', '.join(evaluators)} every {eval_every} steps against {reals_described}")
-  t_log, step_log = time.time(), start_step
-  first_step_seconds = compile_seconds = None
-  managers = [m for m in (manager, best_manager) if m is not None]
+      process_count=jax.process_count(), seed=config.seed, state=run.data_state)
+  step_fn = parallel.make_step(config, run.nets, run.mode, run.mesh)
+  progress = _Progress(state=state, step=run.start_step)
+  monitor = monitor_lib.Monitor(run.workdir, enabled=jax.process_index() == 0,
+                                total_kimg=total_steps * batch / 1000, kimg_per_step=batch / 1000,
+                                start_step=run.start_step, tensorboard=config.train.tensorboard)
+  acts = _make_actions(run, prepared, eval_reals, data_iter, total_steps, monitor)
+  managers = [m for m in (run.manager, run.best_manager) if m is not None]
   checkpoint.ignore_closed_loop_callbacks()
   try:
-    if is_main and start_step == 0:
-      reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
-      reals = image_io.make_grid(reals, cols)
-      image_io.save_png(reals, os.path.join(workdir, "reals.png"))
-      monitor.image("reals", 0, reals)
-      write_samples("init")
-    with _StopSignals() as stop:
-      while step < total_steps:
-        placed = parallel.place_batch(next(data_iter), mode, mesh)
-        if compile_seconds is None:
-          compile_seconds = _compile_ahead(step_fn, config, step, total_steps, (state, placed, frozen), monitor)
-          parallel.wait_for_all_processes("compiled")  # compiling took each process its own time
-          monitor.start_bar()
-          t_log = time.time()  # the first line's images/s measures training, not compiling
-        state, metrics = step_fn(state, placed, step, frozen)
-        step += 1
-        monitor.advance(step)
-        checkpoint.check(manager)  # a failed asynchronous save stops the run now
-        pending.append(metrics)
-        if first_step_seconds is None:
-          jax.block_until_ready(metrics)
-          first_step_seconds = time.time() - t_launch
-        at_log = step % config.train.log_every == 0 or step == total_steps
-        if at_log:
-          # The loop's host sync: fetch the metrics of the last log_every steps at once, and ask
-          # the other processes whether they were told to stop.
-          fetched = [parallel.first_replica(m, mode) for m in pending]
-          first = step - len(pending)
-          pending = []
-          now = time.time()
-          record = _summarise(fetched)
-          images_per_s = (step - step_log) * batch / max(now - t_log, 1e-9)
-          record.update(step=step, kimg=step * batch / 1000, images_per_s=images_per_s,
-                        sec_per_kimg=1000 / max(images_per_s, 1e-9), **monitor_lib.device_memory())
-          t_log, step_log = now, step
-          if is_main:
-            jsonl.append(metrics_path, record)
-          monitor.log(record)
-          fail_if_diverged(fetched, first)
-        if config.train.sample_every and step % config.train.sample_every == 0:
-          write_samples(f"{step:07d}")
-        if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-          save_checkpoint(force=False)
-        if eval_every and step % eval_every == 0:
-          evaluate()
-        # One process alone sees its signal; agreeing needs a host allgather, so a job of several
-        # processes agrees at the log steps only (single-process jobs stop at the next step).
-        if (at_log or jax.process_count() == 1) and _any_process(stop.requested):
-          save_checkpoint(force=True)
-          break
-      else:
-        save_checkpoint(force=True)
-        if eval_every and step % eval_every:
-          evaluate()
-        write_samples("final")
+    if run.start_step == 0:
+      _write_first_images(run, state, prepared, acts.samples, monitor)
+    with acts.stop:
+      _run_steps(run, step_fn, data_iter, acts, monitor, progress, total_steps, t_launch)
     for m in managers:
       checkpoint.wait(m)  # a failure of the final save is this run's error
   except BaseException as e:
     if not isinstance(e, (TrainingError, checkpoint.CheckpointError)):  # those name what is kept
-      logging.warning("the run stopped at step %d (%s); %s", step, type(e).__name__, checkpoint.kept(manager))
+      logging.warning("the run stopped at step %d (%s); %s", progress.step, type(e).__name__,
+                      checkpoint.kept(run.manager))
     raise
   finally:
     # Every exit path commits the save in flight (or lets it fail) before the process ends:
@@ -492,10 +408,61 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     monitor.close()
     for m in managers:
       checkpoint.close(m)
-  summary = {"step": step, "total_steps": total_steps, "preempted": step < total_steps,
-             "first_step_seconds": first_step_seconds, "compile_seconds": compile_seconds,
-             "compile_cache": {k: v - cache_counts[k] for k, v in compilation.cache_counts().items()},
-             "transfer_report": transfer_report}
+  return _summary(run, progress, total_steps)
+
+
+def _write_first_images(run: _Run, state, prepared, samples: actions.WriteSamples,
+                        monitor: monitor_lib.Monitor) -> None:
+  """A new run's ``reals.png`` (training images) and ``samples_init.png`` (the main process)."""
+  if jax.process_index() != 0:
+    return
+  cols, rows = run.config.train.sample_grid
+  reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
+  reals = image_io.make_grid(reals, cols)
+  image_io.save_png(reals, os.path.join(run.workdir, "reals.png"))
+  monitor.image("reals", 0, reals)
+  samples.write_grid("init", 0, state)
+
+
+def _run_steps(run: _Run, step_fn, data_iter, acts: _Actions, monitor: monitor_lib.Monitor,
+               progress: _Progress, total_steps: int, t_launch: float) -> None:
+  """The steps from ``progress.step`` on, each followed by the periodic actions; at the end (not
+  at a stop signal) the final save, evaluation and samples."""
+  while progress.step < total_steps:
+    placed = parallel.place_batch(next(data_iter), run.mode, run.mesh)
+    if progress.compile_seconds is None:
+      progress.compile_seconds = _compile_ahead(step_fn, run.config, progress.step, total_steps,
+                                                (progress.state, placed, run.frozen), monitor)
+      parallel.wait_for_all_processes("compiled")  # compiling took each process its own time
+      monitor.start_bar()
+      acts.log.restart_clock()
+    progress.state, metrics = step_fn(progress.state, placed, progress.step, run.frozen)
+    progress.step += 1
+    step, state = progress.step, progress.state
+    monitor.advance(step)
+    checkpoint.check(run.manager)  # a failed asynchronous save stops the run now
+    acts.log.add(metrics)
+    if progress.first_step_seconds is None:
+      jax.block_until_ready(metrics)
+      progress.first_step_seconds = time.time() - t_launch
+    for action in (acts.log, acts.samples, acts.saver, acts.evaluate):
+      action(step, state)
+    if acts.stop(step):
+      acts.saver.save(step, state, force=True)
+      return
+  step, state = progress.step, progress.state
+  acts.saver.save(step, state, force=True)
+  if acts.evaluate.every and step % acts.evaluate.every:
+    acts.evaluate.run(step, state)
+  acts.samples.write_grid("final", step, state)
+
+
+def _summary(run: _Run, progress: _Progress, total_steps: int) -> dict[str, Any]:
+  """The run's summary, logged and returned by :func:`train_and_evaluate`."""
+  summary = {"step": progress.step, "total_steps": total_steps, "preempted": progress.step < total_steps,
+             "first_step_seconds": progress.first_step_seconds, "compile_seconds": progress.compile_seconds,
+             "compile_cache": {k: v - run.cache_counts[k] for k, v in compilation.cache_counts().items()},
+             "transfer_report": run.transfer_report}
   logging.info("done: %s", json.dumps({k: v for k, v in summary.items() if k != "transfer_report"}))
   return summary
 
