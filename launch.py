@@ -196,7 +196,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _quiet_orbax() -> None:
   """Orbax logs every save phase at INFO: keep its warnings, drop the chatter. A failed
   asynchronous save makes Orbax's threads and asyncio log hundreds of lines of traces for one
-  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError). The
+  I/O error; the loop reports that error itself in one line (errors.CheckpointError). The
   warnings that a manager is read-only are dropped too: every checkpoint read opens one so."""
   import logging as std_logging
   read_only = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
@@ -209,13 +209,11 @@ def _quiet_orbax() -> None:
 def main(argv):
   del argv
   _quiet_orbax()
-  from gantl_jax import checkpoint
   from gantl_jax import compilation
   from gantl_jax import config as config_lib
-  from gantl_jax import jsonl
   from gantl_jax import parallel
   from gantl_jax import train
-  from gantl_jax.data import DataError
+  from gantl_jax import errors
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
@@ -239,7 +237,7 @@ def main(argv):
     elif _MODE.value == "blend":
       from gantl_jax import blend
       if not _BLEND_WITH.value or not _BLEND_RES.value:
-        raise config_lib.ConfigError("--mode blend needs --blend_with (the other generator) and "
+        raise errors.ConfigError("--mode blend needs --blend_with (the other generator) and "
                                      "--blend_resolution (the last block resolution from --workdir)")
       blend.blend(_WORKDIR.value, _BLEND_WITH.value, _BLEND_RES.value, _BLEND_WIDTH.value,
                   outdir=_OUTDIR.value, seeds=_SEEDS.value, truncation_psi=_PSI.value,
@@ -257,9 +255,9 @@ def main(argv):
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
                                 num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value,
                                 real_folder=_REAL_FOLDER.value)
-  except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
+  except (errors.ConfigError, errors.DataError, FileNotFoundError) as e:
     _fail(str(e))
-  except (train.TrainingError, checkpoint.CheckpointError, jsonl.LogError) as e:
+  except (errors.TrainingError, errors.CheckpointError, errors.LogError) as e:
     # The run started and cannot go on (diverged, or its files cannot be written); what it
     # saved before is intact.
     _fail(str(e), status=1)

@@ -29,7 +29,7 @@ from gantl_jax import export
 from gantl_jax import generate
 from gantl_jax import images as image_io
 from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.resolutions import block_resolutions
 
 # The hyper-parameters that make two generators' variables interchangeable, block by block.

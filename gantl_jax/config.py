@@ -14,10 +14,7 @@ import ml_collections
 from gantl_jax import resolutions
 from gantl_jax.data import checks as data_checks
 from gantl_jax.models import ops
-
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and says what to set."""
+from gantl_jax.errors import ConfigError
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -31,7 +28,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   ``num_devices`` is the number of devices the global batch is split over (all processes); None
   when it is not known yet (before the backend starts): the checks of the per-device batch are
   then left to a later call with the real count, which must follow before the config is used.
-  Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``data.DataError``,
+  Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``errors.DataError``,
   also a ValueError); files and folders are checked later, where they are read.
   """
   config = ml_collections.ConfigDict(config.to_dict())

@@ -16,7 +16,7 @@ from gantl_jax import metrics as metrics_lib
 from gantl_jax import parallel
 from gantl_jax import runs
 from gantl_jax import transfer
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.data import pipeline
 
 

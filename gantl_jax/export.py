@@ -17,7 +17,7 @@ import numpy as np
 
 from gantl_jax import checkpoint
 from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 
 
 def check_outdir(outdir: str) -> str:

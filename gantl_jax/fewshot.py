@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gantl_jax import config as config_lib
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
+from gantl_jax import errors
 
 Array = jax.Array
 
@@ -73,28 +73,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if f is None:
     return
   if f.cdc_weight < 0:
-    raise config_lib.ConfigError(f"fewshot.cdc_weight must be >= 0 (0 = off), got {f.cdc_weight}")
+    raise errors.ConfigError(f"fewshot.cdc_weight must be >= 0 (0 = off), got {f.cdc_weight}")
   if f.cdc_weight > 0:
     if f.cdc_batch < 2:
-      raise config_lib.ConfigError(f"fewshot.cdc_batch must be >= 2 (each latent is compared with "
+      raise errors.ConfigError(f"fewshot.cdc_batch must be >= 2 (each latent is compared with "
                                    f"the others), got {f.cdc_batch}")
     if not config.transfer.source:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"fewshot.cdc_weight={f.cdc_weight} compares G with the transfer source, but "
           f"transfer.source is empty; set --config.transfer.source=DIR or fewshot.cdc_weight=0")
   if f.cdc_anchor_interval < 0:
-    raise config_lib.ConfigError(f"fewshot.cdc_anchor_interval must be >= 0 (0 = image-level D "
+    raise errors.ConfigError(f"fewshot.cdc_anchor_interval must be >= 0 (0 = image-level D "
                                  f"always), got {f.cdc_anchor_interval}")
   if f.cdc_anchor_interval > 0:
     if f.cdc_anchors < 1:
-      raise config_lib.ConfigError(f"fewshot.cdc_anchors must be >= 1, got {f.cdc_anchors}")
+      raise errors.ConfigError(f"fewshot.cdc_anchors must be >= 1, got {f.cdc_anchors}")
     if f.cdc_anchor_std < 0:
-      raise config_lib.ConfigError(f"fewshot.cdc_anchor_std must be >= 0, got {f.cdc_anchor_std}")
+      raise errors.ConfigError(f"fewshot.cdc_anchor_std must be >= 0, got {f.cdc_anchor_std}")
     # D's blocks output maps of resolution/2 down to 4.
     sides = [r // 2 for r in block_resolutions(config.model.resolution)[1:]]
     res = patch_resolution(config)
     if res not in sides:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"fewshot.cdc_patch_resolution={f.cdc_patch_resolution}: the {config.model.resolution} px "
           f"discriminator's blocks output {sorted(sides)} px maps; choose one of those (0 = "
           f"resolution / 8, at least 4)")

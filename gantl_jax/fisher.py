@@ -40,7 +40,7 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import cache
 
 FILE = "g_fisher.npz"  # in the run's workdir

@@ -20,7 +20,7 @@ from flax import traverse_util
 
 from gantl_jax import adapters
 from gantl_jax import fewshot
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 

@@ -15,8 +15,9 @@ from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax import transfer
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.models import stylegan2
+from gantl_jax import errors
 
 NETWORK_SOURCES = ("a run directory, its checkpoints/ directory, one step directory in it, or a "
                    "network checkpoint (written by launch.py --mode export or blend, or by "
@@ -126,7 +127,7 @@ def load_network(path: str, step: Optional[int] = None, flag: str = "--workdir",
                    where, run.config)
   try:
     directory, located = transfer.locate(path)
-  except transfer.TransferError:
+  except errors.TransferError:
     raise ConfigError(f"{flag} {path} holds no checkpoint: give {NETWORK_SOURCES}") from None
   steps = checkpoint.committed_steps(directory)
   if step is not None and step not in steps:

@@ -39,6 +39,8 @@ from gantl_jax import steps
 from gantl_jax import transfer
 from gantl_jax.data import pipeline
 from gantl_jax.models import stylegan2
+from gantl_jax import errors
+from gantl_jax.errors import TrainingError
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
@@ -79,10 +81,6 @@ PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path len
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
 
 
-class TrainingError(RuntimeError):
-  """The run cannot go on (diverged, cannot write its files); the message says where and why."""
-
-
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -106,7 +104,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   ``config.json`` or, without one, the config stored in its latest checkpoint differs in more
   than the resumable keys. Reads only."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+    raise errors.ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
   path = os.path.join(workdir, "config.json")
   where = path
   if os.path.exists(path):
@@ -118,7 +116,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   changed = _config_differences(old, config)
   if changed:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"workdir {workdir} holds another run ({where} differs in {'; '.join(changed[:10])}). "
         f"Resume with the same config, or choose a new --workdir.")
 
@@ -175,7 +173,7 @@ def _check_writable(directory: str, what: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:  # a start-time problem of --workdir, like the config's: status 2
-    raise config_lib.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
+    raise errors.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
                                  f"writable or choose another --workdir") from None
 
 
@@ -191,7 +189,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"workdir {workdir} is in use by another launch (pid {holder}, lock {path}); wait for "
           f"it to finish or stop it, or choose another --workdir") from None
     os.ftruncate(fd, 0)
@@ -281,8 +279,8 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final summary.
 
-  Raises ``config.ConfigError`` / ``data.DataError`` / ``transfer.TransferError`` before writing
-  anything, and ``TrainingError`` / ``checkpoint.CheckpointError`` when the run diverges or its
+  Raises ``errors.ConfigError`` / ``errors.DataError`` / ``errors.TransferError`` before writing
+  anything, and ``TrainingError`` / ``errors.CheckpointError`` when the run diverges or its
   files cannot be written (its last good checkpoint is kept, and named). Whatever ends the run, the
   checkpoint save in flight is committed first. A resume restores the newest readable checkpoint;
   newer, unreadable ones are renamed ``N.unreadable`` with a warning.
@@ -390,7 +388,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     try:
       checkpoint.save(manager, global_state, data_state=data_iter.get_state(), meta=meta,
                       force=force, metrics=metrics)
-    except checkpoint.NonFiniteStateError as e:
+    except errors.NonFiniteStateError as e:
       # Name the step and phase where it happened, if the metrics not yet fetched show it.
       fail_if_diverged([parallel.first_replica(m, mode) for m in pending], step - len(pending))
       raise TrainingError(f"training diverged: {e}. {DIVERGED_REMEDY}") from None
@@ -482,7 +480,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, prepared, eval_reals
     for m in managers:
       checkpoint.wait(m)  # a failure of the final save is this run's error
   except BaseException as e:
-    if not isinstance(e, (TrainingError, checkpoint.CheckpointError)):  # those name what is kept
+    if not isinstance(e, (TrainingError, errors.CheckpointError)):  # those name what is kept
       logging.warning("the run stopped at step %d (%s); %s", step, type(e).__name__, checkpoint.kept(manager))
     raise
   finally:

@@ -49,6 +49,7 @@ from gantl_jax import config as config_lib
 from gantl_jax import optim
 from gantl_jax import state as state_lib
 from gantl_jax.models import stylegan2
+from gantl_jax.errors import TransferError
 
 NETWORKS = tuple(state_lib.NETWORKS)
 # Path prefixes, per network, of parameters that only a training method adds and that no source
@@ -75,10 +76,6 @@ HOW_TO_MAKE_A_SOURCE = (
     "e.g. the demo source `python launch.py --config configs/demo_photo.py --workdir "
     "runs/demo_photo` (then DIR=runs/demo_photo/checkpoints), or import pretrained StyleGAN2 "
     "weights with `python -m gantl_jax.tools.import_stylegan2 NETWORK.pkl DIR`.")
-
-
-class TransferError(config_lib.ConfigError):
-  """The transfer source cannot be used with this config; the message says what to change."""
 
 
 class Source(NamedTuple):

@@ -20,6 +20,7 @@ from gantl_jax import state as state_lib
 from gantl_jax import steps
 from gantl_jax import train
 from test_step_golden import leaf_errors
+from gantl_jax import errors
 
 R = 16  # image size of the op tests
 N = 8   # images per batch
@@ -476,7 +477,7 @@ def test_config_section_is_validated_and_ada_kimg_resolved():
     kw = {f"augment__{key}": value}
     if key == "diffaug_policy":
       kw["augment__kind"] = "diffaug"
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(errors.ConfigError) as e:
       resolve(**kw)
     assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
 

@@ -13,6 +13,7 @@ import pytest
 
 from gantl_jax import checkpoint
 from gantl_jax import state as state_lib
+from gantl_jax import errors
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v0")
 
@@ -88,7 +89,7 @@ def test_a_newer_format_is_refused(v0, tmp_path):
   meta = json.loads(meta_file.read_text())
   meta_file.write_text(json.dumps({**meta, "format_version": 99}))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), read_only=True, max_to_keep=None) as m:
-    with pytest.raises(checkpoint.CheckpointError, match="format 99; this gantl_jax reads up to 1"):
+    with pytest.raises(errors.CheckpointError, match="format 99; this gantl_jax reads up to 1"):
       checkpoint.restore(m, fresh)
 
 
@@ -96,7 +97,7 @@ def test_a_non_finite_state_is_never_saved(v0, tmp_path):
   _, _, fresh = v0
   bad = fresh.replace(d=fresh.d.replace(params=jax.tree.map(lambda x: x * jnp.nan, fresh.d.params)))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), async_save=False) as m:
-    with pytest.raises(checkpoint.CheckpointError, match="NaN or infinite"):
+    with pytest.raises(errors.CheckpointError, match="NaN or infinite"):
       checkpoint.save(m, bad, data_state={}, meta={})
   assert checkpoint.committed_steps(str(tmp_path / "ckpt")) == []
 
@@ -106,7 +107,7 @@ def test_a_save_that_cannot_fit_is_refused_before_it_starts(v0, tmp_path, monkey
   real = checkpoint.shutil.disk_usage
   monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), async_save=False) as m:
-    with pytest.raises(checkpoint.CheckpointError, match=r"not enough disk space .* 0.0 MiB are free"):
+    with pytest.raises(errors.CheckpointError, match=r"not enough disk space .* 0.0 MiB are free"):
       checkpoint.save(m, fresh, data_state={}, meta={})
   assert os.listdir(tmp_path / "ckpt") == []
 
@@ -138,5 +139,5 @@ def test_save_networks_refuses_an_existing_step(v0, tmp_path):
   _, _, fresh = v0
   g = jax.tree.map(np.asarray, fresh.g.variables)
   checkpoint.save_networks(str(tmp_path / "src"), g=g, g_ema=g, d=None, meta={})
-  with pytest.raises(checkpoint.CheckpointError, match="already holds step 0"):
+  with pytest.raises(errors.CheckpointError, match="already holds step 0"):
     checkpoint.save_networks(str(tmp_path / "src"), g=g, g_ema=g, d=None, meta={})

@@ -10,8 +10,8 @@ from ml_collections import config_dict
 
 from configs import base, tiny
 from gantl_jax import config as config_lib
-from gantl_jax import data
 from gantl_jax.generate import parse_seeds
+from gantl_jax import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -117,7 +117,7 @@ BAD = [
 
 @pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
 def test_bad_value_fails_with_one_line_naming_the_key(key, value, words):
-  error = data.DataError if key.startswith("data.") else config_lib.ConfigError
+  error = errors.DataError if key.startswith("data.") else errors.ConfigError
   with pytest.raises(error) as e:
     config_lib.resolve(_with(key, value))
   message = str(e.value)
@@ -159,7 +159,7 @@ def test_parse_seeds(text, want):
                                         ("", "holds no seed"), ("1.5", "is not a seed"),
                                         ("4294967296", "not below 2**32")])
 def test_parse_seeds_errors_name_the_flag_and_the_form(text, words):
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     parse_seeds(text)
   message = str(e.value)
   assert message.startswith("--seeds=") and words in message and "'0-15'" in message, message
@@ -171,7 +171,7 @@ def test_per_device_checks_wait_for_the_device_count():
   c = tiny.get_config()  # group 4
   c.train.batch_size = 6
   config_lib.resolve(c, num_devices=None)
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve(c, num_devices=1)
   assert str(e.value) == ("model.mbstd_group_size=4 must divide the per-device batch 6 "
                           "(train.batch_size=6 over 1 device): minibatch-stddev groups never span "

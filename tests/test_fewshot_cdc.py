@@ -22,6 +22,7 @@ from gantl_jax import checkpoint, fewshot, parallel, steps, transfer
 from gantl_jax import config as config_lib
 from gantl_jax import state as state_lib
 from gantl_jax.models import stylegan2
+from gantl_jax import errors
 
 RES, BATCH, STEPS = 8, 8, 4
 PATCH_HEAD = ["patch_head/bias", "patch_head/weight"]
@@ -187,7 +188,7 @@ def test_discriminator_without_cdc_has_exactly_the_stylegan2_paths():
   c.fewshot.cdc_patch_resolution = 8
   assert d_shapes(c)["patch_head/weight"] == (3, 3, 32, 1)
   c.fewshot.cdc_patch_resolution = 16
-  with pytest.raises(config_lib.ConfigError, match=r"fewshot.cdc_patch_resolution=16: .* \[4, 8\]"):
+  with pytest.raises(errors.ConfigError, match=r"fewshot.cdc_patch_resolution=16: .* \[4, 8\]"):
     config_lib.resolve(c)
 
 
@@ -204,7 +205,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(key, value, words):
   c.transfer.source = "somewhere"
   c.fewshot.update(cdc_weight=1000.0, cdc_anchor_interval=4)
   c.fewshot[key] = value
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve(c)
   message = str(e.value)
   assert f"fewshot.{key}" in message and words in message and "\n" not in message, message
@@ -213,7 +214,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(key, value, words):
 def test_distance_consistency_needs_a_transfer_source():
   c = tiny.get_config()
   c.fewshot.cdc_weight = 1000.0
-  with pytest.raises(config_lib.ConfigError, match="fewshot.cdc_weight=1000.0 compares G with the "
+  with pytest.raises(errors.ConfigError, match="fewshot.cdc_weight=1000.0 compares G with the "
                      "transfer source, but transfer.source is empty; set --config.transfer.source"):
     config_lib.resolve(c)
 

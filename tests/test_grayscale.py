@@ -24,6 +24,7 @@ from gantl_jax.models import stylegan2
 
 import test_import_stylegan2 as imp_tests
 from test_transfer import make_config, networks, random_state, save_run_checkpoint
+from gantl_jax import errors
 
 REC601 = np.array([0.299, 0.587, 0.114])
 
@@ -205,7 +206,7 @@ def test_a_grayscale_source_for_an_rgb_target_is_refused(tmp_path, mesh):
   state = random_state(state_lib.build_networks(config), 1, mesh)
   save_run_checkpoint(config, state, str(tmp_path / "gray" / "checkpoints"))
   target = make_config(16, source=str(tmp_path / "gray"))
-  with pytest.raises(transfer.TransferError, match=r"img_channels: source 1, target 3.*--config.model.img_channels=1"):
+  with pytest.raises(errors.TransferError, match=r"img_channels: source 1, target 3.*--config.model.img_channels=1"):
     transfer.transfer_state(target, random_state(state_lib.build_networks(target), 3, mesh))
 
 

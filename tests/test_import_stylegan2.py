@@ -18,6 +18,7 @@ from gantl_jax.models import stylegan2 as sg2
 from gantl_jax.tools import import_stylegan2 as imp
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               persistent_module_node, tf_network_node)
+from gantl_jax import errors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Max abs differences from the original implementations, measured on CPU (jax 0.10.2):
@@ -435,7 +436,7 @@ def test_config_validates_mbstd_grouping():
   c.model.mbstd_grouping = "strided"
   assert config_lib.model_hparams(config_lib.resolve(c))["mbstd_grouping"] == "strided"
   c.model.mbstd_grouping = "random"
-  with pytest.raises(config_lib.ConfigError, match="model.mbstd_grouping must be 'contiguous' or 'strided'"):
+  with pytest.raises(errors.ConfigError, match="model.mbstd_grouping must be 'contiguous' or 'strided'"):
     config_lib.resolve(c)
 
 

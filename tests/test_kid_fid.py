@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gantl_jax import metrics
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import kid_fid
 from test_inception import FIXTURE as INCEPTION_FIXTURE
 from test_inception import pytorch_fid_state, write_pth

@@ -27,9 +27,10 @@ from gantl_jax import runs
 from gantl_jax import state as state_lib
 from gantl_jax import train
 from gantl_jax import transfer
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.data import synthetic
 from gantl_jax.models import stylegan2
+from gantl_jax import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 16  # the tiny model's resolution
@@ -122,7 +123,7 @@ def test_export_is_the_runs_g_ema_and_a_transfer_source(run, parents, tmp_path):
   config = config_lib.resolve(config)
   nets = state_lib.build_networks(config)
   fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: state_lib.init_state(nets, 0)))
-  with pytest.raises(transfer.TransferError, match=r"has no item 'd' \(it has \['g_ema'\]\); set "
+  with pytest.raises(errors.TransferError, match=r"has no item 'd' \(it has \['g_ema'\]\); set "
                      r"--config.transfer.d_from to one of those, or to '' to keep d"):
     transfer.transfer_state(config, fresh)
   config.transfer.d_from = ""

@@ -12,7 +12,6 @@ import importlib
 # Imported lazily: `python -m gantl_jax.data.synthetic` must not pre-import its own
 # module (runpy warns), and the renderer alone needs neither tfds nor PIL's plugins.
 _EXPORTS = {
-    "DataError": "checks",
     "DataIterator": "pipeline",
     "PreparedData": "pipeline",
     "check_config": "checks",

@@ -52,7 +52,7 @@ import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
 from gantl_jax.data import synthetic
-from gantl_jax.data.checks import DataError
+from gantl_jax.errors import DataError
 from gantl_jax.resolutions import resolution_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")

@@ -31,6 +31,7 @@ import sys
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, features
+from gantl_jax.errors import EmojiError
 
 VENDORS = ("noto", "google", "twitter")
 # The npm package of each vendor's PNGs; noto's artwork is the google set.
@@ -52,10 +53,6 @@ CATEGORIES: dict[str, Callable[[dict], bool]] = {
     "symbols": lambda e: e["category"] == "Symbols",
     "flags": lambda e: e["category"] == "Flags",
 }
-
-
-class EmojiError(ValueError):
-  """A package, font or option the tool cannot use; the message says what to install or pass."""
 
 
 def find_package(name: str, package_dir: str = "") -> str:

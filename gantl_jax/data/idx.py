@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from gantl_jax.data.checks import DataError
+from gantl_jax.errors import DataError
 from gantl_jax.resolutions import resolution_problem
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import ml_collections
 import numpy as np
 
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import cache, kid_fid, samples, swd
 
 Batches = Iterator[np.ndarray]

@@ -47,8 +47,9 @@ import numpy as np
 from absl import logging
 
 from gantl_jax import parallel
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import cache, inception
+from gantl_jax import errors
 
 METRICS = ("kid", "fid")
 KID_SUBSETS = 100
@@ -350,7 +351,7 @@ def load_configured_weights(eval_config: ml_collections.ConfigDict) -> inception
     return None
   try:
     return inception.load_weights(path)
-  except inception.InceptionWeightsError as e:
+  except errors.InceptionWeightsError as e:
     raise ConfigError(
         f"eval.inception_weights={path!r}: {e}\n  Give pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
         "or NVIDIA's inception-2015-12-05.pt, or set --config.eval.inception_weights='' to skip KID and FID") from e

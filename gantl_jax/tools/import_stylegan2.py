@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from gantl_jax.tools import safe_pickle
+from gantl_jax import errors
 
 FORMATS = ("ada-pytorch", "tf", "rosinality")
 
@@ -388,9 +389,9 @@ def read_source(path: str):
   that cannot be read or asks for anything the restricted unpickler refuses."""
   try:
     _, tree = safe_pickle.load(path)
-  except safe_pickle.SourceFormatError as e:
+  except errors.SourceFormatError as e:
     raise ConversionError(f"cannot read {path}: {e}") from e
-  except safe_pickle.UnsafePickleError as e:
+  except errors.UnsafePickleError as e:
     raise ConversionError(f"cannot import {path}: {e}") from e
   except OSError as e:  # missing, a directory, unreadable
     raise ConversionError(f"cannot read {path}: {e.strerror or e}") from e
@@ -794,7 +795,7 @@ def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict,
     new = os.path.join(holder, "new")
     try:  # it refuses to report a save that Orbax skipped
       checkpoint.save_networks(new, g=g, g_ema=g_ema, d=d, meta=meta, step=0)
-    except checkpoint.CheckpointError as e:
+    except errors.CheckpointError as e:
       raise OutputError(str(e)) from None
     if not os.path.lexists(out_dir):
       os.rename(new, out_dir)
