@@ -209,11 +209,11 @@ def _quiet_orbax() -> None:
 def main(argv):
   del argv
   _quiet_orbax()
-  from gantl_jax import compilation
   from gantl_jax import config as config_lib
-  from gantl_jax import parallel
-  from gantl_jax import train
   from gantl_jax import errors
+  from gantl_jax.training import compilation
+  from gantl_jax.training import loop as train
+  from gantl_jax.training import parallel
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
@@ -227,15 +227,15 @@ def main(argv):
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "generate":
-      from gantl_jax import generate
+      from gantl_jax.cli import generate
       generate.generate(_WORKDIR.value, _SEEDS.value, _PSI.value, outdir=_OUTDIR.value,
                         grid=_GRID.value, step=_STEP.value)
     elif _MODE.value == "interpolate":
-      from gantl_jax import generate
+      from gantl_jax.cli import generate
       generate.interpolate(_WORKDIR.value, _SEEDS.value, frames=_FRAMES.value,
                            truncation_psi=_PSI.value, outdir=_OUTDIR.value, step=_STEP.value)
     elif _MODE.value == "blend":
-      from gantl_jax import blend
+      from gantl_jax.cli import blend
       if not _BLEND_WITH.value or not _BLEND_RES.value:
         raise errors.ConfigError("--mode blend needs --blend_with (the other generator) and "
                                      "--blend_resolution (the last block resolution from --workdir)")
@@ -243,15 +243,15 @@ def main(argv):
                   outdir=_OUTDIR.value, seeds=_SEEDS.value, truncation_psi=_PSI.value,
                   step=_STEP.value)
     elif _MODE.value == "export":
-      from gantl_jax import export
+      from gantl_jax.cli import export
       export.export(_WORKDIR.value, _OUTDIR.value, step=_STEP.value)
     elif _MODE.value == "compare":
-      from gantl_jax import compare
+      from gantl_jax.cli import compare
       compare.compare(_WORKDIR.value, blend_resolution=_BLEND_RES.value,
                       seeds=_SEEDS.value if flags.FLAGS["seeds"].present else "0-7",
                       outdir=_OUTDIR.value, real_folder=_REAL_FOLDER.value)
     else:
-      from gantl_jax import evaluate
+      from gantl_jax.cli import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
                                 num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value,
                                 real_folder=_REAL_FOLDER.value)

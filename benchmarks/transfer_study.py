@@ -45,14 +45,14 @@ import time
 from typing import Any, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, REPO)
 
 import ml_collections  # noqa: E402
 
-import transfer_study_report as report  # noqa: E402
+from benchmarks import transfer_study_report as report  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
-from gantl_jax import jsonl  # noqa: E402
-from gantl_jax import errors
+from gantl_jax import errors  # noqa: E402
+from gantl_jax.training import jsonl  # noqa: E402
 
 # arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
 # the overrides on top of it). The few-shot methods' arms are the project's presets for them.

@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Freezing and lr multipliers: comma-separated regexes (re.search) over parameter paths such as
   # 'synthesis/b64/conv0/weight' (G) or 'b32/conv1/weight' (D). A preset resolves to regexes that
-  # are merged with the explicit ones (gantl_jax/optim.py: preset_patterns). Frozen parameters get
+  # are merged with the explicit ones (gantl_jax/training/optim.py: preset_patterns). Frozen parameters get
   # a zero update and no optimizer state; XLA drops their weight-gradient computation.
   c.freeze = ml_collections.ConfigDict(dict(
       preset="none",             # none | freezed | freezeg | mapping_only | torgb_only | affine (comma-joinable)
@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   # Augmentation of every image D sees (reals and fakes, in G main, D main and R1), in
-  # gantl_jax/augment.py. 'ada': StyleGAN2-ADA's pipeline with its probability p adapted so that
+  # gantl_jax/fewshot/augment.py. 'ada': StyleGAN2-ADA's pipeline with its probability p adapted so that
   # E[sign(D(real))] stays near ada_target; 'fixed': the same pipeline at the constant p;
   # 'diffaug': DiffAugment's policies, applied to every image. p is logged as aug_p, the
   # controller's r_t as ada_rt (metrics.jsonl).
@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
       diffaug_policy="color,translation,cutout",  # diffaug: comma-separated 'color', 'translation', 'cutout'
   ))
 
-  # Few-shot regularisers and adapters (gantl_jax/fewshot.py, gantl_jax/adapters.py); each is off by
+  # Few-shot regularisers and adapters (gantl_jax/fewshot/cdc.py, gantl_jax/fewshot/adapters.py); each is off by
   # default and compares with the transfer source, which the step reads from its `frozen` input.
   c.fewshot = ml_collections.ConfigDict(dict(
       cdc_weight=0.0,            # CDC (Ojha et al. 2021): weight of the cross-domain distance-consistency KL (paper: 1000); 0 = off
@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
       cdc_anchors=10,            # CDC: anchor latents of the anchor steps (official: n_train = 10, the number of shots)
       cdc_anchor_std=0.1,        # CDC: std of the gaussian offset of a latent from its anchor (official subspace_std)
       cdc_patch_resolution=0,    # CDC: side of D's patch-logit map, a D block output's (0 = resolution / 8, at least 4: 32 at 256 px, as official)
-      ewc_weight=0.0,            # EWC (Li et al. 2020, gantl_jax/fisher.py): weight of sum F * (theta - theta_source)^2 in G's loss; 0 = off
+      ewc_weight=0.0,            # EWC (Li et al. 2020, gantl_jax/fewshot/ewc.py): weight of sum F * (theta - theta_source)^2 in G's loss; 0 = off
       adapter="none",            # 'none' | 'kernel_modulation' (source conv weights frozen, rank-1 modulation trained)
       adapter_fisher_quantile=0.0,  # kernel_modulation: adapt only layers above this Fisher-importance quantile, fine-tune the rest (0 = all)
       fisher_samples=1000,       # EWC / adapter_fisher_quantile: source-G samples G's Fisher is averaged over (computed once, stored in DIR/g_fisher.npz)
@@ -173,7 +173,7 @@ def get_config() -> ml_collections.ConfigDict:
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir
-  # or one step dir) or of the weight importer (python -m gantl_jax.tools.import_stylegan2).
+  # or one step dir) or of the weight importer (python -m gantl_jax.cli.import_stylegan2).
   # Parameters are matched by path and shape and overlaid on the fresh initialisation; optimizer
   # state and step start fresh. Only used when the workdir holds no checkpoint to resume.
   c.transfer = ml_collections.ConfigDict(dict(

@@ -13,8 +13,8 @@ import ml_collections
 
 from gantl_jax import resolutions
 from gantl_jax.data import checks as data_checks
-from gantl_jax.models import ops
 from gantl_jax.errors import ConfigError
+from gantl_jax.models import ops
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -64,7 +64,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 
   # Imported here, not at the top: steps imports optim, which imports this module.
-  from gantl_jax import steps  # pylint: disable=g-import-not-at-top
+  from gantl_jax.training import steps  # pylint: disable=g-import-not-at-top
   _check(t.variant_programs in steps.VARIANT_PROGRAMS,
          f"train.variant_programs must be one of {', '.join(map(repr, steps.VARIANT_PROGRAMS))}, "
          f"got {t.variant_programs!r}")
@@ -100,11 +100,11 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
       _check(0 <= o[key] < 1, f"optim.{net}.{key} must be in [0, 1), got {o[key]}")
     _check(o.eps > 0, f"optim.{net}.eps must be positive, got {o.eps}")
   # Imported here, not at the top: optim imports this module for ConfigError.
-  from gantl_jax import optim  # pylint: disable=g-import-not-at-top
+  from gantl_jax.training import optim  # pylint: disable=g-import-not-at-top
   optim.check_freeze(config.freeze, m.resolution)
   data_checks.check_config(config.data)
   _check_augment(config)
-  from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
+  from gantl_jax.fewshot import cdc as fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
   fewshot.check_config(config)
   _check_ewc_and_adapters(config)
   optim.check_freeze_matches(config)  # needs the model and fewshot keys checked
@@ -156,7 +156,7 @@ def _check_per_device_batch(config: ml_collections.ConfigDict, num_devices: int)
 def _check_augment(config: ml_collections.ConfigDict) -> None:
   """Validates ``config.augment`` and resolves ``ada_kimg`` 'auto' (-1), in place."""
   # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
-  from gantl_jax import augment  # pylint: disable=g-import-not-at-top
+  from gantl_jax.fewshot import augment  # pylint: disable=g-import-not-at-top
   a = config.augment
   _check(a.kind in augment.KINDS, f"augment.kind must be one of {', '.join(map(repr, augment.KINDS))}, "
          f"got {a.kind!r}")
@@ -185,7 +185,7 @@ def _check_ewc_and_adapters(config: ml_collections.ConfigDict) -> None:
   if f is None:
     return
   # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
-  from gantl_jax import adapters  # pylint: disable=g-import-not-at-top
+  from gantl_jax.fewshot import adapters  # pylint: disable=g-import-not-at-top
   _check(f.ewc_weight >= 0, f"fewshot.ewc_weight must be >= 0 (0 turns EWC off), got {f.ewc_weight}")
   _check(f.adapter in adapters.KINDS, f"fewshot.adapter must be one of "
          f"{', '.join(map(repr, adapters.KINDS))}, got {f.adapter!r}")

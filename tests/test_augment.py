@@ -1,4 +1,4 @@
-"""Augmentation (gantl_jax/augment.py): each op's contract, exact inverses, no leaks, the official
+"""Augmentation (gantl_jax/fewshot/augment.py): each op's contract, exact inverses, no leaks, the official
 strengths, DiffAugment, equality on 1 and 8 devices, ADA's controller, its state across a
 checkpoint, the config section, and a tiny ADA run whose p rises."""
 import functools
@@ -12,13 +12,13 @@ import optax
 import pytest
 
 from configs import tiny
-from gantl_jax import augment
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import losses
-from gantl_jax import state as state_lib
-from gantl_jax import steps
-from gantl_jax import train
+from gantl_jax.fewshot import augment
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import losses
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 from test_step_golden import leaf_errors
 from gantl_jax import errors
 

@@ -11,9 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gantl_jax import checkpoint
-from gantl_jax import state as state_lib
 from gantl_jax import errors
+from gantl_jax.training import checkpoint
+from gantl_jax.training import state as state_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v0")
 

@@ -10,8 +10,8 @@ from ml_collections import config_dict
 
 from configs import base, tiny
 from gantl_jax import config as config_lib
-from gantl_jax.generate import parse_seeds
 from gantl_jax import errors
+from gantl_jax.cli.generate import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))

@@ -13,8 +13,8 @@ from PIL import Image
 
 from configs import base
 from gantl_jax import data
-from gantl_jax.data import builders, synthetic
 from gantl_jax import errors
+from gantl_jax.data import builders, synthetic
 
 RES = 16
 GOOD = 30

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from configs import base
-from gantl_jax.data import emoji, pipeline
 from gantl_jax import errors
+from gantl_jax.data import emoji, pipeline
 
 PKG = "emoji-datasource-twitter"
 # (unified, category, subcategory, has a twitter image, skin variations)

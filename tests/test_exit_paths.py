@@ -15,11 +15,11 @@ import types
 import numpy as np
 import pytest
 
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import train
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
 from test_loop import make_config  # the same programs as the loop's tests: compiled once for both
 from gantl_jax import errors
 

@@ -15,11 +15,18 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from gantl_jax import adapters, checkpoint, export, fisher, runs, steps, train, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax.models import stylegan2
 from gantl_jax import errors
+from gantl_jax.cli import export
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import ewc as fisher
+from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import runs
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 LAYERS = ["synthesis/b4/conv1", "synthesis/b8/conv0", "synthesis/b8/conv1"]  # G's convs at 8 px
 

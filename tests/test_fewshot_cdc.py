@@ -18,11 +18,15 @@ from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import fewshot_cdc, tiny
-from gantl_jax import checkpoint, fewshot, parallel, steps, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax.models import stylegan2
 from gantl_jax import errors
+from gantl_jax.fewshot import cdc as fewshot
+from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 RES, BATCH, STEPS = 8, 8, 4
 PATCH_HEAD = ["patch_head/bias", "patch_head/weight"]

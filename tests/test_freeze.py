@@ -14,10 +14,12 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import bench, optim, transfer
-from gantl_jax import state as state_lib
-from gantl_jax.models import stylegan2
 from gantl_jax import errors
+from gantl_jax.cli import bench
+from gantl_jax.models import stylegan2
+from gantl_jax.training import optim
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only", "affine")
 

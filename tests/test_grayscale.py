@@ -15,12 +15,12 @@ from PIL import Image
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import transfer
 from gantl_jax.data import builders, pipeline
 from gantl_jax.metrics import swd
 from gantl_jax.models import stylegan2
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 import test_import_stylegan2 as imp_tests
 from test_transfer import make_config, networks, random_state, save_run_checkpoint
@@ -294,7 +294,10 @@ def test_inception_feature_of_a_gray_image_is_that_of_the_image_repeated_to_rgb(
 
 
 def test_tiny_grayscale_run_trains_generates_exports_and_measures(tmp_path):
-  from gantl_jax import export, generate, runs, train  # pylint: disable=import-outside-toplevel
+  from gantl_jax.cli import export
+  from gantl_jax.cli import generate
+  from gantl_jax.training import loop as train  # pylint: disable=import-outside-toplevel
+  from gantl_jax.training import runs
   folder = tmp_path / "gray_faces"
   folder.mkdir()
   rng = np.random.default_rng(0)

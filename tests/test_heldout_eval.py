@@ -10,13 +10,13 @@ import sys
 import pytest
 
 from configs import tiny
-from gantl_jax import evaluate
-from gantl_jax import metrics
+from gantl_jax import errors
 from gantl_jax import images as image_io
-from gantl_jax import train
+from gantl_jax import metrics
+from gantl_jax.cli import evaluate
 from gantl_jax.data import checks, synthetic
 from gantl_jax.errors import DataError
-from gantl_jax import errors
+from gantl_jax.training import loop as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REAL = 48

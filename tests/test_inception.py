@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gantl_jax import parallel
 from gantl_jax.metrics import inception as inc
 from gantl_jax.metrics import kid_fid
+from gantl_jax.training import parallel
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               tensor_node, torch_legacy_bytes)
 from gantl_jax import errors

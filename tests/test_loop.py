@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import evaluate
-from gantl_jax import jsonl
+from gantl_jax import errors
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import train
+from gantl_jax.cli import evaluate
 from gantl_jax.data import synthetic
 from gantl_jax.errors import DataError
-from gantl_jax import errors
+from gantl_jax.training import checkpoint
+from gantl_jax.training import jsonl
+from gantl_jax.training import loop as train
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
 
 
 def make_config(tmp_path, **overrides):

@@ -33,8 +33,8 @@ from jax.sharding import PartitionSpec as P
 import parallel_common as common
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
 from gantl_jax import errors
+from gantl_jax.training import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Measured on these batches (seed 0) / on seeds 0-7 of global_batches, over jit on 2 and 8 and

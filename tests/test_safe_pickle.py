@@ -15,8 +15,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from gantl_jax.tools import safe_pickle as sp
 from gantl_jax import errors
+from gantl_jax import safe_pickle as sp
 
 
 # ---------------------------------------------------------------------------

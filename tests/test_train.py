@@ -12,10 +12,10 @@ from PIL import Image
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax import steps
-from gantl_jax.data import synthetic
 from gantl_jax import errors
+from gantl_jax.data import synthetic
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

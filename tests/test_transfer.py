@@ -18,12 +18,14 @@ from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import tiny
-from gantl_jax import checkpoint, parallel, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax.models import stylegan2
-from gantl_jax.tools import import_stylegan2
 from gantl_jax import errors
+from gantl_jax.cli import import_stylegan2
+from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,22 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import fewshot_numbers
+from benchmarks import fewshot_step_time
+from benchmarks import transfer_study
+from benchmarks import transfer_study_report as report
 from configs import tiny
-from gantl_jax import compare
 from gantl_jax import config as config_lib
-from gantl_jax import jsonl
+from gantl_jax import errors
 from gantl_jax import metrics
-from gantl_jax import train
+from gantl_jax.cli import compare
 from gantl_jax.data import pipeline
 from gantl_jax.errors import DataError
+from gantl_jax.training import jsonl
+from gantl_jax.training import loop as train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import transfer_study  # noqa: E402
-import transfer_study_report as report  # noqa: E402
-import fewshot_numbers  # noqa: E402
-import fewshot_step_time  # noqa: E402
-from gantl_jax import errors
 
 # test_loop's tiny config: one example per device.
 TINY = {"model.mbstd_group_size": 1, "train.pl_batch_shrink": 1, "train.log_every": 1}

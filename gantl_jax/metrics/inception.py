@@ -43,7 +43,7 @@ upscale the half-pixel shift moves every edge by ~4.7 output pixels, which domin
 numbers; values of different tools are therefore not comparable, at 32 px least of all.
 
 Weights (`load_weights`) come from a file the user provides, read by
-``gantl_jax.tools.safe_pickle`` (no torch, nothing from the file executed):
+``gantl_jax.safe_pickle`` (no torch, nothing from the file executed):
 
   * pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: a ``torch.save`` state dict
     (legacy stream or zip) with torchvision names (``Mixed_5b.branch1x1.conv.weight``,
@@ -69,8 +69,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gantl_jax.tools import safe_pickle
 from gantl_jax import errors
+from gantl_jax import safe_pickle
 from gantl_jax.errors import InceptionWeightsError
 
 INPUT_SIZE = 299

@@ -44,10 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gantl_jax.metrics import distances as dist_lib
-from gantl_jax.metrics import inception
 from gantl_jax import errors
 from gantl_jax.errors import LPIPSWeightsError
+from gantl_jax.metrics import distances as dist_lib
+from gantl_jax.metrics import inception
 
 # torchvision's vgg16().features: the index of each convolution, its output channels, and
 # whether a max pool comes before it.

@@ -46,13 +46,13 @@ import numpy as np
 import optax
 from jax import lax
 
-from gantl_jax import adapters
-from gantl_jax import augment
-from gantl_jax import fewshot
-from gantl_jax import fisher
-from gantl_jax import losses
-from gantl_jax import optim
-from gantl_jax.state import GANState, Networks
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import augment
+from gantl_jax.fewshot import cdc as fewshot
+from gantl_jax.fewshot import ewc as fisher
+from gantl_jax.training import losses
+from gantl_jax.training import optim
+from gantl_jax.training.state import GANState, Networks
 
 Array = jax.Array
 TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]

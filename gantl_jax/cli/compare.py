@@ -24,15 +24,15 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gantl_jax import blend
-from gantl_jax import generate
 from gantl_jax import images as image_io
-from gantl_jax import jsonl
-from gantl_jax import runs
-from gantl_jax.errors import ConfigError
+from gantl_jax.cli import blend
+from gantl_jax.cli import generate
 from gantl_jax.data import checks, pipeline, synthetic
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import correspondence, distances, diversity, memorisation, swd
 from gantl_jax.resolutions import block_resolutions
+from gantl_jax.training import jsonl
+from gantl_jax.training import runs
 
 _LABEL_WIDTH = 128
 NUM_DIAGNOSTIC = 1000  # samples of the diversity, copies and correspondence rows (CDC's protocol)

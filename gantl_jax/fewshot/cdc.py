@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from gantl_jax import errors
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
-from gantl_jax import errors
 
 Array = jax.Array
 

@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gantl_jax import adapters
-from gantl_jax import augment
-from gantl_jax import fewshot
-from gantl_jax import optim
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import augment
+from gantl_jax.fewshot import cdc as fewshot
 from gantl_jax.models import stylegan2
+from gantl_jax.training import optim
 
 # name -> which module it is an instance of. G-EMA has no optimizer (its opt_state is None).
 NETWORKS = {"g": "generator", "g_ema": "generator", "d": "discriminator"}
@@ -93,7 +93,7 @@ class Networks(NamedTuple):
   # Statistics the step keeps beyond pl_mean, with their fresh values, as (name, numpy scalar)
   # pairs: ADA's p and its accumulators (augment.initial_extras); empty otherwise.
   extras: tuple[tuple[str, Any], ...] = ()
-  # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/adapters.py).
+  # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/fewshot/adapters.py).
   g_adapters: bool = False
 
   def optimizer(self, name: str) -> optax.GradientTransformation:

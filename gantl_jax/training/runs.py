@@ -10,18 +10,18 @@ from typing import Any, NamedTuple, Optional
 import jax
 import ml_collections
 
-from gantl_jax import adapters
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax import transfer
-from gantl_jax.errors import ConfigError
-from gantl_jax.models import stylegan2
 from gantl_jax import errors
+from gantl_jax.errors import ConfigError
+from gantl_jax.fewshot import adapters
+from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 NETWORK_SOURCES = ("a run directory, its checkpoints/ directory, one step directory in it, or a "
                    "network checkpoint (written by launch.py --mode export or blend, or by "
-                   "gantl_jax.tools.import_stylegan2)")
+                   "gantl_jax.cli.import_stylegan2)")
 
 
 class RunGEMA(NamedTuple):

@@ -24,23 +24,23 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gantl_jax import checkpoint
-from gantl_jax import compilation
 from gantl_jax import config as config_lib
-from gantl_jax import fisher as fisher_lib
-from gantl_jax import images as image_io
-from gantl_jax import jsonl
-from gantl_jax import metrics as metrics_lib
-from gantl_jax import monitor as monitor_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import state as state_lib
-from gantl_jax import steps
-from gantl_jax import transfer
-from gantl_jax.data import pipeline
-from gantl_jax.models import stylegan2
 from gantl_jax import errors
+from gantl_jax import images as image_io
+from gantl_jax import metrics as metrics_lib
+from gantl_jax.data import pipeline
 from gantl_jax.errors import TrainingError
+from gantl_jax.fewshot import ewc as fisher_lib
+from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import compilation
+from gantl_jax.training import jsonl
+from gantl_jax.training import monitor as monitor_lib
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",

@@ -18,9 +18,9 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from gantl_jax import adapters
-from gantl_jax import fewshot
 from gantl_jax.errors import ConfigError
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import cdc as fewshot
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
@@ -98,7 +98,7 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
 @functools.lru_cache(maxsize=8)
 def _param_paths(key: str) -> dict[str, tuple[str, ...]]:
   """:func:`param_paths` of a JSON key (``resolve`` runs several times per launch)."""
-  from gantl_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
+  from gantl_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
   spec = json.loads(key)
   model = ml_collections.ConfigDict(spec["model"])
   g = stylegan2.generator_from_config(model)

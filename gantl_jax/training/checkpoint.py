@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from gantl_jax import state as state_lib
-from gantl_jax.state import GANState
 from gantl_jax.errors import CheckpointError, NonFiniteStateError
+from gantl_jax.training import state as state_lib
+from gantl_jax.training.state import GANState
 
 FORMAT_VERSION = 1
 ARRAY_ITEMS = tuple(state_lib.NETWORKS) + ("opt", "progress", "extras")

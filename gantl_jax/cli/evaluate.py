@@ -11,13 +11,13 @@ from typing import Optional
 
 import jax
 
-from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import transfer
-from gantl_jax.errors import ConfigError
 from gantl_jax.data import pipeline
+from gantl_jax.errors import ConfigError
+from gantl_jax.training import jsonl
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
+from gantl_jax.training import transfer
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str = "",
