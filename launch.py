@@ -122,7 +122,7 @@ def _unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
       return f"{'.'.join(parts[:i])} is a value ({node!r}), not a section"
     if part not in node:
       close = difflib.get_close_matches(key, _key_paths(config), n=1, cutoff=0.5)
-      hint = f"did you mean {close[0]}?" if close else "configs/base.py documents every key"
+      hint = f"did you mean {close[0]}?" if close else "gantl_jax/defaults.py documents every key"
       return f"the config has no key {'.'.join(parts[:i + 1])}; {hint}"
     node = node[part]
   return None

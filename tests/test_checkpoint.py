@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gantl_jax import config as config_lib
 from gantl_jax import errors
 from gantl_jax.training import checkpoint
 from gantl_jax.training import state as state_lib
@@ -22,7 +23,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v0")
 def v0():
   """The networks of the committed pre-versioned checkpoint, and a fresh state for them."""
   with open(os.path.join(FIXTURE, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_lib.upgrade(json.load(f)))
   nets = state_lib.build_networks(config)
   return config, nets, jax.jit(lambda: state_lib.init_state(nets, 1))()
 

@@ -318,7 +318,7 @@ def test_run_with_adapters_and_ewc(tmp_path, source, monkeypatch):
 
   # After two steps: the modulated layer's kernel is the source's and its u moved; the fine-tuned
   # layers' kernels moved and their adapters stayed at the identity; all finite.
-  template = jax.eval_shape(lambda: state_lib.init_g_variables(nets.generator, jax.random.key(0), True))
+  template = jax.eval_shape(lambda: adapters.init_g_variables(nets.generator, jax.random.key(0), True))
   g = flat(checkpoint.read_network(str(workdir / "checkpoints"), 2, "g", template)["params"])
   assert all(np.all(np.isfinite(v)) for v in g.values())
   plain = flat(src_g["params"])

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import ml_collections
 import numpy as np
 
+from gantl_jax import defaults
 from gantl_jax import errors
 from gantl_jax import safe_pickle
 
@@ -246,7 +247,8 @@ def _rules_ros_d(resolution: int):
 def model_config(hparams: dict, conv_impl: str = "xla") -> ml_collections.ConfigDict:
   """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
   ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
-  return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
+  model = defaults.get_config().model.to_dict()  # the keys hparams lack (compute dtype)
+  return ml_collections.ConfigDict({**model, **hparams, "conv_impl": conv_impl})
 
 
 def _expected_shapes(hparams: dict, which: str) -> dict[str, tuple]:

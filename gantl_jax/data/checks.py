@@ -2,7 +2,7 @@
 
 Kept apart from the builders and the pipeline so that `config.resolve` can
 check the section at start without importing tensorflow_datasets. The
-defaults and the meaning of every key are in `configs/base.py`.
+defaults and the meaning of every key are in `gantl_jax/defaults.py`.
 """
 from __future__ import annotations
 

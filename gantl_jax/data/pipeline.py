@@ -97,7 +97,7 @@ def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, channels
   """Builds the tfds dataset once (reused when already prepared) and opens it.
 
   `data_config` is the `data` section of a run config (keys and defaults:
-  `configs/base.py`); `channels` is `model.img_channels` (1 or 3): folder and synthetic images
+  `gantl_jax/defaults.py`); `channels` is `model.img_channels` (1 or 3): folder and synthetic images
   are stored with that many channels. Raises DataError naming the key, file or folder at fault.
   """
   c = data_config

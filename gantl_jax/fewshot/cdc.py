@@ -41,20 +41,15 @@ _CDC_Z, _CDC_NOISE = 0, 1
 _ANCHOR_INDEX, _ANCHOR_OFFSET = 0, 1
 
 
-def _section(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
-  return config.get("fewshot")  # configs written before the section existed have none
-
-
 def cdc_weight(config: ml_collections.ConfigDict) -> float:
   """The weight of the distance-consistency term; 0 when it is off."""
-  f = _section(config)
-  return float(f.cdc_weight) if f is not None else 0.0
+  return float(config.fewshot.cdc_weight)
 
 
 def anchor_interval(config: ml_collections.ConfigDict) -> Optional[int]:
   """Steps between anchor steps, or None when the anchor-region patch discriminator is off."""
-  f = _section(config)
-  return f.cdc_anchor_interval if f is not None and f.cdc_anchor_interval > 0 else None
+  f = config.fewshot
+  return f.cdc_anchor_interval if f.cdc_anchor_interval > 0 else None
 
 
 def patch_resolution(config: ml_collections.ConfigDict) -> int:
@@ -69,9 +64,7 @@ def patch_resolution(config: ml_collections.ConfigDict) -> int:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the ``fewshot.cdc_*`` key that cannot work."""
-  f = _section(config)
-  if f is None:
-    return
+  f = config.fewshot
   if f.cdc_weight < 0:
     raise errors.ConfigError(f"fewshot.cdc_weight must be >= 0 (0 = off), got {f.cdc_weight}")
   if f.cdc_weight > 0:

@@ -47,32 +47,6 @@ RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every"
                      "train.compile_cache_dir", "train.tensorboard",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "train.variant_programs", "parallel.", "eval.")
-# Keys added after runs were first written, with the value those runs had without them.
-ADDED_KEYS = {
-    "model.mbstd_grouping": "contiguous",
-    "model.compute_dtype": "float32",
-    "model.num_low_precision_res": 0,
-    "augment.kind": "none",
-    "augment.p": 0.0,
-    "augment.pipeline": "bgc",
-    "augment.ada_target": 0.6,
-    "augment.ada_interval": 4,
-    "augment.ada_kimg": -1.0,
-    "augment.diffaug_policy": "color,translation,cutout",
-    "fewshot.cdc_weight": 0.0,
-    "fewshot.cdc_batch": 4,
-    "fewshot.cdc_anchor_interval": 0,
-    "fewshot.cdc_anchors": 10,
-    "fewshot.cdc_anchor_std": 0.1,
-    "fewshot.cdc_patch_resolution": 0,
-    "fewshot.ewc_weight": 0.0,
-    "fewshot.adapter": "none",
-    "fewshot.adapter_fisher_quantile": 0.0,
-    "fewshot.fisher_samples": 1000,
-    "fewshot.fisher_batch": 8,
-    "train.compile_cache_dir": "auto",
-    "train.tensorboard": True,
-}
 # What a user does about a diverged run, in every message that reports one.
 DIVERGED_REMEDY = ("Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a "
                    "new --workdir")
@@ -93,7 +67,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _config_differences(old: dict, config: ml_collections.ConfigDict) -> list[str]:
   new = _flat(json.loads(config_lib.to_json(config)))
-  old = {**ADDED_KEYS, **_flat(old)}
+  old = _flat(config_lib.upgrade(old))
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]

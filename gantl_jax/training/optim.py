@@ -98,13 +98,12 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
 @functools.lru_cache(maxsize=8)
 def _param_paths(key: str) -> dict[str, tuple[str, ...]]:
   """:func:`param_paths` of a JSON key (``resolve`` runs several times per launch)."""
-  from gantl_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
   spec = json.loads(key)
   model = ml_collections.ConfigDict(spec["model"])
   g = stylegan2.generator_from_config(model)
   d = stylegan2.discriminator_from_config(model, patch_resolution=spec["patch_resolution"])
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  shapes = jax.eval_shape(lambda k: dict(g=state_lib.init_g_variables(g, k, spec["adapters"]),
+  shapes = jax.eval_shape(lambda k: dict(g=adapters.init_g_variables(g, k, spec["adapters"]),
                                          d=stylegan2.init_discriminator(d, k)), rng)
   return {net: tuple(traverse_util.flatten_dict(shapes[net]["params"], sep="/")) for net in ("g", "d")}
 

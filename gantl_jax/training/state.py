@@ -112,7 +112,7 @@ def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> N
   d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
   with_adapters = adapters.kind(config) != "none"
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
-  g_shapes = jax.eval_shape(lambda k: init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
+  g_shapes = jax.eval_shape(lambda k: adapters.init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
   d_shapes = jax.eval_shape(lambda k: stylegan2.init_discriminator(d, k), jax.random.key(0))["params"]
   intervals = optim.reg_intervals(config.train)
   g_freeze, d_freeze = freeze_patterns(config, g_shapes, g_fisher)
@@ -122,8 +122,7 @@ def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> N
   d_tx = optim.make_optimizer(d_shapes, config.optim.d, freeze=d_freeze,
                               lr_mults=config.freeze.d_lr_mults,
                               reg_interval=intervals["d"])
-  # Configs written before augmentation existed have no 'augment' section.
-  extras = tuple(augment.initial_extras(config.get("augment")).items())
+  extras = tuple(augment.initial_extras(config.augment).items())
   return Networks(g, d, g_tx, d_tx, extras, g_adapters=with_adapters)
 
 
@@ -136,21 +135,12 @@ def freeze_patterns(config: ml_collections.ConfigDict, g_params: Any, g_fisher: 
   return g + adapters.frozen_patterns(config, g_params, g_fisher), d
 
 
-def init_g_variables(generator: stylegan2.Generator, key: jax.Array, with_adapters: bool) -> dict[str, Any]:
-  """Fresh G variables ``{'params', 'buffers'}``, with the adapter leaves when ``with_adapters``
-  (``Networks.g_adapters``): at init the adapted G is the plain one, bit for bit."""
-  g_vars = stylegan2.init_generator(generator, key)
-  if with_adapters:
-    g_vars = {**g_vars, "params": adapters.init(g_vars["params"], jax.random.fold_in(key, 1))}
-  return g_vars
-
-
 def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
   """A fresh state. Call it under ``jax.jit`` (see ``parallel.create_state``) so that every leaf,
   optimizer counters included, is created as a global array with the intended sharding."""
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   k_g, k_d, k_run = jax.random.split(key, 3)
-  g_vars = init_g_variables(nets.generator, k_g, nets.g_adapters)
+  g_vars = adapters.init_g_variables(nets.generator, k_g, nets.g_adapters)
   d_vars = stylegan2.init_discriminator(nets.discriminator, k_d)
   return state_from_variables(nets, {"g": g_vars, "g_ema": g_vars, "d": d_vars}, jax.random.key_data(k_run))
 

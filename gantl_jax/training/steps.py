@@ -86,7 +86,7 @@ COND_FLAGS = ("g_reg", "d_reg")
 def merged_variants(train: ml_collections.ConfigDict) -> bool:
   """Whether the drivers compile one program for the values of :data:`COND_FLAGS`
   (``train.variant_programs``): 'merged' yes, 'separate' no, 'auto' on CPU only."""
-  value = train.get("variant_programs", "separate")  # configs written before the key: separate
+  value = train.variant_programs
   if value not in VARIANT_PROGRAMS:
     raise ValueError(f"train.variant_programs must be one of {VARIANT_PROGRAMS}, got {value!r}")
   return value == "merged" or (value == "auto" and jax.default_backend() == "cpu")
@@ -179,7 +179,7 @@ def make_train_step(config: ml_collections.ConfigDict, nets: Networks,
   t = config.train
   g, d = nets.generator, nets.discriminator
   pmean = (lambda x: lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
-  aug_config = config.get("augment")
+  aug_config = config.augment
   augment_fn = augment.make(aug_config)
   cdc_weight = fewshot.cdc_weight(config)
   patch_d = fewshot.patch_resolution(config) > 0
