@@ -212,7 +212,7 @@ def main(argv):
   from gantl_jax import config as config_lib
   from gantl_jax import errors
   from gantl_jax.training import compilation
-  from gantl_jax.training import loop as train
+  from gantl_jax.training import loop
   from gantl_jax.training import parallel
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
@@ -225,7 +225,7 @@ def main(argv):
       config_lib.resolve(config, num_devices=None)
       parallel.maybe_initialize_distributed(config.parallel)
     if _MODE.value == "train":
-      train.train_and_evaluate(config, _WORKDIR.value)
+      loop.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "generate":
       from gantl_jax.cli import generate
       generate.generate(_WORKDIR.value, _SEEDS.value, _PSI.value, outdir=_OUTDIR.value,
@@ -238,7 +238,7 @@ def main(argv):
       from gantl_jax.cli import blend
       if not _BLEND_WITH.value or not _BLEND_RES.value:
         raise errors.ConfigError("--mode blend needs --blend_with (the other generator) and "
-                                     "--blend_resolution (the last block resolution from --workdir)")
+                                 "--blend_resolution (the last block resolution from --workdir)")
       blend.blend(_WORKDIR.value, _BLEND_WITH.value, _BLEND_RES.value, _BLEND_WIDTH.value,
                   outdir=_OUTDIR.value, seeds=_SEEDS.value, truncation_psi=_PSI.value,
                   step=_STEP.value)

@@ -50,8 +50,15 @@ def _imports(name: str, path: str, modules: dict[str, str]) -> list[tuple[str, a
 
 
 def _graph() -> dict[str, set[str]]:
+  """Module -> the package modules it imports. Importing ``a.b.c`` runs ``a/b/__init__.py`` first,
+  so it counts as an import of ``a.b`` too (but not from inside ``a.b`` itself)."""
   modules = _modules()
-  return {name: {m for m, _ in _imports(name, path, modules)} for name, path in modules.items()}
+  graph = {}
+  for name, path in modules.items():
+    imported = {m for m, _ in _imports(name, path, modules)}
+    parents = {".".join(m.split(".")[:i]) for m in imported for i in range(2, m.count(".") + 1)}
+    graph[name] = imported | {p for p in parents if not (name == p or name.startswith(p + "."))}
+  return graph
 
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -99,8 +106,27 @@ def test_import_graph_has_no_cycle():
   assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-def test_errors_module_is_a_leaf():
-  assert _graph()[f"{PACKAGE}.errors"] == set()
+def test_errors_and_defaults_are_leaves():
+  graph = _graph()
+  assert graph[f"{PACKAGE}.errors"] == set() and graph[f"{PACKAGE}.defaults"] == set()
+
+
+def test_error_classes_live_in_errors():
+  """Every exception class of the package is in errors.py, but the weight importer's own, which
+  only that command raises and catches."""
+  local = {f"{PACKAGE}.cli.import_stylegan2": {"ConversionError", "OutputError", "UsageError"}}
+  elsewhere = []
+  for name, path in _modules().items():
+    if name == f"{PACKAGE}.errors":
+      continue
+    with open(path, encoding="utf-8") as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      bases = [ast.unparse(b) for b in getattr(node, "bases", [])]
+      if (isinstance(node, ast.ClassDef) and any(b.endswith(("Error", "Exception")) for b in bases)
+          and node.name not in local.get(name, ())):
+        elsewhere.append(f"{name}.{node.name}")
+  assert not elsewhere, elsewhere
 
 
 def test_config_imports_package_modules_only_at_the_top():

@@ -70,14 +70,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if f.cdc_weight > 0:
     if f.cdc_batch < 2:
       raise errors.ConfigError(f"fewshot.cdc_batch must be >= 2 (each latent is compared with "
-                                   f"the others), got {f.cdc_batch}")
+                               f"the others), got {f.cdc_batch}")
     if not config.transfer.source:
       raise errors.ConfigError(
           f"fewshot.cdc_weight={f.cdc_weight} compares G with the transfer source, but "
           f"transfer.source is empty; set --config.transfer.source=DIR or fewshot.cdc_weight=0")
   if f.cdc_anchor_interval < 0:
     raise errors.ConfigError(f"fewshot.cdc_anchor_interval must be >= 0 (0 = image-level D "
-                                 f"always), got {f.cdc_anchor_interval}")
+                             f"always), got {f.cdc_anchor_interval}")
   if f.cdc_anchor_interval > 0:
     if f.cdc_anchors < 1:
       raise errors.ConfigError(f"fewshot.cdc_anchors must be >= 1, got {f.cdc_anchors}")

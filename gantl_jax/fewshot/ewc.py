@@ -40,8 +40,8 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
+from gantl_jax import cache
 from gantl_jax.errors import ConfigError
-from gantl_jax.metrics import cache
 
 FILE = "g_fisher.npz"  # in the run's workdir
 

@@ -22,8 +22,9 @@ from typing import Callable, Iterator
 import ml_collections
 import numpy as np
 
+from gantl_jax import cache
 from gantl_jax.errors import ConfigError
-from gantl_jax.metrics import cache, kid_fid, samples, swd
+from gantl_jax.metrics import kid_fid, samples, swd
 
 Batches = Iterator[np.ndarray]
 Evaluator = Callable[[Batches, Batches, ml_collections.ConfigDict], dict]

@@ -46,9 +46,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from gantl_jax import cache
 from gantl_jax import errors
 from gantl_jax.errors import ConfigError
-from gantl_jax.metrics import cache, inception
+from gantl_jax.metrics import inception
 from gantl_jax.training import parallel
 
 METRICS = ("kid", "fid")

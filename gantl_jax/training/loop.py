@@ -148,7 +148,7 @@ def _check_writable(directory: str, what: str) -> None:
     os.remove(probe)
   except OSError as e:  # a start-time problem of --workdir, like the config's: status 2
     raise errors.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
-                                 f"writable or choose another --workdir") from None
+                             f"writable or choose another --workdir") from None
 
 
 @contextlib.contextmanager
