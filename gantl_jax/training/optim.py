@@ -20,7 +20,7 @@ from flax import traverse_util
 
 from gantl_jax.errors import ConfigError
 from gantl_jax.fewshot import adapters
-from gantl_jax.fewshot import cdc as fewshot
+from gantl_jax.fewshot import cdc
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
@@ -90,7 +90,7 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
   model = config.model.to_dict()
   # The convolution implementation changes no parameter, and 'auto' would ask for the backend.
   model["conv_impl"] = "xla"
-  key = json.dumps(dict(model=model, patch_resolution=fewshot.patch_resolution(config),
+  key = json.dumps(dict(model=model, patch_resolution=cdc.patch_resolution(config),
                         adapters=adapters.kind(config) != "none"), sort_keys=True, default=str)
   return _param_paths(key)
 

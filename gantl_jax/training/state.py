@@ -25,7 +25,7 @@ import optax
 
 from gantl_jax.fewshot import adapters
 from gantl_jax.fewshot import augment
-from gantl_jax.fewshot import cdc as fewshot
+from gantl_jax.fewshot import cdc
 from gantl_jax.models import stylegan2
 from gantl_jax.training import optim
 
@@ -109,7 +109,7 @@ def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> N
   ``fewshot.adapter_fisher_quantile`` > 0; without it every conv layer counts as adapted, which
   changes only G's optimizer (enough for shapes, sampling and export; the loop passes it)."""
   g = stylegan2.generator_from_config(config.model)
-  d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
+  d = stylegan2.discriminator_from_config(config.model, patch_resolution=cdc.patch_resolution(config))
   with_adapters = adapters.kind(config) != "none"
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
   g_shapes = jax.eval_shape(lambda k: adapters.init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
