@@ -12,6 +12,7 @@ transfer only overlays leaves.
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -161,12 +162,14 @@ def test_anchor_flag_alternates_as_scheduled():
   # R1 (every 16) and path length (every 4) keep their own schedules.
   assert [i for i, f in enumerate(flags) if f.d_reg] == [0, 16]
   assert [i for i, f in enumerate(flags) if f.g_reg] == [0, 4, 8, 12, 16]
-  # Interval 0: no anchor step, so the same programs as without CDC (also for configs written
-  # before the fewshot section existed).
+  # Interval 0: no anchor step, so the same programs as without CDC (also for a run's config
+  # written without the fewshot section, once upgraded).
   config.fewshot.cdc_anchor_interval = 0
   assert not any(steps.schedule(i, config).anchor for i in range(17))
-  del config.fewshot
-  assert steps.schedule(0, config) == steps.StepFlags(g_reg=True, d_reg=True)
+  old = config.to_dict()
+  del old["fewshot"]
+  upgraded = ml_collections.ConfigDict(config_lib.upgrade(old))
+  assert steps.schedule(0, upgraded) == steps.StepFlags(g_reg=True, d_reg=True)
 
 
 def test_discriminator_without_cdc_has_exactly_the_stylegan2_paths():
