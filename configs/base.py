@@ -5,4 +5,6 @@ that an installed gantl_jax can fill the keys an older run's ``config.json`` lac
 (``gantl_jax.config.upgrade``). A config file starts from them with
 ``from configs import base; c = base.get_config()``.
 """
-from gantl_jax.defaults import get_config  # noqa: F401  # pylint: disable=unused-import
+from gantl_jax.defaults import get_config
+
+__all__ = ["get_config"]
