@@ -124,7 +124,7 @@ def _unknown_key(config: ml_collections.ConfigDict, key: str) -> str | None:
       return f"{'.'.join(parts[:i])} is a value ({node!r}), not a section"
     if part not in node:
       close = difflib.get_close_matches(key, _key_paths(config), n=1, cutoff=0.5)
-      hint = f"did you mean {close[0]}?" if close else "configs/base.py documents every key"
+      hint = f"did you mean {close[0]}?" if close else "gantl_jax/defaults.py documents every key"
       return f"the config has no key {'.'.join(parts[:i + 1])}; {hint}"
     node = node[part]
   return None
@@ -209,7 +209,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def _quiet_orbax() -> None:
   """Orbax logs every save phase at INFO: keep its warnings, drop the chatter. A failed
   asynchronous save makes Orbax's threads and asyncio log hundreds of lines of traces for one
-  I/O error; the loop reports that error itself in one line (checkpoint.CheckpointError). The
+  I/O error; the loop reports that error itself in one line (errors.CheckpointError). The
   warnings that a manager is read-only are dropped too: every checkpoint read opens one so."""
   import logging as std_logging
   read_only = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
@@ -245,13 +245,11 @@ def main(argv):
   del argv
   _quiet_orbax()
   _quiet_libraries()
-  from gantl_jax import checkpoint
-  from gantl_jax import compilation
   from gantl_jax import config as config_lib
-  from gantl_jax import jsonl
-  from gantl_jax import parallel
-  from gantl_jax import train
-  from gantl_jax.data import DataError
+  from gantl_jax import errors
+  from gantl_jax.training import compilation
+  from gantl_jax.training import loop
+  from gantl_jax.training import parallel
   config = _CONFIG.value
   if config is None and _MODE.value == "train":
     raise app.UsageError("--config is required to train (e.g. --config configs/demo_photo.py)")
@@ -263,39 +261,39 @@ def main(argv):
       config_lib.resolve(config, num_devices=None)
       parallel.maybe_initialize_distributed(config.parallel)
     if _MODE.value == "train":
-      train.train_and_evaluate(config, _WORKDIR.value)
+      loop.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "generate":
-      from gantl_jax import generate
+      from gantl_jax.cli import generate
       generate.generate(_WORKDIR.value, _SEEDS.value, _PSI.value, outdir=_OUTDIR.value,
                         grid=_GRID.value, step=_STEP.value)
     elif _MODE.value == "interpolate":
-      from gantl_jax import generate
+      from gantl_jax.cli import generate
       generate.interpolate(_WORKDIR.value, _SEEDS.value, frames=_FRAMES.value,
                            truncation_psi=_PSI.value, outdir=_OUTDIR.value, step=_STEP.value)
     elif _MODE.value == "blend":
-      from gantl_jax import blend
+      from gantl_jax.cli import blend
       if not _BLEND_WITH.value or not _BLEND_RES.value:
-        raise config_lib.ConfigError("--mode blend needs --blend_with (the other generator) and "
-                                     "--blend_resolution (the last block resolution from --workdir)")
+        raise errors.ConfigError("--mode blend needs --blend_with (the other generator) and "
+                                 "--blend_resolution (the last block resolution from --workdir)")
       blend.blend(_WORKDIR.value, _BLEND_WITH.value, _BLEND_RES.value, _BLEND_WIDTH.value,
                   outdir=_OUTDIR.value, seeds=_SEEDS.value, truncation_psi=_PSI.value,
                   step=_STEP.value)
     elif _MODE.value == "export":
-      from gantl_jax import export
+      from gantl_jax.cli import export
       export.export(_WORKDIR.value, _OUTDIR.value, step=_STEP.value)
     elif _MODE.value == "compare":
-      from gantl_jax import compare
+      from gantl_jax.cli import compare
       compare.compare(_WORKDIR.value, blend_resolution=_BLEND_RES.value,
                       seeds=_SEEDS.value if flags.FLAGS["seeds"].present else "0-7",
                       outdir=_OUTDIR.value, real_folder=_REAL_FOLDER.value)
     else:
-      from gantl_jax import evaluate
+      from gantl_jax.cli import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
                                 num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value,
                                 real_folder=_REAL_FOLDER.value)
-  except (config_lib.ConfigError, DataError, FileNotFoundError) as e:
+  except (errors.ConfigError, errors.DataError, FileNotFoundError) as e:
     _fail(str(e))
-  except (train.TrainingError, checkpoint.CheckpointError, jsonl.LogError) as e:
+  except (errors.TrainingError, errors.CheckpointError, errors.LogError) as e:
     # The run started and cannot go on (diverged, or its files cannot be written); what it
     # saved before is intact.
     _fail(str(e), status=1)

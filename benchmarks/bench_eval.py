@@ -28,9 +28,9 @@ import jax  # noqa: E402
 
 from gantl_jax import config as config_lib  # noqa: E402
 from gantl_jax import metrics  # noqa: E402
-from gantl_jax import parallel  # noqa: E402
-from gantl_jax import state as state_lib  # noqa: E402
 from gantl_jax.data import pipeline  # noqa: E402
+from gantl_jax.training import parallel  # noqa: E402
+from gantl_jax.training import state as state_lib  # noqa: E402
 
 
 def load_config(path: str):

@@ -27,8 +27,8 @@ import jax  # noqa: E402
 
 import parallel_common as common  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
-from gantl_jax import parallel  # noqa: E402
-from gantl_jax import state as state_lib  # noqa: E402
+from gantl_jax.training import parallel  # noqa: E402
+from gantl_jax.training import state as state_lib  # noqa: E402
 
 
 def bench(mode: str, num_devices: int, steps: int, repeats: int) -> dict:

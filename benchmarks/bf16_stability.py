@@ -6,7 +6,7 @@
 Runs ``--steps`` train steps of the config on the same fixed images (the synthetic ``anime``
 domain at the model's resolution, ``--images`` of them, batches in turn) once per precision,
 ``DTYPE[:N][@SEED]``: ``float32`` or ``bfloat16``, N = ``model.num_low_precision_res``, SEED the
-run's seed (default the config's), with ``gantl_jax.bench.train_losses``. The first is the
+run's seed (default the config's), with ``gantl_jax.cli.bench.train_losses``. The first is the
 reference. A GAN's trajectory is chaotic: after some steps any perturbation (bf16 rounding, or
 another seed) makes the curves differ step by step, so the same run with another seed
 (``float32@1``) gives the band that window means of a healthy bf16 run should stay within.
@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gantl_jax import bench  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
+from gantl_jax.cli import bench  # noqa: E402
 from gantl_jax.data import synthetic  # noqa: E402
 
 

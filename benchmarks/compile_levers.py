@@ -4,7 +4,7 @@
         --levers separate,opt1,merged,merged+opt1 [--rounds 3] [--steps 16] [--config.key=value ...]
 
 One process. Every lever builds its state and compiles the step's programs with
-``gantl_jax.bench.compile_schedule`` (tracing, lowering and compiling; timed in wall and in CPU
+``gantl_jax.cli.bench.compile_schedule`` (tracing, lowering and compiling; timed in wall and in CPU
 seconds: ``resource.getrusage`` of the process, all threads, which a shared machine inflates much
 less than wall time). Each lever traces anew and compiles with other options or another program,
 so each compile is cold. Then ``--rounds`` rounds time ``--steps`` scheduled steps of every lever
@@ -28,8 +28,8 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gantl_jax import bench  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
+from gantl_jax.cli import bench  # noqa: E402
 
 OPTIONS = {
     "opt0": {"xla_backend_optimization_level": 0},

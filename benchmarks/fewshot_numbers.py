@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gantl_jax import jsonl  # noqa: E402
+from gantl_jax.training import jsonl  # noqa: E402
 
 _RUN = re.compile(r"^(?P<arm>.+)-n(?P<shots>\d+)-s(?P<seed>\d+)$")
 

@@ -25,11 +25,10 @@ import statistics
 import sys
 import types
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [os.path.dirname(HERE), HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import transfer_study as study  # noqa: E402
-from gantl_jax import jsonl  # noqa: E402
+from benchmarks import transfer_study as study  # noqa: E402
+from gantl_jax.training import jsonl  # noqa: E402
 
 LOG_EVERY = 8
 

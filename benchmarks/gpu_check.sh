@@ -132,7 +132,7 @@ if ok:
 EOF
 }
 
-BENCH=("$PY" -m gantl_jax.bench --config "$CONFIG" --steps "$STEPS" --repeats "$REPEATS")
+BENCH=("$PY" -m gantl_jax.cli.bench --config "$CONFIG" --steps "$STEPS" --repeats "$REPEATS")
 
 echo "[gpu_check] config $CONFIG, out $OUT, work $WORK, budget $TOTAL_S s" >&2
 

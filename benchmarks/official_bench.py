@@ -32,11 +32,11 @@ logging and snapshots:
 - fresh latents for every phase each step, and the G-EMA update after each step (ema_kimg =
   batch * 10 / 32, ramp-up 0.05).
 
-Reals are uniform noise in [-1, 1], as in ``gantl_jax.bench``. It runs ``--warmup_steps``
+Reals are uniform noise in [-1, 1], as in ``gantl_jax.cli.bench``. It runs ``--warmup_steps``
 scheduled steps first (default 16: one full period, so every phase has run and allocated), then
 times ``--steps`` steps ``--repeats`` times; each timed run starts at a multiple of 16 steps, so
 16 steps hold 1 R1 and 4 path-length phases, like ours; on CUDA it synchronises the device before
-reading each clock. Prints one JSON line with the keys of ``gantl_jax.bench`` where they apply,
+reading each clock. Prints one JSON line with the keys of ``gantl_jax.cli.bench`` where they apply,
 which of the official CUDA kernels (``bias_act``, ``upfirdn2d``: built on first use with ninja
 and nvcc, else the official code falls back to its reference implementations) were in use, and
 whether its ``conv2d_gradfix`` op ran (only on the torch versions it names, 1.7-1.9).

@@ -13,7 +13,7 @@ same target images, with the same hyper-parameters, scored by the same evaluator
 official ``Generator`` and ``Discriminator`` and prints the max abs difference of their images (on
 the same z, constant noise) and logits from ours. ``--side official`` trains the official networks
 with the official ``training/training_loop.py`` (run on CPU: the few CUDA-only lines are replaced
-at import, :data:`CPU_PATCHES`), reads its snapshots back with ``gantl_jax.tools.import_stylegan2``
+at import, :data:`CPU_PATCHES`), reads its snapshots back with ``gantl_jax.cli.import_stylegan2``
 and scores them; ``--side ours`` trains with ``launch.py --config configs/demo_anime.py`` and scores
 its checkpoints. Each side writes into OUT/<side>_<aug>_seed<N>/ and appends one record per
 scored snapshot (and one with the run's ADA p) to OUT/results.jsonl, so sides and seeds can be run
@@ -133,7 +133,7 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from gantl_jax import checkpoint, runs
+  from gantl_jax.training import checkpoint, runs
   from gantl_jax.models import stylegan2
 
   net = runs.load_network(source, flag="--source")
@@ -197,7 +197,8 @@ def score(network_path: str, num_eval: int, source_samples=None) -> dict:
   """SWD x 10^3 against ``num_eval`` held-out anime images and compare.py's diagnostics (first
   1000 samples) of the G-EMA at ``network_path``; samples are seeds 0..num_eval-1."""
   import numpy as np
-  from gantl_jax import compare, generate, runs
+  from gantl_jax.cli import compare, generate
+  from gantl_jax.training import runs
   from gantl_jax.data import checks, synthetic
   config = demo_config()
   seeds = list(range(num_eval))
@@ -213,12 +214,13 @@ def score(network_path: str, num_eval: int, source_samples=None) -> dict:
 
 
 def _append(out: str, record: dict) -> None:
-  from gantl_jax import jsonl
+  from gantl_jax.training import jsonl
   jsonl.append(os.path.join(out, RESULTS), record)
 
 
 def _score_all(out: str, run_name: str, snapshots: list[tuple[float, str]], num_eval: int, meta: dict) -> None:
-  from gantl_jax import generate, runs
+  from gantl_jax.cli import generate
+  from gantl_jax.training import runs
   source = runs.load_network(SOURCE)
   source_samples = generate.seed_images(source, list(range(num_eval)))
   for kimg, path in [(0.0, SOURCE)] + snapshots:
@@ -248,7 +250,7 @@ def _train_once(cmd: list[str], run_dir: str) -> float:
 
 def run_ours(args) -> None:
   """Trains demo_anime (10 images) for --kimg and scores each kept checkpoint."""
-  from gantl_jax import checkpoint, jsonl
+  from gantl_jax.training import checkpoint, jsonl
   name = f"ours_{args.aug}_seed{args.seed}"
   workdir = os.path.join(args.out, name)
   steps_per_snap = max(1, round(args.snap_kimg * 1000 / BATCH))
@@ -288,7 +290,7 @@ def run_official(args) -> None:
     kimg = int(os.path.basename(pkl)[len("network-snapshot-"):-len(".pkl")]) / 1000
     target = os.path.join(run_dir, "imported", os.path.basename(pkl)[:-4])
     if not os.path.isdir(target):
-      subprocess.run([sys.executable, "-m", "gantl_jax.tools.import_stylegan2", pkl, target], check=True,
+      subprocess.run([sys.executable, "-m", "gantl_jax.cli.import_stylegan2", pkl, target], check=True,
                      cwd=REPO, stdout=subprocess.DEVNULL)
     snapshots.append((kimg, target))
   # p and the mean sign of D's real logits over each tick (ADA's r_t, before its interval means).
@@ -518,7 +520,8 @@ def plot_samples(records: list[dict], path: str, seeds: int = 12) -> None:
   """One row per run: its last scored G-EMA at seeds 0..seeds-1, under the source's row and
   above the training images; labelled and upscaled 4x."""
   import numpy as np
-  from gantl_jax import compare, generate, runs
+  from gantl_jax.cli import compare, generate
+  from gantl_jax.training import runs
   from gantl_jax import images as image_io
   runs_ = sorted({r["run"] for r in records})
   seed_list = list(range(seeds))

@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py --config configs/bench256.py --steps 16 --out_dir /tmp/prof \
         [--variant schedule|main|g_reg|g_reg+d_reg|...] [--trace_dir DIR] [--config.key=value ...]
 
-Compiles the step's variants (``gantl_jax.bench.compile_schedule``), runs each once to warm up,
+Compiles the step's variants (``gantl_jax.cli.bench.compile_schedule``), runs each once to warm up,
 then traces ``--steps`` steps (the real lazy-regularisation schedule, or one variant repeated)
 with ``jax.profiler.trace(create_perfetto_trace=True)``. The trace's op events (GPU kernels on the
 device's stream lines; XLA:CPU thunks on the host's XLA thread pools) are joined by their
@@ -39,10 +39,10 @@ from absl import app, flags  # noqa: E402
 import jax  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from gantl_jax import bench  # noqa: E402
-from gantl_jax import compilation  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
-from gantl_jax import steps  # noqa: E402
+from gantl_jax.cli import bench  # noqa: E402
+from gantl_jax.training import compilation  # noqa: E402
+from gantl_jax.training import steps  # noqa: E402
 
 KINDS = ("conv forward", "conv weight-grad", "conv data-grad", "conv backward (XLA:CPU, either)",
          "dense matmuls", "slice / concat / pad / copy fusions", "layout conversions", "reductions",

@@ -45,13 +45,14 @@ import time
 from typing import Any, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]
+sys.path.insert(0, REPO)
 
 import ml_collections  # noqa: E402
 
-import transfer_study_report as report  # noqa: E402
+from benchmarks import transfer_study_report as report  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
-from gantl_jax import jsonl  # noqa: E402
+from gantl_jax import errors  # noqa: E402
+from gantl_jax.training import jsonl  # noqa: E402
 
 # arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
 # the overrides on top of it). The few-shot methods' arms are the project's presets for them.
@@ -149,7 +150,7 @@ def parse_set(config: ml_collections.ConfigDict, items: list[str]) -> dict[str, 
   for item in items:
     key, sep, text = item.partition("=")
     if not sep:
-      raise config_lib.ConfigError(f"--set {item}: expected KEY=VALUE")
+      raise errors.ConfigError(f"--set {item}: expected KEY=VALUE")
     *parents, leaf = key.split(".")
     node = config
     try:
@@ -157,7 +158,7 @@ def parse_set(config: ml_collections.ConfigDict, items: list[str]) -> dict[str, 
         node = node[part]
       kind = node.get_type(leaf)
     except (KeyError, AttributeError):
-      raise config_lib.ConfigError(f"--set {item}: the config has no key {key}") from None
+      raise errors.ConfigError(f"--set {item}: the config has no key {key}") from None
     if kind is bool:
       out[key] = text.lower() in ("1", "true", "yes")
     elif kind in (int, float):
@@ -193,7 +194,7 @@ def build_config(base: ml_collections.ConfigDict, overrides: dict[str, Any]) -> 
     try:
       config.update_from_flattened_dict({key: value})
     except (KeyError, AttributeError, TypeError) as e:
-      raise config_lib.ConfigError(f"override {key}={value!r}: {e}") from None
+      raise errors.ConfigError(f"override {key}={value!r}: {e}") from None
   return config_lib.resolve(config)
 
 
@@ -219,8 +220,8 @@ def plan(args) -> list[dict]:
         overrides = study_overrides(arm, shots, seed, args, base.train.batch_size)
         try:
           config = build_config(base, overrides)
-        except (config_lib.ConfigError, ValueError) as e:
-          raise config_lib.ConfigError(f"arm {arm} ({shots} shots, seed {seed}): {e}") from None
+        except (errors.ConfigError, ValueError) as e:
+          raise errors.ConfigError(f"arm {arm} ({shots} shots, seed {seed}): {e}") from None
         name = run_name(arm, shots, seed)
         runs.append(dict(name=name, arm=arm, shots=shots, seed=seed, kimg=args.kimg, config=paths[arm],
                          total_steps=config_lib.num_steps(config), overrides=overrides,
@@ -338,7 +339,7 @@ def run_one(run: dict, args, launcher: Launcher) -> tuple[str, Optional[dict]]:
                     log_path)
   if rc != 0 and not launcher.stop_requested:
     if rc == 2:  # refused at start: a problem of the setup, which every other run would share
-      raise config_lib.ConfigError(f"{run['name']} was refused: {last_error(log_path)} (log {log_path})")
+      raise errors.ConfigError(f"{run['name']} was refused: {last_error(log_path)} (log {log_path})")
     return "failed", _record(run, args, t0, resumed, status="failed", error=last_error(log_path))
   if collect(run) is None:  # stopped before its last step
     return "stopped", None
@@ -348,7 +349,7 @@ def run_one(run: dict, args, launcher: Launcher) -> tuple[str, Optional[dict]]:
     if launcher.stop_requested:
       return "stopped", None
     if rc != 0:
-      raise config_lib.ConfigError(f"KID/FID of {run['name']} failed: {last_error(log_path)} (log {log_path})")
+      raise errors.ConfigError(f"KID/FID of {run['name']} failed: {last_error(log_path)} (log {log_path})")
   return "done", _record(run, args, t0, resumed, status="done", **collect(run))
 
 
@@ -367,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   args = parse_args(argv)
   try:
     runs = plan(args)
-  except (config_lib.ConfigError, ValueError, OSError) as e:
+  except (errors.ConfigError, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   results_path = os.path.join(args.outdir, "results.jsonl")
@@ -405,7 +406,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         what = f"swd {final['swd']:.2f}" if "swd" in final else record.get("error", "")
         print(f"[{i + 1}/{len(todo)}] {run['name']}: {status} in {report.duration(time.time() - t_run)} ({what}); "
               f"{report.duration(elapsed)} so far, about {report.duration(elapsed / (i + 1) * left)} left", flush=True)
-  except config_lib.ConfigError as e:
+  except errors.ConfigError as e:
     outcome = "error"
     print(f"error: {e}", file=sys.stderr)
   finally:

@@ -253,8 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   if not os.path.exists(os.path.join(args.outdir, "results.jsonl")):
     print(f"error: no results.jsonl in {args.outdir}; run benchmarks/transfer_study.py first", file=sys.stderr)
     return 2
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from transfer_study import ARMS  # pylint: disable=import-outside-toplevel  # the table's row order
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from benchmarks.transfer_study import ARMS  # pylint: disable=import-outside-toplevel  # the table's row order
   for path in write_report(args.outdir, list(ARMS), args.doc or None, args.kimg):
     print(path)
   return 0

@@ -7,7 +7,7 @@ style mixing 0.9, float32 (TF32 convolutions at XLA's default precision on NVIDI
 clamping. There the official stylegan2-ada-pytorch trains at 66.8 images/s in fp32, 120.5 in TF32
 and 134.6 with its fp16 mixed precision (num_fp16_res 4, conv_clamp 256) on one H100; mixed
 precision here: ``--config.model.compute_dtype=bfloat16 --config.model.num_low_precision_res=4``.
-Run ``python -m gantl_jax.bench --config configs/bench256.py``.
+Run ``python -m gantl_jax.cli.bench --config configs/bench256.py``.
 """
 from configs import base
 

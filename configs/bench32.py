@@ -4,7 +4,7 @@
 (gamma 0.01), path length every 4 steps (batch shrink 2), style mixing 0.9, EMA, no augmentation.
 Reference: stylegan2-ada-pytorch trains it at 24-30 images/s (median 28.2) on the 2-core dev box
 (benchmarks/official_bench.py; docs/bench.md).
-Run ``python -m gantl_jax.bench --config configs/bench32.py``.
+Run ``python -m gantl_jax.cli.bench --config configs/bench32.py``.
 """
 from configs import base
 

@@ -1,6 +1,6 @@
 """Speed benchmark config: ``bench32`` at 64 px (channel_max 128 at every resolution, batch 16).
 
-Run ``python -m gantl_jax.bench --config configs/bench64.py``.
+Run ``python -m gantl_jax.cli.bench --config configs/bench64.py``.
 """
 from configs import bench32
 

@@ -4,7 +4,7 @@ the paper, with G pulled towards the source by ``ewc_weight * sum F * (theta - t
 
     python launch.py --config configs/fewshot_ewc.py --workdir runs/fewshot_ewc
 
-G's Fisher F (gantl_jax/fisher.py) is computed once at the start from 1000 source samples and
+G's Fisher F (gantl_jax/fewshot/ewc.py) is computed once at the start from 1000 source samples and
 stored in the workdir (g_fisher.npz).
 
 The weight: the paper's lambda = 5e8 belongs to its own Fisher's scale, which ours does not share

@@ -1,6 +1,6 @@
 """The real job: StyleGAN2 FFHQ (256 or 1024 px, imported) -> a folder of anime faces at 256 px, FreezeD.
 
-    python -m gantl_jax.tools.import_stylegan2 stylegan2-ffhq-config-f.pkl pretrained/ffhq
+    python -m gantl_jax.cli.import_stylegan2 stylegan2-ffhq-config-f.pkl pretrained/ffhq
     python launch.py --config configs/ffhq_to_anime.py --workdir runs/ffhq_to_anime \\
         --config.transfer.source=pretrained/ffhq --config.data.folder=/data/anime_faces
 

@@ -1,7 +1,9 @@
 """Run configuration: derived values ('auto' knobs) and validation with errors that name the key.
 
 Config files live in ``configs/`` and return an ``ml_collections.ConfigDict`` from
-``get_config()``; ``configs/base.py`` documents every key. This module only resolves and checks.
+``get_config()``; ``gantl_jax/defaults.py`` documents every key. This module resolves and checks a
+config (each feature module checks its own section: ``check_config``), and upgrades the config of
+an older run to today's keys (:func:`upgrade`).
 """
 from __future__ import annotations
 
@@ -11,13 +13,24 @@ from typing import Any
 
 import ml_collections
 
+from gantl_jax import defaults
 from gantl_jax import resolutions
 from gantl_jax.data import checks as data_checks
+from gantl_jax.errors import ConfigError
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import augment
+from gantl_jax.fewshot import cdc
+from gantl_jax.fewshot import ewc
+from gantl_jax.metrics import samples as sample_metrics
 from gantl_jax.models import ops
+from gantl_jax.training import optim
+from gantl_jax.training import steps
 
-
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and says what to set."""
+# Keys added after runs were first written whose value in those runs, written without them, is
+# not today's default. :func:`upgrade` fills these values; every other missing key gets its default.
+VALUES_BEFORE_THE_KEY = {
+    "train.variant_programs": "separate",
+}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -31,7 +44,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   ``num_devices`` is the number of devices the global batch is split over (all processes); None
   when it is not known yet (before the backend starts): the checks of the per-device batch are
   then left to a later call with the real count, which must follow before the config is used.
-  Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``data.DataError``,
+  Raises ConfigError naming the first key that cannot work (``data.*`` keys: ``errors.DataError``,
   also a ValueError); files and folders are checked later, where they are read.
   """
   config = ml_collections.ConfigDict(config.to_dict())
@@ -66,8 +79,6 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
   _check(m.mbstd_num_channels == 0 or c4 % m.mbstd_num_channels == 0,
          f"model.mbstd_num_channels={m.mbstd_num_channels} must divide the 4x4 channels ({c4})")
 
-  # Imported here, not at the top: steps imports optim, which imports this module.
-  from gantl_jax import steps  # pylint: disable=g-import-not-at-top
   _check(t.variant_programs in steps.VARIANT_PROGRAMS,
          f"train.variant_programs must be one of {', '.join(map(repr, steps.VARIANT_PROGRAMS))}, "
          f"got {t.variant_programs!r}")
@@ -102,16 +113,13 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
     for key in ("beta1", "beta2"):
       _check(0 <= o[key] < 1, f"optim.{net}.{key} must be in [0, 1), got {o[key]}")
     _check(o.eps > 0, f"optim.{net}.eps must be positive, got {o.eps}")
-  # Imported here, not at the top: optim imports this module for ConfigError.
-  from gantl_jax import optim  # pylint: disable=g-import-not-at-top
   optim.check_freeze(config.freeze, m.resolution)
   data_checks.check_config(config.data)
-  _check_augment(config)
-  from gantl_jax import fewshot  # pylint: disable=g-import-not-at-top  (it imports this module)
-  fewshot.check_config(config)
-  _check_ewc_and_adapters(config)
+  augment.check_config(config)
+  cdc.check_config(config)
+  ewc.check_config(config)
+  adapters.check_config(config)
   optim.check_freeze_matches(config)  # needs the model and fewshot keys checked
-  from gantl_jax.metrics import samples as sample_metrics  # pylint: disable=g-import-not-at-top
   try:
     sample_metrics.check([n.strip() for n in config.eval.metrics.split(",")], config.eval,
                          held_out=bool(config.eval.heldout or config.eval.real_folder),
@@ -120,7 +128,7 @@ def resolve(config: ml_collections.ConfigDict, num_devices: int | None = 1) -> m
     raise ConfigError(str(e)) from None
   _check(not (config.eval.heldout and config.eval.real_folder),
          "eval.heldout=True and eval.real_folder are two sources of held-out images; set one of them")
-  _check(not config.eval.get("heldout", False) or config.data.source in ("synthetic", "idx"),
+  _check(not config.eval.heldout or config.data.source in ("synthetic", "idx"),
          f"eval.heldout=True needs held-out images, which only a synthetic domain or an IDX set has "
          f"(data.source={config.data.source!r}); set --config.eval.heldout=False and give a folder of "
          f"held-out images as --config.eval.real_folder")
@@ -156,66 +164,32 @@ def _check_per_device_batch(config: ml_collections.ConfigDict, num_devices: int)
            f"train.pl_batch_shrink={t.pl_batch_shrink} must divide the per-device batch {per_device}")
 
 
-def _check_augment(config: ml_collections.ConfigDict) -> None:
-  """Validates ``config.augment`` and resolves ``ada_kimg`` 'auto' (-1), in place."""
-  # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
-  from gantl_jax import augment  # pylint: disable=g-import-not-at-top
-  a = config.augment
-  _check(a.kind in augment.KINDS, f"augment.kind must be one of {', '.join(map(repr, augment.KINDS))}, "
-         f"got {a.kind!r}")
-  _check(0 <= a.p <= 1, f"augment.p must be in [0, 1], got {a.p}")
-  _check(a.pipeline in augment.PIPELINES, f"augment.pipeline must be one of "
-         f"{', '.join(map(repr, augment.PIPELINES))}, got {a.pipeline!r}")
-  _check(-1 <= a.ada_target <= 1, f"augment.ada_target must be in [-1, 1] (a mean of signs), got {a.ada_target}")
-  _check(a.ada_interval >= 1, f"augment.ada_interval must be >= 1, got {a.ada_interval}")
-  _check(a.ada_kimg > 0 or a.ada_kimg == -1,
-         f"augment.ada_kimg must be positive, or -1 for 500 (100 with transfer.source), got {a.ada_kimg}")
-  policy = augment.diffaug_policy(a.diffaug_policy)
-  unknown = [p for p in policy if p not in augment.DIFFAUG_POLICIES]
-  _check(not unknown, f"augment.diffaug_policy has unknown policies {unknown}; use a comma-separated "
-         f"list of {', '.join(map(repr, augment.DIFFAUG_POLICIES))}")
-  _check(a.kind != "diffaug" or policy, "augment.diffaug_policy is empty; name at least one of "
-         f"{', '.join(map(repr, augment.DIFFAUG_POLICIES))} (or set augment.kind='none')")
-  # As stylegan2-ada-pytorch: p reacts 5x faster when adapting a pretrained network. Resolved for
-  # 'ada' only, so that other runs' configs stay what they were before augmentation existed.
-  if a.kind == "ada" and a.ada_kimg == -1:
-    a.ada_kimg = 100.0 if config.transfer.source != "" else 500.0
-
-
-def _check_ewc_and_adapters(config: ml_collections.ConfigDict) -> None:
-  """Validates the EWC and adapter keys of ``config.fewshot`` (absent in configs written before it)."""
-  f = config.get("fewshot")
-  if f is None:
-    return
-  # Imported here, not at the top: the module imports jax, which resolving otherwise needs not.
-  from gantl_jax import adapters  # pylint: disable=g-import-not-at-top
-  _check(f.ewc_weight >= 0, f"fewshot.ewc_weight must be >= 0 (0 turns EWC off), got {f.ewc_weight}")
-  _check(f.adapter in adapters.KINDS, f"fewshot.adapter must be one of "
-         f"{', '.join(map(repr, adapters.KINDS))}, got {f.adapter!r}")
-  _check(0 <= f.adapter_fisher_quantile < 1, f"fewshot.adapter_fisher_quantile must be in [0, 1) "
-         f"(0 adapts every conv layer), got {f.adapter_fisher_quantile}")
-  _check(f.adapter_fisher_quantile == 0 or f.adapter != "none",
-         f"fewshot.adapter_fisher_quantile={f.adapter_fisher_quantile} chooses the layers of the "
-         f"adapters; set fewshot.adapter='kernel_modulation' too, or the quantile to 0")
-  for key in ("fisher_samples", "fisher_batch"):
-    _check(f[key] >= 1, f"fewshot.{key} must be >= 1, got {f[key]}")
-  uses = [k for k, on in (("fewshot.ewc_weight", f.ewc_weight > 0),
-                          ("fewshot.adapter", f.adapter != "none")) if on]
-  _check(not uses or config.transfer.source != "",
-         f"{uses[0] if uses else ''} adapts a pretrained generator, but transfer.source is '' (from "
-         f"scratch); set --config.transfer.source to a source checkpoint")
-  # EWC pulls G towards the source G-EMA, so G has to start there.
-  _check(f.ewc_weight == 0 or config.transfer.g_from == "g_ema",
-         f"fewshot.ewc_weight > 0 anchors G at the source's G-EMA, but transfer.g_from is "
-         f"{config.transfer.g_from!r}; set --config.transfer.g_from=g_ema")
-
-
 def num_steps(config: ml_collections.ConfigDict) -> int:
   """Optimizer steps of the run: ``train.total_kimg`` thousand images at ``train.batch_size``."""
   return int(math.ceil(config.train.total_kimg * 1000 / config.train.batch_size))
 
 
+def upgrade(old: dict) -> dict:
+  """The config of a run written by an older gantl_jax (its ``config.json``, or the config stored
+  with a checkpoint), with the keys it lacks filled in: the value such runs had
+  (``VALUES_BEFORE_THE_KEY``), else today's default. Its own values, and keys that no longer
+  exist, are kept as they are."""
+  filled = defaults.get_config().to_dict()
+  for path, value in VALUES_BEFORE_THE_KEY.items():
+    section, key = path.split(".")
+    filled[section][key] = value
+  return _merged(filled, old)
+
+
+def _merged(base: dict, over: dict) -> dict:
+  out = dict(base)
+  for k, v in over.items():
+    out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+  return out
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as the JSON written to a run's ``config.json`` (sorted keys, 2-space indent)."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 

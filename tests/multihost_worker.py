@@ -24,8 +24,8 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gantl_jax import checkpoint  # noqa: E402
-from gantl_jax import parallel  # noqa: E402
+from gantl_jax.training import checkpoint  # noqa: E402
+from gantl_jax.training import parallel  # noqa: E402
 import parallel_common as common  # noqa: E402
 
 

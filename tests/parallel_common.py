@@ -1,5 +1,5 @@
 """Shared by the parallel tests and the multi-host worker: one test config, fixed global batches,
-a driver loop over ``gantl_jax.parallel`` and a comparison of parameter trees.
+a driver loop over ``gantl_jax.training.parallel`` and a comparison of parameter trees.
 
 Compiles dominate the time of these tests (one train-step program costs 1-3 minutes on the
 loaded 2-core dev box), so runs are memoised per (mode, device count) for the whole session and
@@ -17,8 +17,8 @@ import numpy as np
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
 
 GLOBAL_BATCH = 16
 STEPS = 10

@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from gantl_jax import actions
+from gantl_jax.training import actions
 
 
 class Counting(actions.PeriodicAction):

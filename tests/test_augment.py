@@ -1,4 +1,4 @@
-"""Augmentation (gantl_jax/augment.py): each op's contract, exact inverses, no leaks, the official
+"""Augmentation (gantl_jax/fewshot/augment.py): each op's contract, exact inverses, no leaks, the official
 strengths, DiffAugment, equality on 1 and 8 devices, ADA's controller, its state across a
 checkpoint, the config section, and a tiny ADA run whose p rises."""
 import functools
@@ -12,14 +12,15 @@ import optax
 import pytest
 
 from configs import tiny
-from gantl_jax import augment
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import losses
-from gantl_jax import state as state_lib
-from gantl_jax import steps
-from gantl_jax import train
+from gantl_jax.fewshot import augment
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import losses
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 from test_step_golden import leaf_errors
+from gantl_jax import errors
 
 R = 16  # image size of the op tests
 N = 8   # images per batch
@@ -476,7 +477,7 @@ def test_config_section_is_validated_and_ada_kimg_resolved():
     kw = {f"augment__{key}": value}
     if key == "diffaug_policy":
       kw["augment__kind"] = "diffaug"
-    with pytest.raises(config_lib.ConfigError) as e:
+    with pytest.raises(errors.ConfigError) as e:
       resolve(**kw)
     assert words in str(e.value) and "\n" not in str(e.value), str(e.value)
 

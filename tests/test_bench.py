@@ -3,9 +3,7 @@
 the record reports, and the FLOP counts lie in the range measured for the config."""
 import ctypes
 import ctypes.util
-import importlib.util
 import json
-import os
 import types
 
 import jax
@@ -13,12 +11,11 @@ import jax.numpy as jnp
 import pytest
 
 from configs import tiny
-from gantl_jax import bench
-from gantl_jax import compilation
 from gantl_jax import config as config_lib
+from gantl_jax.cli import bench
 from gantl_jax.models import ops
+from gantl_jax.training import compilation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_config():
@@ -30,10 +27,9 @@ def small_config():
 
 
 def load_profile_step():
-  spec = importlib.util.spec_from_file_location("profile_step", os.path.join(ROOT, "benchmarks", "profile_step.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """benchmarks/profile_step.py, imported only by the tests that use it (it defines absl flags)."""
+  from benchmarks import profile_step  # pylint: disable=import-outside-toplevel
+  return profile_step
 
 
 @pytest.fixture(scope="module")

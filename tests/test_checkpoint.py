@@ -11,8 +11,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gantl_jax import checkpoint
-from gantl_jax import state as state_lib
+from gantl_jax import config as config_lib
+from gantl_jax import errors
+from gantl_jax.training import checkpoint
+from gantl_jax.training import state as state_lib
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v0")
 
@@ -21,7 +23,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint_v0")
 def v0():
   """The networks of the committed pre-versioned checkpoint, and a fresh state for them."""
   with open(os.path.join(FIXTURE, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(config_lib.upgrade(json.load(f)))
   nets = state_lib.build_networks(config)
   return config, nets, jax.jit(lambda: state_lib.init_state(nets, 1))()
 
@@ -88,7 +90,7 @@ def test_a_newer_format_is_refused(v0, tmp_path):
   meta = json.loads(meta_file.read_text())
   meta_file.write_text(json.dumps({**meta, "format_version": 99}))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), read_only=True, max_to_keep=None) as m:
-    with pytest.raises(checkpoint.CheckpointError, match="format 99; this gantl_jax reads up to 1"):
+    with pytest.raises(errors.CheckpointError, match="format 99; this gantl_jax reads up to 1"):
       checkpoint.restore(m, fresh)
 
 
@@ -96,7 +98,7 @@ def test_a_non_finite_state_is_never_saved(v0, tmp_path):
   _, _, fresh = v0
   bad = fresh.replace(d=fresh.d.replace(params=jax.tree.map(lambda x: x * jnp.nan, fresh.d.params)))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), async_save=False) as m:
-    with pytest.raises(checkpoint.CheckpointError, match="NaN or infinite"):
+    with pytest.raises(errors.CheckpointError, match="NaN or infinite"):
       checkpoint.save(m, bad, data_state={}, meta={})
   assert checkpoint.committed_steps(str(tmp_path / "ckpt")) == []
 
@@ -106,7 +108,7 @@ def test_a_save_that_cannot_fit_is_refused_before_it_starts(v0, tmp_path, monkey
   real = checkpoint.shutil.disk_usage
   monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
   with checkpoint.make_manager(str(tmp_path / "ckpt"), async_save=False) as m:
-    with pytest.raises(checkpoint.CheckpointError, match=r"not enough disk space .* 0.0 MiB are free"):
+    with pytest.raises(errors.CheckpointError, match=r"not enough disk space .* 0.0 MiB are free"):
       checkpoint.save(m, fresh, data_state={}, meta={})
   assert os.listdir(tmp_path / "ckpt") == []
 
@@ -138,5 +140,5 @@ def test_save_networks_refuses_an_existing_step(v0, tmp_path):
   _, _, fresh = v0
   g = jax.tree.map(np.asarray, fresh.g.variables)
   checkpoint.save_networks(str(tmp_path / "src"), g=g, g_ema=g, d=None, meta={})
-  with pytest.raises(checkpoint.CheckpointError, match="already holds step 0"):
+  with pytest.raises(errors.CheckpointError, match="already holds step 0"):
     checkpoint.save_networks(str(tmp_path / "src"), g=g, g_ema=g, d=None, meta={})

@@ -1,6 +1,7 @@
 """config.resolve's validation, the configs' layering, and parse_seeds."""
 import glob
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from ml_collections import config_dict
 
 from configs import base, tiny
 from gantl_jax import config as config_lib
-from gantl_jax import data
-from gantl_jax.generate import parse_seeds
+from gantl_jax import errors
+from gantl_jax.cli.generate import parse_seeds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -25,8 +26,9 @@ def test_every_config_resolves(name):
 
 
 def test_parsing_configs_imports_no_library_code():
-  """A config is plain data: loading every one (as launch.py's flag does) imports neither
-  gantl_jax nor jax nor tensorflow_datasets, so a bad flag fails in a fraction of a second."""
+  """A config is plain data: loading every one (as launch.py's flag does) imports neither jax nor
+  tensorflow_datasets, and of gantl_jax only its defaults (plain data too), so a bad flag fails in
+  a fraction of a second."""
   code = f"""
 import sys
 sys.path.insert(0, {ROOT!r})
@@ -35,7 +37,8 @@ from absl import flags
 holder = config_flags.DEFINE_config_file("config")
 for name in {CONFIG_NAMES!r}:
   flags.FLAGS["config"].parser.parse({os.path.join(ROOT, "configs")!r} + f"/{{name}}.py").to_dict()
-heavy = sorted({{m.split(".")[0] for m in sys.modules}} & {{"gantl_jax", "jax", "tensorflow_datasets"}})
+heavy = sorted(({{m.split(".")[0] for m in sys.modules}} & {{"jax", "tensorflow_datasets"}})
+               | ({{m for m in sys.modules if m.startswith("gantl_jax")}} - {{"gantl_jax", "gantl_jax.defaults"}}))
 print(len({CONFIG_NAMES!r}), heavy)
 """
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
@@ -43,12 +46,13 @@ print(len({CONFIG_NAMES!r}), heavy)
   assert out.stdout.split() == [str(len(CONFIG_NAMES)), "[]"], out.stdout
 
 
-def test_data_defaults_are_documented_in_base():
-  """Every data key has a default in configs/base.py (the section moved out of the library)."""
+def test_data_defaults_are_documented_in_defaults():
+  """Every data key has a default in gantl_jax/defaults.py (which configs/base.py hands on),
+  documented on its line."""
   keys = set(base.get_config().data)
   assert keys == {"source", "domain", "num_images", "folder", "n_shot", "seed", "mirror_dataset",
                   "xflip", "data_dir", "prefetch", "num_workers", "idx_dir", "classes"}
-  with open(os.path.join(ROOT, "configs", "base.py")) as f:
+  with open(os.path.join(ROOT, "gantl_jax", "defaults.py")) as f:
     lines = f.read().splitlines()
   for key in keys:
     assert any(line.strip().startswith(f"{key}=") and "#" in line for line in lines), key
@@ -117,7 +121,7 @@ BAD = [
 
 @pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
 def test_bad_value_fails_with_one_line_naming_the_key(key, value, words):
-  error = data.DataError if key.startswith("data.") else config_lib.ConfigError
+  error = errors.DataError if key.startswith("data.") else errors.ConfigError
   with pytest.raises(error) as e:
     config_lib.resolve(_with(key, value))
   message = str(e.value)
@@ -159,7 +163,7 @@ def test_parse_seeds(text, want):
                                         ("", "holds no seed"), ("1.5", "is not a seed"),
                                         ("4294967296", "not below 2**32")])
 def test_parse_seeds_errors_name_the_flag_and_the_form(text, words):
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     parse_seeds(text)
   message = str(e.value)
   assert message.startswith("--seeds=") and words in message and "'0-15'" in message, message
@@ -171,9 +175,41 @@ def test_per_device_checks_wait_for_the_device_count():
   c = tiny.get_config()  # group 4
   c.train.batch_size = 6
   config_lib.resolve(c, num_devices=None)
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve(c, num_devices=1)
   assert str(e.value) == ("model.mbstd_group_size=4 must divide the per-device batch 6 "
                           "(train.batch_size=6 over 1 device): minibatch-stddev groups never span "
                           "devices; use a train.batch_size that is a multiple of 4, or a "
                           "model.mbstd_group_size that divides 6")
+
+
+def test_upgrade_fills_missing_keys_with_the_value_older_runs_had():
+  """An older run's config gets the keys it lacks: the value runs had before the key where that
+  differs from today's default, else the default. Its own values and unknown keys stay."""
+  old = base.get_config().to_dict()
+  del old["fewshot"], old["model"]["compute_dtype"], old["train"]["variant_programs"]
+  old["model"]["resolution"] = 64
+  old["retired_section"] = {"knob": 1}
+  new = config_lib.upgrade(old)
+  defaults = base.get_config().to_dict()
+  assert new["fewshot"] == defaults["fewshot"]
+  assert new["model"]["compute_dtype"] == "float32"
+  assert new["train"]["variant_programs"] == "separate" != defaults["train"]["variant_programs"]
+  assert new["model"]["resolution"] == 64 and new["retired_section"] == {"knob": 1}
+  assert set(config_lib.VALUES_BEFORE_THE_KEY) <= {f"{s}.{k}" for s in defaults
+                                                   if isinstance(defaults[s], dict) for k in defaults[s]}
+  assert config_lib.upgrade(defaults) == defaults
+
+
+def test_resume_check_compares_the_upgraded_old_config(tmp_path):
+  """A workdir whose config.json predates some keys holds the same run when the new config has
+  their old values, and another run when a key that was there differs."""
+  from gantl_jax.training import loop  # pylint: disable=import-outside-toplevel
+  config = config_lib.resolve(tiny.get_config())
+  old = json.loads(config_lib.to_json(config))
+  del old["augment"], old["fewshot"], old["model"]["num_low_precision_res"]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  loop.check_workdir(str(tmp_path), config)
+  config.model.num_low_precision_res = 2
+  with pytest.raises(errors.ConfigError, match=r"model.num_low_precision_res: 0 -> 2"):
+    loop.check_workdir(str(tmp_path), config)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import base
 from gantl_jax import data
+from gantl_jax import errors
 from gantl_jax.data import builders, synthetic
 
 RES = 16
@@ -157,7 +158,7 @@ def test_folder_errors_name_the_path(tmp_path, kind):
     (folder / "x.png").write_text("no")
     (folder / "y.jpg").write_bytes(b"\xff\xd8\xff broken")
   c = _cfg(tmp_path, source="folder", folder="" if kind == "not_set" else str(folder))
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     data.prepare(c, resolution=RES, verbose=False)
   assert ("data.folder" if kind == "not_set" else str(folder)) in str(e.value)
   if kind == "only_bad":
@@ -177,7 +178,7 @@ def test_n_shot_subsets(image_folder, tmp_path):
   every, _ = builders.list_images(str(image_folder))
   assert set(a) <= set(every) and not set(a) & set(SKIPPED)
   assert set(a) <= set(files(10, 0))  # one order per seed: nested subsets
-  with pytest.raises(data.DataError, match="n_shot"):
+  with pytest.raises(errors.DataError, match="n_shot"):
     files(1000, 0)
 
 
@@ -235,7 +236,7 @@ def test_restored_state_continues_the_stream(synth):
   # Another process count resumes the same global stream.
   half = data.make_iterator(synth, global_batch=6, process_index=1, process_count=2, seed=2, state=state)
   np.testing.assert_array_equal(next(half), want[0][3:])
-  with pytest.raises(data.DataError, match="global_batch"):
+  with pytest.raises(errors.DataError, match="global_batch"):
     data.make_iterator(synth, global_batch=4, seed=2, state=state)
   for x in (it, resumed, half):
     x.close()
@@ -325,11 +326,11 @@ def test_skip_reasons_are_printed_whole(messy_folder, tmp_path, capsys):
 
 def test_n_shot_errors_name_the_key_and_the_fix(messy_folder, tmp_path):
   folder = str(messy_folder)
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=100), resolution=8, verbose=False)
   assert str(e.value) == (f"data.n_shot=100 but folder {folder} has only 4 image files; set data.n_shot "
                           f"to at most 4 (0 = all) or add images")
-  with pytest.raises(data.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     data.prepare(_cfg(tmp_path, source="folder", folder=folder, n_shot=4), resolution=8, verbose=False)
   assert str(e.value) == (f"data.n_shot=4 but folder {folder} has only 3 valid images (1 of its 4 image "
                           f"files are unreadable); set data.n_shot to at most 3 (0 = all) or add images")

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from configs import base
+from gantl_jax import errors
 from gantl_jax.data import emoji, pipeline
 
 PKG = "emoji-datasource-twitter"
@@ -102,13 +103,13 @@ def test_missing_package_and_bad_options_are_one_line(tmp_path, package, capsys)
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"npm package {PKG} not found in --package_dir={tmp_path}" in err
   assert f"npm install {PKG}" in err
-  with pytest.raises(emoji.EmojiError, match="--category 'fruit' is not one of faces, people"):
+  with pytest.raises(errors.EmojiError, match="--category 'fruit' is not one of faces, people"):
     emoji.write_set("twitter", ["fruit"], str(tmp_path / "x"), package_dir=str(package))
-  with pytest.raises(emoji.EmojiError, match="--source font is the Noto Color Emoji font: use --vendor noto"):
+  with pytest.raises(errors.EmojiError, match="--source font is the Noto Color Emoji font: use --vendor noto"):
     emoji.write_set("twitter", ["faces"], str(tmp_path / "x"), source="font", package_dir=str(package))
-  with pytest.raises(emoji.EmojiError, match="--shots=4 leaves no held-out emoji: the set has 2"):
+  with pytest.raises(errors.EmojiError, match="--shots=4 leaves no held-out emoji: the set has 2"):
     emoji.write_set("twitter", ["faces"], str(tmp_path / "x"), shots=4, package_dir=str(package))
-  with pytest.raises(emoji.EmojiError, match="--font=/nowhere.ttf is not a file"):
+  with pytest.raises(errors.EmojiError, match="--font=/nowhere.ttf is not a file"):
     emoji.write_set("noto", ["faces"], str(tmp_path / "x"), font="/nowhere.ttf", package_dir=str(package))
   assert not (tmp_path / "x").exists()
 

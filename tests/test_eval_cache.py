@@ -1,4 +1,4 @@
-"""The evaluation cache (gantl_jax/metrics/cache.py): a damaged file is recomputed, never trusted
+"""The evaluation cache (gantl_jax/cache.py): a damaged file is recomputed, never trusted
 and never fatal."""
 import os
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
+from gantl_jax import cache
 from gantl_jax import metrics
-from gantl_jax.metrics import cache, swd
+from gantl_jax.metrics import swd
 
 NAME = f"swd_s5_m{swd.DEFAULT_MAX_DESCRIPTORS}_v{metrics.SWD_CACHE_VERSION}_n8.npz"
 

@@ -15,12 +15,13 @@ import types
 import numpy as np
 import pytest
 
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import train
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
 from test_loop import make_config  # the same programs as the loop's tests: compiled once for both
+from gantl_jax import errors
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_divergence_after_a_save_commits_it_and_names_it(tmp_path, monkeypatch, 
   fail_from_batch(monkeypatch, 3, lambda batch: batch * np.nan)
   workdir = tmp_path / "run"
   config = make_config(tmp_path, checkpoint__every_steps=1)
-  with pytest.raises(train.TrainingError, match=rf"diverged at step 3, phase D main \(d_loss=nan\); no "
+  with pytest.raises(errors.TrainingError, match=rf"diverged at step 3, phase D main \(d_loss=nan\); no "
                      rf"checkpoint of a non-finite state was written, the last good one \(step 2\) is in "
                      rf"{workdir}/checkpoints. Lower optim.g.lr / optim.d.lr or raise train.r1_gamma"):
     train.train_and_evaluate(config, str(workdir))
@@ -69,7 +70,7 @@ def test_a_non_finite_state_gives_the_remedy_and_the_committed_step(tmp_path, mo
   monkeypatch.setattr(checkpoint, "all_finite", lambda state: finite(state) & (state.step < 3))
   workdir = tmp_path / "run"
   config = make_config(tmp_path, checkpoint__every_steps=1)
-  with pytest.raises(train.TrainingError) as e:
+  with pytest.raises(errors.TrainingError) as e:
     train.train_and_evaluate(config, str(workdir))
   assert str(e.value) == (
       f"training diverged: the state at step 3 holds NaN or infinite values and was not saved; the "
@@ -115,7 +116,7 @@ def test_no_readable_checkpoint_is_one_line_naming_each_step(tmp_path):
   workdir = tmp_path / "run"
   train.train_and_evaluate(make_config(tmp_path, train__total_kimg=0.04), str(workdir))
   (workdir / "checkpoints" / "5" / "progress" / "_METADATA").write_text("")
-  with pytest.raises(checkpoint.CheckpointError, match=rf"^no checkpoint in {workdir}/checkpoints can be "
+  with pytest.raises(errors.CheckpointError, match=rf"^no checkpoint in {workdir}/checkpoints can be "
                      rf"read \(step 5: [^\n]+\); restore the directory from a backup, or move it aside"):
     train.train_and_evaluate(make_config(tmp_path, train__total_kimg=0.04), str(workdir))
   assert steps_on_disk(workdir) == ["5"]
@@ -128,9 +129,9 @@ def test_a_damaged_config_json_is_one_line_naming_it(tmp_path, text):
   (workdir / "config.json").write_text(text)
   path = workdir / "config.json"
   want = rf"^{path} is not (valid JSON \(.* at line 1 column \d+\)|a JSON object); delete it: the config stored"
-  with pytest.raises(config_lib.ConfigError, match=want):  # resuming the run
+  with pytest.raises(errors.ConfigError, match=want):  # resuming the run
     train.check_workdir(str(workdir), config_lib.resolve(make_config(tmp_path)))
-  with pytest.raises(config_lib.ConfigError, match=want):  # --mode generate and the other modes
+  with pytest.raises(errors.ConfigError, match=want):  # --mode generate and the other modes
     runs.load_g_ema(str(workdir))
 
 

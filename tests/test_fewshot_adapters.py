@@ -15,10 +15,18 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from gantl_jax import adapters, checkpoint, export, fisher, runs, steps, train, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
+from gantl_jax import errors
+from gantl_jax.cli import export
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import ewc as fisher
 from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import runs
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 LAYERS = ["synthesis/b4/conv1", "synthesis/b8/conv0", "synthesis/b8/conv1"]  # G's convs at 8 px
 
@@ -131,7 +139,7 @@ def test_fisher_file_round_trip_and_a_file_that_does_not_fit(tmp_path):
   assert os.listdir(tmp_path) == [fisher.FILE]  # no temporary file left behind
   back = fisher.load(path, tree)
   np.testing.assert_array_equal(back["a"]["w"], tree["a"]["w"])
-  with pytest.raises(config_lib.ConfigError, match=rf"{path} does not fit .* e.g. b\); delete it"):
+  with pytest.raises(errors.ConfigError, match=rf"{path} does not fit .* e.g. b\); delete it"):
     fisher.load(path, {**tree, "b": np.ones((5,), np.float32)})
 
 
@@ -247,7 +255,7 @@ def test_transfer_keeps_the_new_adapters_at_init_without_on_mismatch_init(source
   checkpoint.save_networks(str(tmp_path / "adapted"), g=state.g.variables, g_ema=state.g_ema.variables,
                            d=state.d.variables, meta={"model": config_lib.model_hparams(config)})
   config.transfer.source = str(tmp_path / "adapted")
-  with pytest.raises(transfer.TransferError, match="trained with kernel-modulation adapters; export it"):
+  with pytest.raises(errors.TransferError, match="trained with kernel-modulation adapters; export it"):
     transfer.transfer_state(config, fresh)
 
 
@@ -257,14 +265,14 @@ def test_config_errors_name_the_key():
                     (dict(adapter="kernel_modulation", adapter_fisher_quantile=1.0), r"in \[0, 1\)"),
                     (dict(ewc_weight=-1.0), "fewshot.ewc_weight must be >= 0"),
                     (dict(ewc_weight=1.0, fisher_batch=0), "fewshot.fisher_batch must be >= 1")):
-    with pytest.raises(config_lib.ConfigError, match=match):
+    with pytest.raises(errors.ConfigError, match=match):
       make_config(**kw)
   c = make_config(resolve=False, ewc_weight=1.0)
   c.transfer.source = ""
-  with pytest.raises(config_lib.ConfigError, match="fewshot.ewc_weight adapts a pretrained generator"):
+  with pytest.raises(errors.ConfigError, match="fewshot.ewc_weight adapts a pretrained generator"):
     config_lib.resolve(c)
   c.transfer.update(source="x", g_from="g")
-  with pytest.raises(config_lib.ConfigError, match="set --config.transfer.g_from=g_ema"):
+  with pytest.raises(errors.ConfigError, match="set --config.transfer.g_from=g_ema"):
     config_lib.resolve(c)
 
 
@@ -310,7 +318,7 @@ def test_run_with_adapters_and_ewc(tmp_path, source, monkeypatch):
 
   # After two steps: the modulated layer's kernel is the source's and its u moved; the fine-tuned
   # layers' kernels moved and their adapters stayed at the identity; all finite.
-  template = jax.eval_shape(lambda: state_lib.init_g_variables(nets.generator, jax.random.key(0), True))
+  template = jax.eval_shape(lambda: adapters.init_g_variables(nets.generator, jax.random.key(0), True))
   g = flat(checkpoint.read_network(str(workdir / "checkpoints"), 2, "g", template)["params"])
   assert all(np.all(np.isfinite(v)) for v in g.values())
   plain = flat(src_g["params"])

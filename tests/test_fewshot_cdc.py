@@ -12,16 +12,22 @@ transfer only overlays leaves.
 import json
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import fewshot_cdc, tiny
-from gantl_jax import checkpoint, fewshot, parallel, steps, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
+from gantl_jax import errors
+from gantl_jax.fewshot import cdc as fewshot
 from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 RES, BATCH, STEPS = 8, 8, 4
 PATCH_HEAD = ["patch_head/bias", "patch_head/weight"]
@@ -156,12 +162,14 @@ def test_anchor_flag_alternates_as_scheduled():
   # R1 (every 16) and path length (every 4) keep their own schedules.
   assert [i for i, f in enumerate(flags) if f.d_reg] == [0, 16]
   assert [i for i, f in enumerate(flags) if f.g_reg] == [0, 4, 8, 12, 16]
-  # Interval 0: no anchor step, so the same programs as without CDC (also for configs written
-  # before the fewshot section existed).
+  # Interval 0: no anchor step, so the same programs as without CDC (also for a run's config
+  # written without the fewshot section, once upgraded).
   config.fewshot.cdc_anchor_interval = 0
   assert not any(steps.schedule(i, config).anchor for i in range(17))
-  del config.fewshot
-  assert steps.schedule(0, config) == steps.StepFlags(g_reg=True, d_reg=True)
+  old = config.to_dict()
+  del old["fewshot"]
+  upgraded = ml_collections.ConfigDict(config_lib.upgrade(old))
+  assert steps.schedule(0, upgraded) == steps.StepFlags(g_reg=True, d_reg=True)
 
 
 def test_discriminator_without_cdc_has_exactly_the_stylegan2_paths():
@@ -187,7 +195,7 @@ def test_discriminator_without_cdc_has_exactly_the_stylegan2_paths():
   c.fewshot.cdc_patch_resolution = 8
   assert d_shapes(c)["patch_head/weight"] == (3, 3, 32, 1)
   c.fewshot.cdc_patch_resolution = 16
-  with pytest.raises(config_lib.ConfigError, match=r"fewshot.cdc_patch_resolution=16: .* \[4, 8\]"):
+  with pytest.raises(errors.ConfigError, match=r"fewshot.cdc_patch_resolution=16: .* \[4, 8\]"):
     config_lib.resolve(c)
 
 
@@ -204,7 +212,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(key, value, words):
   c.transfer.source = "somewhere"
   c.fewshot.update(cdc_weight=1000.0, cdc_anchor_interval=4)
   c.fewshot[key] = value
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve(c)
   message = str(e.value)
   assert f"fewshot.{key}" in message and words in message and "\n" not in message, message
@@ -213,7 +221,7 @@ def test_bad_values_fail_with_one_line_naming_the_key(key, value, words):
 def test_distance_consistency_needs_a_transfer_source():
   c = tiny.get_config()
   c.fewshot.cdc_weight = 1000.0
-  with pytest.raises(config_lib.ConfigError, match="fewshot.cdc_weight=1000.0 compares G with the "
+  with pytest.raises(errors.ConfigError, match="fewshot.cdc_weight=1000.0 compares G with the "
                      "transfer source, but transfer.source is empty; set --config.transfer.source"):
     config_lib.resolve(c)
 

@@ -27,11 +27,11 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import fewshot
-from gantl_jax import losses
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.fewshot import cdc as fewshot
 from gantl_jax.models import stylegan2
+from gantl_jax.training import losses
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 from test_step_golden import leaf_errors
 
 RES, BATCH = 16, 4  # 16 px: G has two synthesis blocks above 4x4 (b8, b16), CDC averages over both

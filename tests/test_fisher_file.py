@@ -9,7 +9,10 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import fisher, parallel, train, transfer
+from gantl_jax.fewshot import ewc as fisher
+from gantl_jax.training import loop as train
+from gantl_jax.training import parallel
+from gantl_jax.training import transfer
 
 TREE = {"a": {"w": np.arange(600, dtype=np.float32).reshape(20, 30)}, "b": np.ones((4,), np.float32)}
 

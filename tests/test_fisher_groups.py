@@ -16,9 +16,9 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import fisher
-from gantl_jax import state as state_lib
+from gantl_jax.fewshot import ewc as fisher
 from gantl_jax.models import stylegan2
+from gantl_jax.training import state as state_lib
 
 GROUP, SAMPLES, BATCH = 4, 10, 8
 

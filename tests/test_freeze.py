@@ -14,9 +14,12 @@ from flax import traverse_util
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import bench, optim, transfer
-from gantl_jax import state as state_lib
+from gantl_jax import errors
+from gantl_jax.cli import bench
 from gantl_jax.models import stylegan2
+from gantl_jax.training import optim
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 PRESETS = ("none", "freezed", "freezeg", "mapping_only", "torgb_only", "affine")
 
@@ -111,7 +114,7 @@ def test_preset_patterns_and_errors():
                      (dict(preset="freezeg", g_blocks=0, g_mapping=False), "freezeg needs"),
                      (dict(preset="freezeD"), "unknown preset 'freezeD'")):
     c.update(**bad)
-    with pytest.raises(config_lib.ConfigError, match=match):
+    with pytest.raises(errors.ConfigError, match=match):
       optim.preset_patterns(c, 16)
 
 
@@ -128,7 +131,7 @@ D16_LAYERS = "b4/{conv,fc,out}, b8/{conv0,conv1,skip}, b16/{conv0,conv1,fromrgb,
 def test_pattern_matching_nothing_is_an_error(key, value, pattern, net):
   c = tiny.get_config()
   c.freeze[key] = value
-  with pytest.raises(config_lib.ConfigError) as e:
+  with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve(c)
   msg = str(e.value)
   assert msg.startswith(f"freeze.{key}: the pattern {pattern!r} matches no parameter of {net} at 16 px"), msg

@@ -15,15 +15,16 @@ from PIL import Image
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import transfer
 from gantl_jax.data import builders, pipeline
 from gantl_jax.metrics import swd
 from gantl_jax.models import stylegan2
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 import test_import_stylegan2 as imp_tests
 from test_transfer import make_config, networks, random_state, save_run_checkpoint
+from gantl_jax import errors
 
 REC601 = np.array([0.299, 0.587, 0.114])
 
@@ -205,7 +206,7 @@ def test_a_grayscale_source_for_an_rgb_target_is_refused(tmp_path, mesh):
   state = random_state(state_lib.build_networks(config), 1, mesh)
   save_run_checkpoint(config, state, str(tmp_path / "gray" / "checkpoints"))
   target = make_config(16, source=str(tmp_path / "gray"))
-  with pytest.raises(transfer.TransferError, match=r"img_channels: source 1, target 3.*--config.model.img_channels=1"):
+  with pytest.raises(errors.TransferError, match=r"img_channels: source 1, target 3.*--config.model.img_channels=1"):
     transfer.transfer_state(target, random_state(state_lib.build_networks(target), 3, mesh))
 
 
@@ -293,7 +294,10 @@ def test_inception_feature_of_a_gray_image_is_that_of_the_image_repeated_to_rgb(
 
 
 def test_tiny_grayscale_run_trains_generates_exports_and_measures(tmp_path):
-  from gantl_jax import export, generate, runs, train  # pylint: disable=import-outside-toplevel
+  from gantl_jax.cli import export
+  from gantl_jax.cli import generate
+  from gantl_jax.training import loop as train  # pylint: disable=import-outside-toplevel
+  from gantl_jax.training import runs
   folder = tmp_path / "gray_faces"
   folder.mkdir()
   rng = np.random.default_rng(0)

@@ -10,11 +10,13 @@ import sys
 import pytest
 
 from configs import tiny
-from gantl_jax import evaluate
-from gantl_jax import metrics
+from gantl_jax import errors
 from gantl_jax import images as image_io
-from gantl_jax import train
-from gantl_jax.data import DataError, checks, synthetic
+from gantl_jax import metrics
+from gantl_jax.cli import evaluate
+from gantl_jax.data import checks, synthetic
+from gantl_jax.errors import DataError
+from gantl_jax.training import loop as train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_REAL = 48
@@ -123,11 +125,11 @@ def test_sample_evaluators_in_training_and_offline(runs, held_out_folder, tmp_pa
 
 def test_sample_evaluators_say_what_they_lack(tmp_path):
   from gantl_jax import config as config_lib
-  with pytest.raises(config_lib.ConfigError, match="'copies' compares samples with held-out reals"):
+  with pytest.raises(errors.ConfigError, match="'copies' compares samples with held-out reals"):
     config_lib.resolve(_config(tmp_path, metrics="copies"))
-  with pytest.raises(config_lib.ConfigError, match="'correspondence' .* needs a transfer run"):
+  with pytest.raises(errors.ConfigError, match="'correspondence' .* needs a transfer run"):
     config_lib.resolve(_config(tmp_path, metrics="correspondence"))
   (tmp_path / "vgg.npz").write_bytes(b"not weights")
   bad = _config(tmp_path, metrics="diversity", lpips_weights=str(tmp_path / "vgg.npz"))
-  with pytest.raises(config_lib.ConfigError, match=r"^eval.lpips_weights='.*vgg.npz': "):
+  with pytest.raises(errors.ConfigError, match=r"^eval.lpips_weights='.*vgg.npz': "):
     metrics.get_evaluators(bad.eval)

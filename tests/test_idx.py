@@ -11,7 +11,8 @@ from configs import base, tiny
 from gantl_jax import config as config_lib
 from gantl_jax import metrics
 from gantl_jax.data import builders, idx, pipeline
-from gantl_jax.data.checks import DataError, check_config
+from gantl_jax.data.checks import check_config
+from gantl_jax.errors import DataError
 
 RES = 16
 # Labels of the pooled train (first 30) and test (last 10) images: class 9 has 14, class 3 has 2.

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gantl_jax.cli import import_stylegan2 as imp
 from gantl_jax.models import stylegan2 as sg2
-from gantl_jax.tools import import_stylegan2 as imp
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               persistent_module_node, tf_network_node)
+from gantl_jax import errors
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 # Max abs differences from the original implementations, measured on CPU (jax 0.10.2):
@@ -435,7 +436,7 @@ def test_config_validates_mbstd_grouping():
   c.model.mbstd_grouping = "strided"
   assert config_lib.model_hparams(config_lib.resolve(c))["mbstd_grouping"] == "strided"
   c.model.mbstd_grouping = "random"
-  with pytest.raises(config_lib.ConfigError, match="model.mbstd_grouping must be 'contiguous' or 'strided'"):
+  with pytest.raises(errors.ConfigError, match="model.mbstd_grouping must be 'contiguous' or 'strided'"):
     config_lib.resolve(c)
 
 
@@ -491,7 +492,7 @@ def test_cli_refuses_to_import_over_a_checkpoint_unless_overwrite(ada, ros, tmp_
 
 
 def test_a_save_that_writes_nothing_fails_and_keeps_the_old_checkpoint(ada, ros, tmp_path, monkeypatch, capsys):
-  from gantl_jax import checkpoint
+  from gantl_jax.training import checkpoint
   out = tmp_path / "X"
   assert imp.main([write_ada_pickle(ada, tmp_path / "A.pkl"), str(out)]) == 0
   # What Orbax does when the step exists: returns False without writing.
@@ -530,7 +531,7 @@ def test_cli_error_as_a_command(tmp_path):
   # The module run as the README shows it: no traceback, exit code 2.
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(imp.__file__))))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-  r = subprocess.run([sys.executable, "-m", "gantl_jax.tools.import_stylegan2", str(tmp_path / "nope.pkl"),
+  r = subprocess.run([sys.executable, "-m", "gantl_jax.cli.import_stylegan2", str(tmp_path / "nope.pkl"),
                       str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
   assert r.returncode == 2 and r.stdout == ""
   assert r.stderr == f"error: SOURCE {tmp_path / 'nope.pkl'} does not exist: give the path of a network file (.pkl or .pt)\n"

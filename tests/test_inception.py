@@ -19,12 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gantl_jax import parallel
 from gantl_jax.metrics import inception as inc
 from gantl_jax.metrics import kid_fid
-from gantl_jax.tools import safe_pickle as sp
+from gantl_jax.training import parallel
 from test_safe_pickle import (Call, Global, NewObj, TorchZipWriter, dumps, ordered_dict,
                               tensor_node, torch_legacy_bytes)
+from gantl_jax import errors
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "fid_inception_reference.npz")
 WEIGHT_SEED = 20151205
@@ -241,7 +241,7 @@ def test_missing_extra_and_misshapen_tensors_are_listed(ref, files, tmp_path):
   state["Mixed_6b.branch7x7_9.conv.weight"] = np.zeros((1,), np.float32)
   state["AuxLogits.fc.weight"] = np.zeros((1000, 768), np.float32)
   state["fc.bias"] = np.zeros(1000, np.float32)
-  with pytest.raises(inc.InceptionWeightsError) as e:
+  with pytest.raises(errors.InceptionWeightsError) as e:
     inc.params_from_state_dict(state)
   msg = str(e.value)
   assert "1 missing tensor(s): ['Mixed_6b.branch7x7_2.conv.weight']" in msg
@@ -251,12 +251,12 @@ def test_missing_extra_and_misshapen_tensors_are_listed(ref, files, tmp_path):
   nv = nvidia_state(ref, files["unit_state"])
   del nv["layers.mixed_10.tower_2_conv.var"]
   nv["layers.mixed_10.tower_2_conv.gamma"] = np.ones(192, np.float32)
-  with pytest.raises(inc.InceptionWeightsError, match=r"(?s)missing.*mixed_10.tower_2_conv.var.*unexpected"
+  with pytest.raises(errors.InceptionWeightsError, match=r"(?s)missing.*mixed_10.tower_2_conv.var.*unexpected"
                                                       r".*mixed_10.tower_2_conv.gamma"):
     inc.load_weights(write(tmp_path, "bad.pt", write_torchscript(nv)))
-  with pytest.raises(inc.InceptionWeightsError, match="neither pytorch-fid's"):
+  with pytest.raises(errors.InceptionWeightsError, match="neither pytorch-fid's"):
     inc.load_weights(write(tmp_path, "other.pth", write_pth({"w": np.zeros(3, np.float32)})))
-  with pytest.raises(inc.InceptionWeightsError, match="cannot read"):
+  with pytest.raises(errors.InceptionWeightsError, match="cannot read"):
     inc.load_weights(str(tmp_path / "absent.pth"))
 
 
@@ -271,19 +271,19 @@ class _Evil:
 def test_hostile_files_are_refused_and_their_code_never_runs(ref, files, tmp_path):
   marker = tmp_path / "pwned"
   # A pickle that calls os.system, in either container.
-  with pytest.raises(inc.InceptionWeightsError, match="os.system|posix.system") as e:
+  with pytest.raises(errors.InceptionWeightsError, match="os.system|posix.system") as e:
     inc.load_weights(write(tmp_path, "evil.pth", pickle.dumps({"fc.weight": _Evil(f"touch {marker}")})))
-  assert isinstance(e.value.__cause__, sp.UnsafePickleError)
+  assert isinstance(e.value.__cause__, errors.UnsafePickleError)
   zw = TorchZipWriter()
   raw = zw.write({"fc.weight": Call(Global("os", "system"), (f"touch {marker}",))})
-  with pytest.raises(inc.InceptionWeightsError, match="os.system"):
+  with pytest.raises(errors.InceptionWeightsError, match="os.system"):
     inc.load_weights(write(tmp_path, "evil_zip.pth", raw))
   # A TorchScript archive's code is text that is never read, let alone run.
   code = f"import os\nos.system('touch {marker}')\n"
   weights = inc.load_weights(write(tmp_path, "code.pt", write_torchscript(nvidia_state(ref, files["unit_state"]), code)))
   assert weights.fmt == "nvidia"
   # A __torch__ class name cannot be called to run anything either: it is one inert class.
-  with pytest.raises(inc.InceptionWeightsError):
+  with pytest.raises(errors.InceptionWeightsError):
     inc.load_weights(write(tmp_path, "call.pt", write_torchscript({}, root=Call(Global("__torch__.os", "system"),
                                                                                   (f"touch {marker}",)))))
   assert not marker.exists()

@@ -3,12 +3,12 @@ random features (``fixtures/kid_fid_reference.npz``, see fixtures/README.md), un
 'kid' / 'fid' evaluators with their real-statistics cache."""
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 
+from gantl_jax import defaults
 from gantl_jax import metrics
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import kid_fid
 from test_inception import FIXTURE as INCEPTION_FIXTURE
 from test_inception import pytorch_fid_state, write_pth
@@ -181,8 +181,10 @@ def test_kid_is_unbiased():
 
 
 def eval_config(weights="", metrics_="kid,fid", batch_size=8):
-  return ml_collections.ConfigDict(dict(every_kimg=1.0, metrics=metrics_, num_fake=6, num_real=5,
-                                        batch_size=batch_size, seed=123, inception_weights=weights))
+  config = defaults.get_config().eval
+  config.update(every_kimg=1.0, metrics=metrics_, num_fake=6, num_real=5, batch_size=batch_size,
+                seed=123, inception_weights=weights)
+  return config
 
 
 @pytest.fixture(scope="module")

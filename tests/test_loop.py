@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import evaluate
-from gantl_jax import jsonl
+from gantl_jax import errors
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import train
-from gantl_jax import transfer
-from gantl_jax.data import DataError, synthetic
+from gantl_jax.cli import evaluate
+from gantl_jax.data import synthetic
+from gantl_jax.errors import DataError
+from gantl_jax.training import checkpoint
+from gantl_jax.training import jsonl
+from gantl_jax.training import loop as train
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
 
 
 def make_config(tmp_path, **overrides):
@@ -53,7 +54,7 @@ def nan_reals(monkeypatch):
 
 
 def test_divergence_stops_with_the_step_and_phase_and_saves_no_nan(tmp_path, nan_reals):
-  with pytest.raises(train.TrainingError, match=r"diverged at step 1, phase D main \(d_loss=nan\); no "
+  with pytest.raises(errors.TrainingError, match=r"diverged at step 1, phase D main \(d_loss=nan\); no "
                      r"checkpoint of a non-finite state was written, none was written before"):
     train.train_and_evaluate(make_config(tmp_path), str(tmp_path / "run"))
   assert checkpoint.committed_steps(str(tmp_path / "run" / "checkpoints")) == []
@@ -63,7 +64,7 @@ def test_divergence_stops_with_the_step_and_phase_and_saves_no_nan(tmp_path, nan
 def test_divergence_between_log_lines_is_caught_by_the_checkpoint(tmp_path, nan_reals):
   """Metrics are fetched every 100 steps here: the save at step 1 finds the NaN state first."""
   config = make_config(tmp_path, train__log_every=100, checkpoint__every_steps=1)
-  with pytest.raises(train.TrainingError, match=r"diverged at step 1, phase D main"):
+  with pytest.raises(errors.TrainingError, match=r"diverged at step 1, phase D main"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert checkpoint.committed_steps(str(tmp_path / "run" / "checkpoints")) == []
 
@@ -73,7 +74,7 @@ def test_failed_starts_write_nothing_then_the_fix_transfers(tmp_path):
   anything is written; the command the error suggests then runs in the same workdir, through the
   successful transfer branch."""
   workdir = tmp_path / "run"
-  with pytest.raises(transfer.TransferError, match="does not exist"):
+  with pytest.raises(errors.TransferError, match="does not exist"):
     train.train_and_evaluate(make_config(tmp_path, transfer__source=str(tmp_path / "nope")), str(workdir))
   assert not workdir.exists()
 
@@ -89,7 +90,7 @@ def test_failed_starts_write_nothing_then_the_fix_transfers(tmp_path):
   src = jax.tree.map(np.asarray, jax.jit(lambda: state_lib.init_state(nets, 7))())
   checkpoint.save_networks(str(tmp_path / "src"), g=src.g.variables, g_ema=src.g_ema.variables,
                            d=src.d.variables, meta={"model": config_lib.model_hparams(src_config)})
-  with pytest.raises(transfer.TransferError, match="on_mismatch=init"):
+  with pytest.raises(errors.TransferError, match="on_mismatch=init"):
     train.train_and_evaluate(make_config(tmp_path, transfer__source=str(tmp_path / "src")), str(workdir))
   assert not workdir.exists()
 
@@ -107,7 +108,7 @@ def test_unwritable_checkpoint_directory_fails_at_start(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
   (workdir / "checkpoints").write_text("not a directory")
-  with pytest.raises(config_lib.ConfigError, match="cannot write the checkpoint directory .*/run/checkpoints"):
+  with pytest.raises(errors.ConfigError, match="cannot write the checkpoint directory .*/run/checkpoints"):
     train.train_and_evaluate(make_config(tmp_path), str(workdir))
   assert sorted(os.listdir(workdir)) == [".lock", "checkpoints"]
 
@@ -123,7 +124,7 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
     return real_save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(checkpoint.ocp.CheckpointManager, "save", failing_save)
-  with pytest.raises(checkpoint.CheckpointError) as e:
+  with pytest.raises(errors.CheckpointError) as e:
     train.train_and_evaluate(make_config(tmp_path), str(tmp_path / "run"))
   assert str(e.value).count("\n") == 0
   assert "No space left on device" in str(e.value) and "step 5, is kept" in str(e.value)
@@ -154,7 +155,7 @@ def test_log_lines_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
   real_write = os.write
   monkeypatch.setattr(jsonl.os, "write", short_write)
-  with pytest.raises(jsonl.LogError, match="cannot append to .*m.jsonl: No space left on device"):
+  with pytest.raises(errors.LogError, match="cannot append to .*m.jsonl: No space left on device"):
     jsonl.append(path, {"step": 2})
   monkeypatch.undo()
   assert open(path).read() == '{"step": 1}\n'
@@ -164,7 +165,7 @@ def test_a_second_launch_on_a_workdir_in_use_is_refused(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()
   with train.workdir_lock(str(workdir)):
-    with pytest.raises(config_lib.ConfigError, match=rf"workdir {workdir} is in use by another launch \(pid {os.getpid()}"):
+    with pytest.raises(errors.ConfigError, match=rf"workdir {workdir} is in use by another launch \(pid {os.getpid()}"):
       train.train_and_evaluate(make_config(tmp_path), str(workdir))
   assert sorted(os.listdir(workdir)) == [".lock"]
 
@@ -173,7 +174,7 @@ def test_resume_without_config_json_compares_the_checkpoint_config(tmp_path):
   workdir = tmp_path / "run"
   train.train_and_evaluate(make_config(tmp_path, train__total_kimg=0.016), str(workdir))
   os.remove(workdir / "config.json")
-  with pytest.raises(config_lib.ConfigError, match=r"holds another run \(the latest checkpoint in .* differs "
+  with pytest.raises(errors.ConfigError, match=r"holds another run \(the latest checkpoint in .* differs "
                      r"in model.z_dim: 32 -> 16\)"):
     train.train_and_evaluate(make_config(tmp_path, model__z_dim=16, train__total_kimg=0.016), str(workdir))
   assert not (workdir / "config.json").exists()
@@ -181,7 +182,7 @@ def test_resume_without_config_json_compares_the_checkpoint_config(tmp_path):
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
   (tmp_path / "run").write_text("")
-  with pytest.raises(config_lib.ConfigError, match="--workdir .*/run is a file, not a directory"):
+  with pytest.raises(errors.ConfigError, match="--workdir .*/run is a file, not a directory"):
     train.train_and_evaluate(make_config(tmp_path), str(tmp_path / "run"))
 
 
@@ -211,8 +212,8 @@ def test_evaluators_run_on_schedule_and_keep_the_best_checkpoint(tmp_path):
 
 
 def test_evaluation_settings_are_checked_before_anything_is_written(tmp_path):
-  with pytest.raises(config_lib.ConfigError, match=r"eval.metrics: unknown metric\(s\) \['fid2'\]"):
+  with pytest.raises(errors.ConfigError, match=r"eval.metrics: unknown metric\(s\) \['fid2'\]"):
     train.train_and_evaluate(make_config(tmp_path, eval__metrics="fid2", eval__every_kimg=1.0), str(tmp_path / "a"))
-  with pytest.raises(config_lib.ConfigError, match="checkpoint.keep_best='swd' is not among eval.metrics"):
+  with pytest.raises(errors.ConfigError, match="checkpoint.keep_best='swd' is not among eval.metrics"):
     train.train_and_evaluate(make_config(tmp_path, checkpoint__keep_best="swd"), str(tmp_path / "b"))
   assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

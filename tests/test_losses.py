@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gantl_jax import losses
+from gantl_jax.training import losses
 
 
 def test_logistic_losses_at_zero_and_limits():

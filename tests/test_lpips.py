@@ -13,6 +13,7 @@ import pytest
 
 from gantl_jax.metrics import distances, lpips
 from test_inception import write_pth
+from gantl_jax import errors
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "lpips_reference.npz")
 WEIGHT_SEED = 20180111
@@ -97,7 +98,7 @@ def test_file_layouts_give_the_same_parameters(state, weights, tmp_path):
 def test_bad_weight_files_are_refused_in_one_line(state, tmp_path):
   def refused(tensors, match, name="w.npz"):
     np.savez(tmp_path / name, **tensors)
-    with pytest.raises(lpips.LPIPSWeightsError, match=match) as e:
+    with pytest.raises(errors.LPIPSWeightsError, match=match) as e:
       lpips.load_weights(str(tmp_path / name))
     assert "\n" not in str(e.value)
 
@@ -107,10 +108,10 @@ def test_bad_weight_files_are_refused_in_one_line(state, tmp_path):
   refused({**state, "features.0.bias": np.zeros(3, np.float32)}, r"features.0.bias: shape \(3,\), expected \(64,\)")
   refused({**state, "extra.weight": np.zeros(1, np.float32)}, r"unexpected tensor\(s\): \['extra.weight'\]")
   np.savez(tmp_path / "lin.npz", **{k: v for k, v in state.items() if k.startswith("lin")})
-  with pytest.raises(lpips.LPIPSWeightsError, match="repeats tensor"):
+  with pytest.raises(errors.LPIPSWeightsError, match="repeats tensor"):
     lpips.load_weights([str(tmp_path / "lin.npz"), str(tmp_path / "lin.npz")])
   (tmp_path / "junk.pth").write_bytes(b"not a torch file")
-  with pytest.raises(lpips.LPIPSWeightsError, match=r"^cannot read LPIPS weights .*junk.pth: ") as e:
+  with pytest.raises(errors.LPIPSWeightsError, match=r"^cannot read LPIPS weights .*junk.pth: ") as e:
     lpips.load_weights(str(tmp_path / "junk.pth"))
   assert "Inception" not in str(e.value)
 

@@ -8,11 +8,11 @@ import pytest
 from flax import traverse_util
 
 from configs import tiny
-from gantl_jax import augment
+from gantl_jax.fewshot import augment
 from gantl_jax import config as config_lib
-from gantl_jax import methods
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.fewshot import registry as methods
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 
 def make_config(**sections):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from gantl_jax import bench
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.cli import bench
 from gantl_jax.data import synthetic
 from gantl_jax.models import stylegan2 as sg
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 RES, BATCH = 16, 4
 CB, CM = 256, 32  # channels 32 at 4 and 8 px, 16 at 16 px: the schedule is not flat

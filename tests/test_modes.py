@@ -17,19 +17,20 @@ from flax import traverse_util
 from PIL import Image
 
 from configs import tiny
-from gantl_jax import blend
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import export
-from gantl_jax import generate
+from gantl_jax import errors
 from gantl_jax import images as image_io
-from gantl_jax import runs
-from gantl_jax import state as state_lib
-from gantl_jax import train
-from gantl_jax import transfer
-from gantl_jax.config import ConfigError
+from gantl_jax.cli import blend
+from gantl_jax.cli import export
+from gantl_jax.cli import generate
 from gantl_jax.data import synthetic
+from gantl_jax.errors import ConfigError
 from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import loop as train
+from gantl_jax.training import runs
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R = 16  # the tiny model's resolution
@@ -122,7 +123,7 @@ def test_export_is_the_runs_g_ema_and_a_transfer_source(run, parents, tmp_path):
   config = config_lib.resolve(config)
   nets = state_lib.build_networks(config)
   fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(lambda: state_lib.init_state(nets, 0)))
-  with pytest.raises(transfer.TransferError, match=r"has no item 'd' \(it has \['g_ema'\]\); set "
+  with pytest.raises(errors.TransferError, match=r"has no item 'd' \(it has \['g_ema'\]\); set "
                      r"--config.transfer.d_from to one of those, or to '' to keep d"):
     transfer.transfer_state(config, fresh)
   config.transfer.d_from = ""
@@ -211,7 +212,7 @@ def test_launch_blend_end_to_end(run, tmp_path):
 def test_compare_writes_the_figure_and_the_table(run, tmp_path):
   """compare on a transfer run: rows source | transferred | blend | target shots from the same
   seeds (upscaled, labels on the left), and SWD of source and transfer against held-out images."""
-  from gantl_jax import compare
+  from gantl_jax.cli import compare
   c = tiny.get_config()
   c.model.update(mbstd_group_size=1)
   c.train.update(total_kimg=0.016, log_every=1, pl_batch_shrink=1)

@@ -16,9 +16,9 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from configs import base
 from configs import tiny
-from gantl_jax import compilation
-from gantl_jax import monitor
-from gantl_jax import train
+from gantl_jax.training import compilation
+from gantl_jax.training import loop as train
+from gantl_jax.training import monitor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = dict(step=400, kimg=6.4, g_loss=1.234, d_loss=0.98, r1_penalty=0.0123, pl_penalty=None,
@@ -185,7 +185,7 @@ def test_a_second_launch_reads_the_train_step_from_the_compilation_cache(tmp_pat
   assert f"later launches read them from the cache in {cache}" in first_err
   # A fresh process (with another string-hash seed: seeds 0 and 1 order {'frozen', 'lr=1'}
   # differently), another workdir, the same config: every program comes from the cache (JAX's
-  # cache-hit events, counted by gantl_jax.compilation); nothing is compiled and written.
+  # cache-hit events, counted by gantl_jax.training.compilation); nothing is compiled and written.
   second_err, second = _launch(tmp_path / "b", tmp_path / "tfds", hash_seed=1)
   assert "compiled in" in second_err and "(1 of 1 read from the cache)" in second_err
   assert second["compile_cache"]["writes"] == 0

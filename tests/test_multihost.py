@@ -33,9 +33,9 @@ import portpicker
 import pytest
 
 import parallel_common as common
-from gantl_jax import checkpoint
-from gantl_jax import parallel
 from gantl_jax.data import pipeline
+from gantl_jax.training import checkpoint
+from gantl_jax.training import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.multiprocess
@@ -189,7 +189,7 @@ def test_launch_two_processes_jit(tmp_path):
                "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"] + overrides
               for i in range(2)]
   # Process 0 starts training LATE_S after process 1.
-  commands = [_late(LATE_S, "gantl_jax.train", "_train", commands[0]), [sys.executable] + commands[1]]
+  commands = [_late(LATE_S, "gantl_jax.training.loop", "_train", commands[0]), [sys.executable] + commands[1]]
   _run_all(commands, _env(), str(tmp_path))
 
   # Only process 0 writes logs and images: one metrics line per step (two writers would double them).

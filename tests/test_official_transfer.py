@@ -4,18 +4,16 @@ the official file's own names and layouts as the reference, and the constructor 
 count mean what ours do."""
 import json
 import os
-import sys
 import types
 
 import numpy as np
 import pytest
 
-from gantl_jax.tools import import_stylegan2 as imp
+from benchmarks import official_transfer
+from gantl_jax.cli import import_stylegan2 as imp
 from test_import_stylegan2 import write_ada_pickle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import official_transfer  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "stylegan2_ada_pytorch_res16.npz")
 

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from gantl_jax import optim
+from gantl_jax.training import optim
 from test_freeze import opt_state_paths
 
 # beta1 > 0 (StyleGAN2 uses 0) so that a wrong beta1 correction changes the updates too.

@@ -33,7 +33,8 @@ from jax.sharding import PartitionSpec as P
 import parallel_common as common
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
+from gantl_jax import errors
+from gantl_jax.training import parallel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Measured on these batches (seed 0) / on seeds 0-7 of global_batches, over jit on 2 and 8 and
@@ -115,14 +116,14 @@ def test_mbstd_groups_stay_within_a_device():
   it (the tiny config's group of 4 fits 1 or 2 devices, not 8 at batch 8)."""
   c = tiny.get_config()  # batch 8, group 4
   assert config_lib.resolve(c, 2).model.mbstd_group_size == 4
-  with pytest.raises(config_lib.ConfigError, match="mbstd_group_size=4 must divide the per-device batch 1"):
+  with pytest.raises(errors.ConfigError, match="mbstd_group_size=4 must divide the per-device batch 1"):
     config_lib.resolve(c, 8)
 
 
 def test_indivisible_batch_fails_at_start():
   c = tiny.get_config()
   c.train.batch_size = 12
-  with pytest.raises(config_lib.ConfigError, match=r"train.batch_size=12 is not divisible by the 8 devices"):
+  with pytest.raises(errors.ConfigError, match=r"train.batch_size=12 is not divisible by the 8 devices"):
     config_lib.resolve(c, 8)
   # Through the user path: launch.py exits 2 with the message, before building anything.
   out = subprocess.run(

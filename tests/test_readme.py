@@ -5,7 +5,7 @@ import re
 import jax
 import numpy as np
 
-from gantl_jax import state as state_lib
+from gantl_jax.training import state as state_lib
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

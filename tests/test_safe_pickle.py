@@ -15,7 +15,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from gantl_jax.tools import safe_pickle as sp
+from gantl_jax import errors
+from gantl_jax import safe_pickle as sp
 
 
 # ---------------------------------------------------------------------------
@@ -428,7 +429,7 @@ class _Evil:
 def test_hostile_pickle_runs_nothing(tmp_path):
   marker = tmp_path / "pwned"
   raw = pickle.dumps({"G": _Evil(f"touch {marker}")})
-  with pytest.raises(sp.UnsafePickleError, match="system"):
+  with pytest.raises(errors.UnsafePickleError, match="system"):
     sp.load(_write(tmp_path, "evil.pkl", raw))
   assert not marker.exists()
 
@@ -442,7 +443,7 @@ def test_hostile_pickle_runs_nothing(tmp_path):
 def test_refuses_globals_outside_the_allow_list(tmp_path, module, name):
   marker = tmp_path / "pwned"
   raw = dumps(Call(Global(module, name), (f"touch {marker}",)))
-  with pytest.raises(sp.UnsafePickleError, match=f"{module}.{name}"):
+  with pytest.raises(errors.UnsafePickleError, match=f"{module}.{name}"):
     sp.loads_pickle(raw)
   assert not marker.exists()
 
@@ -452,7 +453,7 @@ def test_refuses_to_import_modules(tmp_path):
   (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\nx = 1\n")
   sys.path.insert(0, str(tmp_path))
   try:
-    with pytest.raises(sp.UnsafePickleError):
+    with pytest.raises(errors.UnsafePickleError):
       sp.loads_pickle(dumps(Global(name, "x")))
   finally:
     sys.path.remove(str(tmp_path))
@@ -499,7 +500,7 @@ def _clean_float32_zip():
 def test_build_on_an_allowed_global_is_refused_and_changes_nothing(module, name, state):
   raw = dumps(Build(Global(module, name), state))
   assert len(raw) < 100
-  with pytest.raises(sp.UnsafePickleError, match="refusing to set state or attributes on"):
+  with pytest.raises(errors.UnsafePickleError, match="refusing to set state or attributes on"):
     sp.loads_pickle(raw)
   # A clean file read afterwards in the same process is read as written.
   got = sp.loads_torch(_clean_float32_zip())["t"]
@@ -512,9 +513,9 @@ def test_every_allowed_global_is_immutable():
   unpickler = sp._RestrictedUnpickler(io.BytesIO(b""))
   for module, name in sp._ALLOWED:
     obj = unpickler.find_class(module, name)
-    with pytest.raises(sp.UnsafePickleError):
+    with pytest.raises(errors.UnsafePickleError):
       setattr(obj, "name", "changed")
-    with pytest.raises(sp.UnsafePickleError):
+    with pytest.raises(errors.UnsafePickleError):
       obj.__setstate__({"name": "changed"})
 
 
@@ -540,25 +541,25 @@ def test_torchscript_archive_module_tree():
   assert list(sd) == ["layers.0.weight", "layers.0.mean", "output.weight", "output.bias"]
   np.testing.assert_array_equal(sd["layers.0.weight"], w)
   np.testing.assert_array_equal(sd["output.bias"], b)
-  with pytest.raises(sp.SourceFormatError, match="expected a TorchScript module"):
+  with pytest.raises(errors.SourceFormatError, match="expected a TorchScript module"):
     sp.script_module_state_dict({"w": w})
 
 
 def test_torchscript_stand_in_is_inert(tmp_path):
   marker = tmp_path / "pwned"
   # Calling a __torch__ name (REDUCE) only reaches the inert class, which takes no arguments.
-  with pytest.raises(sp.SourceFormatError):
+  with pytest.raises(errors.SourceFormatError):
     sp.loads_pickle(dumps(Call(Global("__torch__.os", "system"), (f"touch {marker}",))))
   # Its state must be a dict of attribute names; names must be identifiers under __torch__.
-  with pytest.raises(sp.UnsafePickleError, match="TorchScript object state"):
+  with pytest.raises(errors.UnsafePickleError, match="TorchScript object state"):
     sp.loads_pickle(dumps(NewObj(Global("__torch__", "Net"), (), state=[1, 2])))
   for module, name in (("__torch__.a-b", "Net"), ("__torch__", "os.system"), ("__torch__x", "Net"), ("torch", "Net")):
-    with pytest.raises(sp.UnsafePickleError, match="refusing to load global"):
+    with pytest.raises(errors.UnsafePickleError, match="refusing to load global"):
       sp.loads_pickle(dumps(NewObj(Global(module, name), (), state={})))
   unpickler = sp._RestrictedUnpickler(io.BytesIO(b""))
   cls = unpickler.find_class("__torch__.torch.nn.modules.conv", "Conv2d")
   assert cls is sp.ScriptObject
-  with pytest.raises(sp.UnsafePickleError):
+  with pytest.raises(errors.UnsafePickleError):
     setattr(cls, "state", "changed")
   assert not marker.exists()
 
@@ -569,19 +570,19 @@ def test_torchscript_module_cycle_is_an_error():
   raw = (b"\x80\x02c__torch__\nNet\n)\x81q\x00}X\x04\x00\x00\x00selfh\x00sb.")
   got = sp.loads_pickle(raw)
   assert got.state["self"] is got
-  with pytest.raises(sp.SourceFormatError, match="appears twice"):
+  with pytest.raises(errors.SourceFormatError, match="appears twice"):
     sp.script_module_state_dict(got)
 
 
 def test_refuses_object_arrays_and_structured_dtypes():
-  with pytest.raises(sp.UnsafePickleError):
+  with pytest.raises(errors.UnsafePickleError):
     sp.loads_pickle(pickle.dumps(np.array([None, 1], dtype=object), protocol=3))
-  with pytest.raises(sp.UnsafePickleError):
+  with pytest.raises(errors.UnsafePickleError):
     sp.loads_pickle(pickle.dumps(np.zeros(2, dtype=[("a", "f4"), ("b", "i4")]), protocol=3))
 
 
 def test_refuses_persistent_ids_in_plain_pickles():
-  with pytest.raises(sp.UnsafePickleError, match="persistent id"):
+  with pytest.raises(errors.UnsafePickleError, match="persistent id"):
     sp.loads_pickle(dumps(PersId(("storage", Global("torch", "FloatStorage"), "0", "cpu", 1))))
 
 
@@ -589,22 +590,22 @@ def test_tensor_view_past_its_storage_is_an_error():
   zw = TorchZipWriter()
   zw.storages["0"] = np.zeros(4, np.float32)
   pid = PersId(("storage", Global("torch", "FloatStorage"), "0", "cpu", 4))
-  with pytest.raises(sp.SourceFormatError, match="past its storage"):
+  with pytest.raises(errors.SourceFormatError, match="past its storage"):
     sp.loads_torch(zw.write({"t": tensor_node(pid, (3, 3))}))
 
 
 def test_truncated_and_non_pickle_files(tmp_path):
   zw = TorchZipWriter()
   good = dumps({"a": numpy_array_node(np.arange(100, dtype=np.float32))})
-  with pytest.raises(sp.SourceFormatError, match="truncated or corrupt"):
+  with pytest.raises(errors.SourceFormatError, match="truncated or corrupt"):
     sp.load(_write(tmp_path, "t.pkl", good[: len(good) // 2]))
-  with pytest.raises(sp.SourceFormatError, match="not a pickle"):
+  with pytest.raises(errors.SourceFormatError, match="not a pickle"):
     sp.load(_write(tmp_path, "t.txt", b"hello, world"))
-  with pytest.raises(sp.SourceFormatError, match="empty"):
+  with pytest.raises(errors.SourceFormatError, match="empty"):
     sp.load(_write(tmp_path, "e.pkl", b""))
   zipped = zw.write({"t": zw.tensor(np.arange(10, dtype=np.float32))})
-  with pytest.raises(sp.SourceFormatError):
+  with pytest.raises(errors.SourceFormatError):
     sp.load(_write(tmp_path, "t.pt", zipped[: len(zipped) - 40]))
   legacy = torch_legacy_bytes(lambda s: {"a": tensor_node(s(np.arange(50, dtype=np.float32)), (50,))})
-  with pytest.raises(sp.SourceFormatError, match="truncated"):
+  with pytest.raises(errors.SourceFormatError, match="truncated"):
     sp.load(_write(tmp_path, "l.pt", legacy[:-10]))

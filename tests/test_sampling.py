@@ -6,9 +6,9 @@ import pytest
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 RES = 8
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gantl_jax import generate
-from gantl_jax.config import ConfigError
+from gantl_jax.cli import generate
+from gantl_jax.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -26,9 +26,9 @@ import pytest
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import losses
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.training import losses
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 # Both sides compute the same float32 function in two XLA programs (fused and ordered
 # differently), so they differ by rounding only: a few ulps of a leaf's largest value (the mapping

@@ -12,9 +12,10 @@ from PIL import Image
 
 from configs import tiny
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax import errors
 from gantl_jax.data import synthetic
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,14 +160,14 @@ def test_launch_end_to_end(tmp_path):
 def test_bad_config_fails_at_start_with_the_key(tmp_path):
   c = tiny.get_config()
   c.train.batch_size = 6
-  with pytest.raises(config_lib.ConfigError, match=r"train.batch_size=6 is not divisible by the 4 devices"):
+  with pytest.raises(errors.ConfigError, match=r"train.batch_size=6 is not divisible by the 4 devices"):
     config_lib.resolve(c, num_devices=4)
   c = tiny.get_config()
   c.model.resolution = 24
-  with pytest.raises(config_lib.ConfigError, match="model.resolution must be a power of two"):
+  with pytest.raises(errors.ConfigError, match="model.resolution must be a power of two"):
     config_lib.resolve(c)
   c = tiny.get_config()
   c.train.batch_size = 4
   c.model.mbstd_group_size = 8
-  with pytest.raises(config_lib.ConfigError, match="mbstd_group_size=8 must divide the per-device batch 2"):
+  with pytest.raises(errors.ConfigError, match="mbstd_group_size=8 must divide the per-device batch 2"):
     config_lib.resolve(c, num_devices=2)

@@ -18,11 +18,14 @@ from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import tiny
-from gantl_jax import checkpoint, parallel, transfer
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
+from gantl_jax import errors
+from gantl_jax.cli import import_stylegan2
 from gantl_jax.models import stylegan2
-from gantl_jax.tools import import_stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,7 +156,7 @@ def test_step_dir_and_item_choice(sources, mesh, tmp_path):
 def test_on_mismatch_error_lists_every_path(sources, mesh):
   config = make_config(32, source=sources[16][0])
   nets = state_lib.build_networks(config)
-  with pytest.raises(transfer.TransferError) as e:
+  with pytest.raises(errors.TransferError) as e:
     transfer.transfer_state(config, random_state(nets, 3, mesh))
   msg = str(e.value)
   fresh = networks(random_state(nets, 3, mesh))
@@ -176,7 +179,7 @@ def test_shape_mismatch_shows_both_shapes(tmp_path, mesh):
   checkpoint.save_networks(str(tmp_path / "src"), g=unflat(src["g"]), g_ema=unflat(src["g_ema"]),
                            d=unflat(src["d"]), meta={"model": config_lib.model_hparams(config)})
   config = make_config(16, source=str(tmp_path / "src"))
-  with pytest.raises(transfer.TransferError, match=r"params/b4/out/weight  target \(32, 1\), source \(5, 1\)"):
+  with pytest.raises(errors.TransferError, match=r"params/b4/out/weight  target \(32, 1\), source \(5, 1\)"):
     transfer.transfer_state(config, random_state(nets, 3, mesh))
 
 
@@ -201,7 +204,7 @@ def test_mismatched_hparams_name_the_flag(sources, tmp_path):
   c = tiny.get_config()
   c.model.update(w_dim=64, mapping_layers=3)
   c.transfer.source = sources[16][0]
-  with pytest.raises(transfer.TransferError) as e:
+  with pytest.raises(errors.TransferError) as e:
     transfer.preflight(config_lib.resolve(c), str(tmp_path))
   msg = str(e.value)
   assert "w_dim: source 32, target 64" in msg and "mapping_layers: source 2, target 3" in msg
@@ -209,12 +212,12 @@ def test_mismatched_hparams_name_the_flag(sources, tmp_path):
 
 
 def test_missing_source_and_missing_item(sources, tmp_path):
-  with pytest.raises(transfer.TransferError, match="does not exist.*demo_photo.*import_stylegan2"):
+  with pytest.raises(errors.TransferError, match="does not exist.*demo_photo.*import_stylegan2"):
     transfer.preflight(make_config(16, source=str(tmp_path / "nowhere")), str(tmp_path / "w"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(transfer.TransferError, match="holds no Orbax checkpoint"):
+  with pytest.raises(errors.TransferError, match="holds no Orbax checkpoint"):
     transfer.preflight(make_config(16, source=str(tmp_path / "empty")), str(tmp_path / "w"))
-  with pytest.raises(transfer.TransferError, match="transfer.g_from='ema': .* has no item 'ema'.*or to '' to keep g at its initialisation"):
+  with pytest.raises(errors.TransferError, match="transfer.g_from='ema': .* has no item 'ema'.*or to '' to keep g at its initialisation"):
     transfer.preflight(make_config(16, source=sources[16][0], g_from="ema"), str(tmp_path / "w"))
   # A workdir that will resume is not checked: the source is not needed any more.
   (tmp_path / "w" / "checkpoints" / "3").mkdir(parents=True)
@@ -268,7 +271,7 @@ def test_damaged_source_fails_the_preflight_in_one_line(tmp_path, damage, cause)
   c.transfer.source = os.path.join(REPO, "pretrained/photo32")
   transfer.preflight(config_lib.resolve(c), str(tmp_path / "w"))  # the intact source passes
   c.transfer.source = source = _damaged_copy(tmp_path, damage)
-  with pytest.raises(transfer.TransferError) as e:
+  with pytest.raises(errors.TransferError) as e:
     transfer.preflight(config_lib.resolve(c), str(tmp_path / "w"))
   msg = str(e.value)
   assert "\n" not in msg, msg

@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import fewshot_numbers
+from benchmarks import fewshot_step_time
+from benchmarks import transfer_study
+from benchmarks import transfer_study_report as report
 from configs import tiny
-from gantl_jax import compare
 from gantl_jax import config as config_lib
-from gantl_jax import jsonl
+from gantl_jax import errors
 from gantl_jax import metrics
-from gantl_jax import train
-from gantl_jax.data import DataError, pipeline
+from gantl_jax.cli import compare
+from gantl_jax.data import pipeline
+from gantl_jax.errors import DataError
+from gantl_jax.training import jsonl
+from gantl_jax.training import loop as train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-import transfer_study  # noqa: E402
-import transfer_study_report as report  # noqa: E402
-import fewshot_numbers  # noqa: E402
-import fewshot_step_time  # noqa: E402
 
 # test_loop's tiny config: one example per device.
 TINY = {"model.mbstd_group_size": 1, "train.pl_batch_shrink": 1, "train.log_every": 1}
@@ -106,7 +106,7 @@ def test_heldout_images_are_other_images_of_the_domain(tmp_path):
                              resolution=16, verbose=False)
   assert shots == {hundred.data_source[i].tobytes() for i in range(10)}
   assert metrics.prepare_reals(tiny_config(tmp_path), prepared) is prepared  # False: the training images
-  with pytest.raises(config_lib.ConfigError, match="eval.heldout=True needs held-out images"):
+  with pytest.raises(errors.ConfigError, match="eval.heldout=True needs held-out images"):
     config_lib.resolve(tiny_config(tmp_path, **{"eval.heldout": True, "data.source": "folder", "data.folder": "/x"}))
   with pytest.raises(DataError, match=r"data.num_images must be > 0 and at most 1000000"):
     config_lib.resolve(tiny_config(tmp_path, **{"data.num_images": 1_000_001}))

@@ -1,6 +1,6 @@
 """Data: built-in synthetic face domains, tfds builders, and the input pipeline.
 
-    cfg = base.get_config().data                # configs/base.py: every key, documented
+    cfg = base.get_config().data                # gantl_jax/defaults.py: every key, documented
     prepared = prepare(cfg, resolution=64)      # once; reused afterwards
     it = make_iterator(prepared, global_batch=32, process_index=jax.process_index(),
                        process_count=jax.process_count(), seed=0)
@@ -12,7 +12,6 @@ import importlib
 # Imported lazily: `python -m gantl_jax.data.synthetic` must not pre-import its own
 # module (runpy warns), and the renderer alone needs neither tfds nor PIL's plugins.
 _EXPORTS = {
-    "DataError": "checks",
     "DataIterator": "pipeline",
     "PreparedData": "pipeline",
     "check_config": "checks",

@@ -51,8 +51,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageOps
 
+from gantl_jax.data import idx
 from gantl_jax.data import synthetic
-from gantl_jax.data.checks import DataError
+from gantl_jax.data.shots import n_shot_order
+from gantl_jax.errors import DataError
 from gantl_jax.resolutions import resolution_problem
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -173,15 +175,6 @@ def _load_many(folder: str, files: list[str], resolution: int, channels: int) ->
   with concurrent.futures.ThreadPoolExecutor(_DECODE_THREADS) as pool:
     for start in range(0, len(files), _BLOCK):
       yield from pool.map(lambda f: load_image(folder, f, resolution, channels), files[start : start + _BLOCK])
-
-
-def n_shot_order(num_files: int, seed: int) -> np.ndarray:
-  """The order in which files are tried for an n-shot subset.
-
-  Depends on the seed only (not on n), so for one seed the 10-shot subset is
-  inside the 100-shot one.
-  """
-  return np.random.default_rng([seed, 0x5E7]).permutation(num_files)
 
 
 # ---------------------------------------------------------------------------
@@ -359,7 +352,6 @@ class GantlIdx(tfds.core.GeneratorBasedBuilder):
     return {_SPLIT: self._generate_examples()}
 
   def _generate_examples(self):
-    from gantl_jax.data import idx  # pylint: disable=import-outside-toplevel  (idx imports this module)
     cfg: IdxConfig = self.builder_config
     report = _new_report(self, source="idx", idx_dir=cfg.idx_dir, classes=list(cfg.classes), n_shot=cfg.n_shot,
                          seed=cfg.seed, held_out=cfg.held_out)
@@ -470,7 +462,6 @@ def idx_builder(idx_dir: str, *, classes: str = "", resolution: int, n_shot: int
   """A `GantlIdx` builder of the n-shot set (``held_out`` = 0) or of ``held_out`` other images
   of ``classes`` (see `idx.select`); its name fingerprints the options and the IDX files' sizes
   and mtimes. DataError when the files are missing or an option cannot work."""
-  from gantl_jax.data import idx  # pylint: disable=import-outside-toplevel  (idx imports this module)
   _check_resolution(resolution)
   if n_shot < 0:
     raise DataError(f"data.n_shot must be >= 0 (0 = all images), got {n_shot}")

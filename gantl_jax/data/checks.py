@@ -2,22 +2,19 @@
 
 Kept apart from the builders and the pipeline so that `config.resolve` can
 check the section at start without importing tensorflow_datasets. The
-defaults and the meaning of every key are in `configs/base.py`.
+defaults and the meaning of every key are in `gantl_jax/defaults.py`.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from gantl_jax.data import synthetic
+from gantl_jax.errors import DataError
 
 SOURCES = ("synthetic", "folder", "idx")
 # A synthetic dataset of n images holds images 0..n-1 of its domain and seed; images from here on
 # are in none (data.num_images must stay below), so every domain has an unlimited held-out set.
 HELD_OUT_START = 1_000_000
-
-
-class DataError(ValueError):
-  """Bad data input: the message names the file, folder or `data.*` key at fault."""
 
 
 def check_config(c: Any) -> None:

@@ -6,7 +6,7 @@
 One RGBA PNG per emoji (transparent background: the folder loader composites it on white), named
 by its code points, e.g. ``1f600.png`` or ``1f469-200d-1f4bb.png``, so the same emoji of two
 vendors has the same name: a style transfer with known correspondence. With ``--shots N`` the
-emoji go to ``DIR/shots`` (N of them, chosen by `builders.n_shot_order` for ``--seed``) and
+emoji go to ``DIR/shots`` (N of them, chosen by `shots.n_shot_order` for ``--seed``) and
 ``DIR/held_out`` (the others).
 
 Where the images come from:
@@ -31,6 +31,8 @@ import sys
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont, features
+from gantl_jax.data.shots import n_shot_order
+from gantl_jax.errors import EmojiError
 
 VENDORS = ("noto", "google", "twitter")
 # The npm package of each vendor's PNGs; noto's artwork is the google set.
@@ -52,10 +54,6 @@ CATEGORIES: dict[str, Callable[[dict], bool]] = {
     "symbols": lambda e: e["category"] == "Symbols",
     "flags": lambda e: e["category"] == "Flags",
 }
-
-
-class EmojiError(ValueError):
-  """A package, font or option the tool cannot use; the message says what to install or pass."""
 
 
 def find_package(name: str, package_dir: str = "") -> str:
@@ -209,7 +207,6 @@ def write_set(vendor: str, categories: list[str], out: str, *, size: int = 64, s
   if shots:
     if shots >= len(names):
       raise EmojiError(f"--shots={shots} leaves no held-out emoji: the set has {len(names)}")
-    from gantl_jax.data.builders import n_shot_order  # pylint: disable=import-outside-toplevel  # tfds
     order = [names[i] for i in n_shot_order(len(names), seed)]
     folders = {"shots": order[:shots], "held_out": order[shots:]}
   else:

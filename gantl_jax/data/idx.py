@@ -6,7 +6,7 @@ The files are the four of the MNIST layout in one directory, each gzipped or not
 `DEFAULT_DIR`. The train and test files are one pool of images (train first): the
 split that matters for transfer is by class, a source of some classes and a target of another.
 
-A selection (`select`) is the images of some classes, in the order `builders.n_shot_order`
+A selection (`select`) is the images of some classes, in the order `shots.n_shot_order`
 gives for the seed: the first ``n_shot`` are the training set, the following ones the held-out
 set, so the two never share an image and the 10-shot set is inside the 100-shot one.
 Images are resized with Lanczos from 28 px to the resolution, as folder images are.
@@ -26,7 +26,8 @@ import sys
 import numpy as np
 from PIL import Image
 
-from gantl_jax.data.checks import DataError
+from gantl_jax.data.shots import n_shot_order
+from gantl_jax.errors import DataError
 from gantl_jax.resolutions import resolution_problem
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -133,10 +134,9 @@ def select(labels: np.ndarray, classes: tuple[int, ...], *, n_shot: int, seed: i
   """Indices of the chosen images: the n-shot training set (all the classes' images when
   ``n_shot`` is 0), or with ``held_out`` > 0 that many of the classes' other images.
 
-  The classes' images are ordered by `builders.n_shot_order(count, seed)`; the training set is
+  The classes' images are ordered by `shots.n_shot_order(count, seed)`; the training set is
   its first ``n_shot``, the held-out set the next ``held_out`` (fewer if the classes have fewer).
   """
-  from gantl_jax.data.builders import n_shot_order  # pylint: disable=import-outside-toplevel  # tfds
   pool = class_indices(labels, classes, idx_dir)
   what = f"class(es) {','.join(map(str, classes)) or 'all'} of {idx_dir}"
   if n_shot > len(pool):

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from gantl_jax.data import builders, checks
-from gantl_jax.data.checks import DataError
+from gantl_jax.errors import DataError
 
 _SPLIT = "train"
 # PIL's convert('L') of RGB: L = (19595 R + 38470 G + 7471 B + 2**15) >> 16, i.e. the ITU-R 601-2
@@ -55,7 +55,6 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     luma = (image.astype(np.uint32) @ _LUMA_WEIGHTS + (1 << 15)) >> 16
     return luma.astype(np.uint8)[..., None]
   raise DataError(f"cannot convert {have}-channel images to {channels} channels (1 or 3 only)")
-
 
 
 @dataclasses.dataclass
@@ -98,7 +97,7 @@ def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, channels
   """Builds the tfds dataset once (reused when already prepared) and opens it.
 
   `data_config` is the `data` section of a run config (keys and defaults:
-  `configs/base.py`); `channels` is `model.img_channels` (1 or 3): folder and synthetic images
+  `gantl_jax/defaults.py`); `channels` is `model.img_channels` (1 or 3): folder and synthetic images
   are stored with that many channels. Raises DataError naming the key, file or folder at fault.
   """
   c = data_config

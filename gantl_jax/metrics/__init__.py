@@ -22,14 +22,12 @@ from typing import Callable, Iterator
 import ml_collections
 import numpy as np
 
-from gantl_jax.config import ConfigError
-from gantl_jax.metrics import cache, kid_fid, samples, swd
+from gantl_jax import cache
+from gantl_jax.errors import ConfigError
+from gantl_jax.metrics import kid_fid, samples, swd
 
 Batches = Iterator[np.ndarray]
 Evaluator = Callable[[Batches, Batches, ml_collections.ConfigDict], dict]
-
-# eval.* keys with the value a run's config.json written without them means.
-EVAL_KEYS_ADDED = {"heldout": False, "real_folder": "", "num_diagnostic": 1000, "lpips_weights": ""}
 
 # Bump when the descriptors of an image set change (pyramid, patches, normalisation sums), so
 # that accumulators cached by an older version are not compared with new ones.
@@ -86,7 +84,7 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
                       f"there (and set eval.every_kimg) or set --config.checkpoint.keep_best=''")
   if names and not eval_config.every_kimg > 0:
     raise ConfigError(f"eval.metrics={names} never run: set eval.every_kimg > 0 (kimg between evaluations)")
-  if eval_config.get("lpips_weights", "") and set(names) & {"diversity", "copies", "correspondence"}:
+  if eval_config.lpips_weights and set(names) & {"diversity", "copies", "correspondence"}:
     try:
       samples.lpips_weights(eval_config.lpips_weights)  # read here, once per process, before training
     except ValueError as e:
@@ -115,11 +113,11 @@ def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = T
   `pipeline.prepare_held_out`); otherwise ``prepared``, the training data itself."""
   from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
   e = config.eval
-  if e.get("real_folder", ""):
+  if e.real_folder:
     return pipeline.prepare_folder(e.real_folder, data_config=config.data,
                                    resolution=config.model.resolution, key="eval.real_folder",
                                    channels=config.model.img_channels, verbose=verbose)
-  if not e.get("heldout", False):
+  if not e.heldout:
     return prepared
   return pipeline.prepare_held_out(config.data, resolution=config.model.resolution,
                                    num=int(e.num_real), channels=config.model.img_channels,
@@ -131,11 +129,11 @@ def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
   `prepare_reals` returned), for eval.jsonl, the eval table and the comparison."""
   e, d = config.eval, config.data
   num = min(int(e.num_real), reals.num_examples)
-  if e.get("real_folder", ""):
+  if e.real_folder:
     return f"{num} held-out images of eval.real_folder={e.real_folder}"
-  if e.get("heldout", False) and d.source == "idx":
+  if e.heldout and d.source == "idx":
     return f"{num} held-out images of classes {d.classes or 'all'} of {d.idx_dir} (none in the {d.n_shot}-shot set)"
-  if e.get("heldout", False):
+  if e.heldout:
     return f"{num} held-out '{d.domain}' images (synthetic, none in a training set)"
   if d.source == "folder":
     what = f"data.folder={d.folder}"

@@ -43,7 +43,7 @@ upscale the half-pixel shift moves every edge by ~4.7 output pixels, which domin
 numbers; values of different tools are therefore not comparable, at 32 px least of all.
 
 Weights (`load_weights`) come from a file the user provides, read by
-``gantl_jax.tools.safe_pickle`` (no torch, nothing from the file executed):
+``gantl_jax.safe_pickle`` (no torch, nothing from the file executed):
 
   * pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``: a ``torch.save`` state dict
     (legacy stream or zip) with torchvision names (``Mixed_5b.branch1x1.conv.weight``,
@@ -69,7 +69,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gantl_jax.tools import safe_pickle
+from gantl_jax import errors
+from gantl_jax import safe_pickle
+from gantl_jax.errors import InceptionWeightsError
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -77,10 +79,6 @@ NUM_CLASSES = 1008  # the TF graph's 1008 logits: ImageNet's 1000 classes and 8 
 BN_EPS = 1e-3
 
 Params = Any
-
-
-class InceptionWeightsError(ValueError):
-  """The weight file is not one of the accepted Inception files (unreadable, wrong tensors)."""
 
 
 # ---------------------------------------------------------------------------
@@ -511,12 +509,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     container, obj = safe_pickle.load(path)
   except OSError as e:
     raise InceptionWeightsError(f"cannot read {path}: {e}") from e
-  except (safe_pickle.UnsafePickleError, safe_pickle.SourceFormatError) as e:
+  except (errors.UnsafePickleError, errors.SourceFormatError) as e:
     raise InceptionWeightsError(f"{path} is not a readable Inception weight file: {e}") from e
   if isinstance(obj, safe_pickle.ScriptObject):
     try:
       return safe_pickle.script_module_state_dict(obj)
-    except safe_pickle.SourceFormatError as e:
+    except errors.SourceFormatError as e:
       raise InceptionWeightsError(f"{path} is not a readable Inception weight file: {e}") from e
   if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
     return dict(obj)

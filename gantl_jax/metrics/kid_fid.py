@@ -46,9 +46,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gantl_jax import parallel
-from gantl_jax.config import ConfigError
-from gantl_jax.metrics import cache, inception
+from gantl_jax import cache
+from gantl_jax import errors
+from gantl_jax.errors import ConfigError
+from gantl_jax.metrics import inception
+from gantl_jax.training import parallel
 
 METRICS = ("kid", "fid")
 KID_SUBSETS = 100
@@ -345,12 +347,12 @@ def _on_every_process(flag: bool) -> bool:
 def load_configured_weights(eval_config: ml_collections.ConfigDict) -> inception.InceptionWeights | None:
   """The weights of ``eval.inception_weights``; None when it is ''. ConfigError naming the key
   when the file is missing or not an accepted Inception file."""
-  path = str(eval_config.get("inception_weights", "") or "")
+  path = str(eval_config.inception_weights or "")
   if not path:
     return None
   try:
     return inception.load_weights(path)
-  except inception.InceptionWeightsError as e:
+  except errors.InceptionWeightsError as e:
     raise ConfigError(
         f"eval.inception_weights={path!r}: {e}\n  Give pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
         "or NVIDIA's inception-2015-12-05.pt, or set --config.eval.inception_weights='' to skip KID and FID") from e
@@ -365,7 +367,7 @@ def note_skipped(names: tuple[str, ...]) -> None:
 
 def requested(eval_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Which of KID and FID ``eval.metrics`` names (both when it names neither)."""
-  names = {n.strip() for n in str(eval_config.get("metrics", "") or "").split(",")}
+  names = {n.strip() for n in str(eval_config.metrics or "").split(",")}
   return tuple(m for m in METRICS if m in names) or METRICS
 
 
@@ -382,13 +384,13 @@ def evaluate(fakes: Iterable[np.ndarray], reals: Iterable[np.ndarray],
   if weights is None:
     note_skipped(names)
     return {}
-  batch_size = int(eval_config.get("batch_size", 64))
+  batch_size = int(eval_config.batch_size)
   keep = "kid" in names
   real = cached_real_stats(reals, weights, keep_features=keep, batch_size=batch_size)
   fake = feature_stats(weights, fakes, keep_features=keep, batch_size=batch_size)
   out = {}
   if "kid" in names:
-    out["kid"] = kernel_inception_distance(fake.features(), real.features(), seed=int(eval_config.get("seed", 0)))
+    out["kid"] = kernel_inception_distance(fake.features(), real.features(), seed=int(eval_config.seed))
   if "fid" in names:
     out["fid"] = fid_from_stats(fake, real)
   return out

@@ -44,6 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gantl_jax import errors
+from gantl_jax.errors import LPIPSWeightsError
 from gantl_jax.metrics import distances as dist_lib
 from gantl_jax.metrics import inception
 
@@ -61,10 +63,6 @@ NORM_EPS = 1e-10
 MIN_RESOLUTION = 16
 
 Params = Any
-
-
-class LPIPSWeightsError(ValueError):
-  """The weight files do not hold LPIPS-VGG's tensors (unreadable, missing, wrong shapes)."""
 
 
 def vgg16_taps(params: Params, x: jax.Array, precision=jax.lax.Precision.HIGHEST) -> list[jax.Array]:
@@ -143,7 +141,7 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
       raise LPIPSWeightsError(f"cannot read LPIPS weights {path}: {e}") from e
   try:
     return inception.read_state_dict(path)
-  except inception.InceptionWeightsError as e:
+  except errors.InceptionWeightsError as e:
     raise LPIPSWeightsError(f"cannot read LPIPS weights {path}: {e.__cause__ or e}") from e
 
 

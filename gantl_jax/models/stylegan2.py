@@ -488,9 +488,8 @@ def generator_from_config(model: ml_collections.ConfigDict) -> Generator:
       mapping_layers=model.mapping_layers, mapping_lr_mul=model.mapping_lr_mul,
       img_channels=model.img_channels, channel_base=model.channel_base,
       channel_max=model.channel_max, conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
-      dtype=jnp.dtype(model.get("compute_dtype", "float32")),
-      # Configs saved before the key existed ran every block in the compute dtype.
-      num_low_precision_res=model.get("num_low_precision_res", 0))
+      dtype=jnp.dtype(model.compute_dtype),
+      num_low_precision_res=model.num_low_precision_res)
 
 
 def discriminator_from_config(model: ml_collections.ConfigDict, patch_resolution: int = 0) -> Discriminator:
@@ -501,10 +500,9 @@ def discriminator_from_config(model: ml_collections.ConfigDict, patch_resolution
       channel_base=model.channel_base, channel_max=model.channel_max,
       mbstd_group_size=model.mbstd_group_size, mbstd_num_channels=model.mbstd_num_channels,
       conv_clamp=model.conv_clamp, conv_impl=model.conv_impl,
-      # Configs saved before the key existed used contiguous groups.
-      mbstd_grouping=model.get("mbstd_grouping", "contiguous"),
-      dtype=jnp.dtype(model.get("compute_dtype", "float32")),
-      num_low_precision_res=model.get("num_low_precision_res", 0), patch_resolution=patch_resolution)
+      mbstd_grouping=model.mbstd_grouping,
+      dtype=jnp.dtype(model.compute_dtype),
+      num_low_precision_res=model.num_low_precision_res, patch_resolution=patch_resolution)
 
 
 def init_generator(g: Generator, rng: Array) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 
-from gantl_jax import steps
+from gantl_jax.training import steps
 
 # JAX reads this environment variable into jax_compilation_cache_dir when it is imported.
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"

@@ -40,6 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from gantl_jax import errors
+from gantl_jax.models import stylegan2
+
 KINDS = ("none", "kernel_modulation")
 U, V = "adapter_u", "adapter_v"
 # The modulated layers: G's 3x3 synthesis convolutions (not toRGB, not the style affines).
@@ -47,9 +50,8 @@ _LAYER = re.compile(r"^synthesis/b\d+/conv[01]$")
 
 
 def kind(config) -> str:
-  """``config.fewshot.adapter``; 'none' for configs written before the fewshot section existed."""
-  fewshot = config.get("fewshot")
-  return fewshot.get("adapter", "none") if fewshot is not None else "none"
+  """``config.fewshot.adapter``: 'none' or one of the adapter kinds."""
+  return config.fewshot.adapter
 
 
 def enabled(config) -> bool:
@@ -122,7 +124,7 @@ def adapted_layers(fewshot, g_params: Any, g_fisher: Optional[Any] = None) -> li
   of the layers' means. Without ``g_fisher`` (a build that needs only shapes, e.g. for sampling
   or export) every layer counts as adapted; the training loop always passes the run's Fisher."""
   layers = conv_layers(g_params)
-  q = fewshot.get("adapter_fisher_quantile", 0.0)
+  q = fewshot.adapter_fisher_quantile
   if not q or g_fisher is None:
     return layers
   importance = layer_importance(g_fisher, layers)
@@ -156,3 +158,30 @@ def report(config, g_params: Any, trainable: list[str], g_fisher: Optional[Any] 
               modulated=adapted, fine_tuned=[layer for layer in layers if layer not in adapted],
               importance=importance, trainable_adapter_leaves=len(adapter_paths),
               trainable_adapter_count=int(sum(np.prod(flat[p].shape, dtype=np.int64) for p in adapter_paths)))
+
+
+def init_g_variables(generator: stylegan2.Generator, key: jax.Array, with_adapters: bool) -> dict[str, Any]:
+  """Fresh G variables ``{'params', 'buffers'}``, with the adapter leaves when ``with_adapters``
+  (``Networks.g_adapters``): at init the adapted G is the plain one, bit for bit."""
+  g_vars = stylegan2.init_generator(generator, key)
+  if with_adapters:
+    g_vars = {**g_vars, "params": init(g_vars["params"], jax.random.fold_in(key, 1))}
+  return g_vars
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the adapter key of ``config.fewshot`` that cannot work."""
+  f = config.fewshot
+  if f.adapter not in KINDS:
+    raise errors.ConfigError(f"fewshot.adapter must be one of {', '.join(map(repr, KINDS))}, "
+                             f"got {f.adapter!r}")
+  if not 0 <= f.adapter_fisher_quantile < 1:
+    raise errors.ConfigError(f"fewshot.adapter_fisher_quantile must be in [0, 1) (0 adapts every "
+                             f"conv layer), got {f.adapter_fisher_quantile}")
+  if f.adapter_fisher_quantile != 0 and f.adapter == "none":
+    raise errors.ConfigError(
+        f"fewshot.adapter_fisher_quantile={f.adapter_fisher_quantile} chooses the layers of the "
+        f"adapters; set fewshot.adapter='kernel_modulation' too, or the quantile to 0")
+  if f.adapter != "none" and config.transfer.source == "":
+    raise errors.ConfigError("fewshot.adapter adapts a pretrained generator, but transfer.source is "
+                             "'' (from scratch); set --config.transfer.source to a source checkpoint")

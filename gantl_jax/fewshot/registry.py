@@ -7,7 +7,7 @@ what it updates after the step. Each hook is optional; the step runs the hooks o
 that :func:`active` finds enabled by the config, in :data:`REGISTRY` order (which fixes the order
 of their loss terms and metrics).
 
-A method's hooks live in its own module (``fewshot.py``, ``fisher.py``, ``augment.py``,
+A method's hooks live in its own module (``cdc.py``, ``ewc.py``, ``augment.py``,
 ``adapters.py``); adding one means writing them there and one entry in :data:`REGISTRY`.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import ml_collections
 
-from gantl_jax import adapters
-from gantl_jax import augment
-from gantl_jax import fewshot
-from gantl_jax import fisher
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import augment
+from gantl_jax.fewshot import cdc
+from gantl_jax.fewshot import ewc
 
 Array = jax.Array
 ConfigDict = ml_collections.ConfigDict
@@ -72,10 +72,10 @@ class Method(NamedTuple):
 
 
 REGISTRY: tuple[Method, ...] = (
-    Method("cdc", fewshot.cdc_enabled, frozen=fewshot.frozen_networks, g_terms=fewshot.cdc_terms),
-    Method("cdc_anchors", fewshot.anchors_enabled, flags=(("anchor", fewshot.anchor_interval),),
-           latents=fewshot.anchor_latents, d_patch=fewshot.patch_step),
-    Method("ewc", fisher.ewc_enabled, frozen=fisher.frozen_networks, g_terms=fisher.ewc_terms),
+    Method("cdc", cdc.cdc_enabled, frozen=cdc.frozen_networks, g_terms=cdc.cdc_terms),
+    Method("cdc_anchors", cdc.anchors_enabled, flags=(("anchor", cdc.anchor_interval),),
+           latents=cdc.anchor_latents, d_patch=cdc.patch_step),
+    Method("ewc", ewc.ewc_enabled, frozen=ewc.frozen_networks, g_terms=ewc.ewc_terms),
     Method("ada", augment.ada_enabled, extras=augment.method_extras, d_view=augment.d_view,
            after_step=augment.after_step),
     Method("diffaug", augment.diffaug_enabled, d_view=augment.d_view),

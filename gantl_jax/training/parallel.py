@@ -27,8 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import multihost as ocp_multihost
 
 from gantl_jax import images as image_io
-from gantl_jax import state as state_lib
-from gantl_jax import steps
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 AXIS = "data"
 

@@ -1,5 +1,6 @@
-"""Statistics of real images kept beside the prepared data (``<data_path>/eval_cache/``), so that
-each run, and each evaluation of a run, computes them once.
+"""Arrays computed once and kept in files: statistics of real images beside the prepared data
+(``<data_path>/eval_cache/``), so that each run, and each evaluation of a run, computes them once,
+and a run's Fisher information (``fewshot/ewc.py``).
 
 A cache file is a plain ``.npz`` of arrays (no pickle), written atomically. A file that cannot be
 read (truncated, overwritten, bits flipped) is reported and recomputed by the caller; a cache

@@ -28,7 +28,7 @@ target config and overlays on it the source's weights:
 ``read_frozen`` reads a source network's variables for the steps' ``frozen`` argument (the
 few-shot regularisers compare the adapted G with the source G).
 
-What freezing saves in FLOPs: ``python -m gantl_jax.bench --config ... --freeze_flops``.
+What freezing saves in FLOPs: ``python -m gantl_jax.cli.bench --config ... --freeze_flops``.
 """
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from gantl_jax import adapters
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import optim
-from gantl_jax import state as state_lib
+from gantl_jax.errors import TransferError
+from gantl_jax.fewshot import adapters
 from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import optim
+from gantl_jax.training import state as state_lib
 
 NETWORKS = tuple(state_lib.NETWORKS)
 # Path prefixes, per network, of parameters that only a training method adds and that no source
@@ -74,11 +75,7 @@ HOW_TO_MAKE_A_SOURCE = (
     "Provide --config.transfer.source=DIR, where DIR is a checkpoint of this project: train one, "
     "e.g. the demo source `python launch.py --config configs/demo_photo.py --workdir "
     "runs/demo_photo` (then DIR=runs/demo_photo/checkpoints), or import pretrained StyleGAN2 "
-    "weights with `python -m gantl_jax.tools.import_stylegan2 NETWORK.pkl DIR`.")
-
-
-class TransferError(config_lib.ConfigError):
-  """The transfer source cannot be used with this config; the message says what to change."""
+    "weights with `python -m gantl_jax.cli.import_stylegan2 NETWORK.pkl DIR`.")
 
 
 class Source(NamedTuple):
@@ -180,7 +177,7 @@ def check_hparams(source_model: Optional[dict], config: ml_collections.ConfigDic
   if not source_model:
     raise TransferError(f"transfer.source {where} has no 'meta' item with the 'model' "
                         f"hyper-parameters, so its weights cannot be checked; make sources with "
-                        f"this project's training or with gantl_jax.tools.import_stylegan2")
+                        f"this project's training or with gantl_jax.cli.import_stylegan2")
   target = config_lib.model_hparams(config)
   gray = _gray_from_rgb(source_model, config)
   wrong = [k for k in MUST_MATCH if k in source_model and source_model[k] != target[k]

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-
-
-class LogError(RuntimeError):
-  """A log line could not be written (a full disk, say); the file still holds whole lines."""
+from gantl_jax.errors import LogError
 
 
 def append(path: str, record: dict) -> None:

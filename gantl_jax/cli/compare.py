@@ -24,15 +24,15 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gantl_jax import blend
-from gantl_jax import generate
 from gantl_jax import images as image_io
-from gantl_jax import jsonl
-from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.cli import blend
+from gantl_jax.cli import generate
 from gantl_jax.data import checks, pipeline, synthetic
+from gantl_jax.errors import ConfigError
 from gantl_jax.metrics import correspondence, distances, diversity, memorisation, swd
 from gantl_jax.resolutions import block_resolutions
+from gantl_jax.training import jsonl
+from gantl_jax.training import runs
 
 _LABEL_WIDTH = 128
 NUM_DIAGNOSTIC = 1000  # samples of the diversity, copies and correspondence rows (CDC's protocol)
@@ -45,7 +45,7 @@ def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tu
   ``eval.real_folder``), or of its synthetic domain. A folder run with no held-out folder falls
   back to its training images, and the description says so."""
   d, res, channels = config.data, config.model.resolution, config.model.img_channels
-  real_folder = real_folder or (config.eval.get("real_folder", "") if held_out else "")
+  real_folder = real_folder or (config.eval.real_folder if held_out else "")
   if held_out and real_folder:
     prepared = pipeline.prepare_folder(real_folder, data_config=d, resolution=res,
                                        key="--real_folder", channels=channels, verbose=False)
@@ -125,7 +125,7 @@ def compare(workdir: str, blend_resolution: int = 0, seeds: str = "0-7", num_eva
 
   eval_seeds = list(range(num_eval))
   reals, reals_are = target_images(config, num_eval, held_out=True, real_folder=real_folder)
-  held_out = bool(real_folder or config.eval.get("real_folder", "") or config.data.source == "synthetic")
+  held_out = bool(real_folder or config.eval.real_folder or config.data.source == "synthetic")
   source_samples, run_samples = (generate.seed_images(net, eval_seeds) for net in (source, run))
   table = dict(
       swd_source_vs_target=_swd(source_samples, reals),

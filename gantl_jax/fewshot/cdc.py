@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gantl_jax import config as config_lib
+from gantl_jax import errors
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
@@ -45,20 +45,15 @@ _ANCHOR_INDEX, _ANCHOR_OFFSET = 0, 1
 CDC_PHASE = 5
 
 
-def _section(config: ml_collections.ConfigDict) -> Optional[ml_collections.ConfigDict]:
-  return config.get("fewshot")  # configs written before the section existed have none
-
-
 def cdc_weight(config: ml_collections.ConfigDict) -> float:
   """The weight of the distance-consistency term; 0 when it is off."""
-  f = _section(config)
-  return float(f.cdc_weight) if f is not None else 0.0
+  return float(config.fewshot.cdc_weight)
 
 
 def anchor_interval(config: ml_collections.ConfigDict) -> Optional[int]:
   """Steps between anchor steps, or None when the anchor-region patch discriminator is off."""
-  f = _section(config)
-  return f.cdc_anchor_interval if f is not None and f.cdc_anchor_interval > 0 else None
+  f = config.fewshot
+  return f.cdc_anchor_interval if f.cdc_anchor_interval > 0 else None
 
 
 def cdc_enabled(config: ml_collections.ConfigDict) -> bool:
@@ -89,32 +84,30 @@ def patch_resolution(config: ml_collections.ConfigDict) -> int:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the ``fewshot.cdc_*`` key that cannot work."""
-  f = _section(config)
-  if f is None:
-    return
+  f = config.fewshot
   if f.cdc_weight < 0:
-    raise config_lib.ConfigError(f"fewshot.cdc_weight must be >= 0 (0 = off), got {f.cdc_weight}")
+    raise errors.ConfigError(f"fewshot.cdc_weight must be >= 0 (0 = off), got {f.cdc_weight}")
   if f.cdc_weight > 0:
     if f.cdc_batch < 2:
-      raise config_lib.ConfigError(f"fewshot.cdc_batch must be >= 2 (each latent is compared with "
-                                   f"the others), got {f.cdc_batch}")
+      raise errors.ConfigError(f"fewshot.cdc_batch must be >= 2 (each latent is compared with "
+                               f"the others), got {f.cdc_batch}")
     if not config.transfer.source:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"fewshot.cdc_weight={f.cdc_weight} compares G with the transfer source, but "
           f"transfer.source is empty; set --config.transfer.source=DIR or fewshot.cdc_weight=0")
   if f.cdc_anchor_interval < 0:
-    raise config_lib.ConfigError(f"fewshot.cdc_anchor_interval must be >= 0 (0 = image-level D "
-                                 f"always), got {f.cdc_anchor_interval}")
+    raise errors.ConfigError(f"fewshot.cdc_anchor_interval must be >= 0 (0 = image-level D "
+                             f"always), got {f.cdc_anchor_interval}")
   if f.cdc_anchor_interval > 0:
     if f.cdc_anchors < 1:
-      raise config_lib.ConfigError(f"fewshot.cdc_anchors must be >= 1, got {f.cdc_anchors}")
+      raise errors.ConfigError(f"fewshot.cdc_anchors must be >= 1, got {f.cdc_anchors}")
     if f.cdc_anchor_std < 0:
-      raise config_lib.ConfigError(f"fewshot.cdc_anchor_std must be >= 0, got {f.cdc_anchor_std}")
+      raise errors.ConfigError(f"fewshot.cdc_anchor_std must be >= 0, got {f.cdc_anchor_std}")
     # D's blocks output maps of resolution/2 down to 4.
     sides = [r // 2 for r in block_resolutions(config.model.resolution)[1:]]
     res = patch_resolution(config)
     if res not in sides:
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"fewshot.cdc_patch_resolution={f.cdc_patch_resolution}: the {config.model.resolution} px "
           f"discriminator's blocks output {sorted(sides)} px maps; choose one of those (0 = "
           f"resolution / 8, at least 4)")

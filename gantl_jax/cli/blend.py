@@ -25,12 +25,12 @@ from typing import Any, Optional
 import numpy as np
 from flax import traverse_util
 
-from gantl_jax import export
-from gantl_jax import generate
 from gantl_jax import images as image_io
-from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.cli import export
+from gantl_jax.cli import generate
+from gantl_jax.errors import ConfigError
 from gantl_jax.resolutions import block_resolutions
+from gantl_jax.training import runs
 
 # The hyper-parameters that make two generators' variables interchangeable, block by block.
 ARCHITECTURE = ("resolution", "img_channels", "z_dim", "w_dim", "mapping_layers", "mapping_lr_mul",

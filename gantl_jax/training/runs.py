@@ -10,17 +10,18 @@ from typing import Any, NamedTuple, Optional
 import jax
 import ml_collections
 
-from gantl_jax import adapters
-from gantl_jax import checkpoint
 from gantl_jax import config as config_lib
-from gantl_jax import state as state_lib
-from gantl_jax import transfer
-from gantl_jax.config import ConfigError
+from gantl_jax import errors
+from gantl_jax.errors import ConfigError
+from gantl_jax.fewshot import adapters
 from gantl_jax.models import stylegan2
+from gantl_jax.training import checkpoint
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import transfer
 
 NETWORK_SOURCES = ("a run directory, its checkpoints/ directory, one step directory in it, or a "
                    "network checkpoint (written by launch.py --mode export or blend, or by "
-                   "gantl_jax.tools.import_stylegan2)")
+                   "gantl_jax.cli.import_stylegan2)")
 
 
 class RunGEMA(NamedTuple):
@@ -79,7 +80,7 @@ def _read_g_ema(ckpt_dir: str, step: int, generator: stylegan2.Generator,
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   # An adapter run's G-EMA holds the adapter leaves next to the source kernels.
   with_adapters = config is not None and adapters.kind(config) != "none"
-  template = jax.eval_shape(lambda: state_lib.init_g_variables(generator, jax.random.key(0), with_adapters))
+  template = jax.eval_shape(lambda: adapters.init_g_variables(generator, jax.random.key(0), with_adapters))
   g_ema = checkpoint.read_network(ckpt_dir, step, "g_ema", jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template))
   return g_ema if config is None else generator_variables(config, g_ema)
@@ -93,7 +94,7 @@ def load_g_ema(workdir: str, step: Optional[int] = None,
   config_path = os.path.join(workdir, "config.json")
   if not os.path.exists(config_path):
     raise FileNotFoundError(f"{config_path} not found: --workdir must be a training run directory")
-  config = ml_collections.ConfigDict(read_config_json(config_path))
+  config = ml_collections.ConfigDict(config_lib.upgrade(read_config_json(config_path)))
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = checkpoint.committed_steps(ckpt_dir)
   if not steps:
@@ -107,7 +108,8 @@ def load_g_ema(workdir: str, step: Optional[int] = None,
 
 def generator_from_hparams(hparams: dict) -> stylegan2.Generator:
   """The float32 Generator of stored model hyper-parameters (a checkpoint's ``meta['model']``)."""
-  return stylegan2.generator_from_config(ml_collections.ConfigDict({**hparams, "conv_impl": "auto"}))
+  model = config_lib.upgrade({"model": {**hparams, "conv_impl": "auto"}})["model"]
+  return stylegan2.generator_from_config(ml_collections.ConfigDict(model))
 
 
 def load_network(path: str, step: Optional[int] = None, flag: str = "--workdir",
@@ -126,7 +128,7 @@ def load_network(path: str, step: Optional[int] = None, flag: str = "--workdir",
                    where, run.config)
   try:
     directory, located = transfer.locate(path)
-  except transfer.TransferError:
+  except errors.TransferError:
     raise ConfigError(f"{flag} {path} holds no checkpoint: give {NETWORK_SOURCES}") from None
   steps = checkpoint.committed_steps(directory)
   if step is not None and step not in steps:
@@ -140,7 +142,7 @@ def load_network(path: str, step: Optional[int] = None, flag: str = "--workdir",
   if not meta.get("model"):
     raise ConfigError(f"{flag} {path}: {where} stores no model hyper-parameters (meta['model']), "
                       f"so its generator cannot be built; give {NETWORK_SOURCES}")
-  config = ml_collections.ConfigDict(meta["config"]) if meta.get("config") else None
+  config = ml_collections.ConfigDict(config_lib.upgrade(meta["config"])) if meta.get("config") else None
   generator = (stylegan2.generator_from_config(config.model) if config is not None
                else generator_from_hparams(meta["model"]))
   variables = _read_g_ema(directory, step, generator, config, sharding)

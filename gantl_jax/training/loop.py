@@ -23,55 +23,30 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from gantl_jax import actions
-from gantl_jax import checkpoint
-from gantl_jax import compilation
 from gantl_jax import config as config_lib
-from gantl_jax import fisher as fisher_lib
+from gantl_jax import errors
 from gantl_jax import images as image_io
-from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import monitor as monitor_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import state as state_lib
-from gantl_jax import steps
-from gantl_jax import transfer
-from gantl_jax.actions import TrainingError  # raised by the loop's actions; launch reports it
 from gantl_jax.data import pipeline
+from gantl_jax.errors import TrainingError
+from gantl_jax.fewshot import ewc as fisher_lib
 from gantl_jax.models import stylegan2
+from gantl_jax.training import actions
+from gantl_jax.training import checkpoint
+from gantl_jax.training import compilation
+from gantl_jax.training import jsonl
+from gantl_jax.training import monitor as monitor_lib
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
+from gantl_jax.training import transfer
 
 # Keys that may differ when a run is resumed from its workdir; anything else means "another run".
 RESUMABLE_CHANGES = ("train.total_kimg", "train.log_every", "train.sample_every",
                      "train.compile_cache_dir", "train.tensorboard",
                      "checkpoint.every_steps", "checkpoint.max_to_keep", "checkpoint.keep_best",
                      "train.variant_programs", "parallel.", "eval.")
-# Keys added after runs were first written, with the value those runs had without them.
-ADDED_KEYS = {
-    "model.mbstd_grouping": "contiguous",
-    "model.compute_dtype": "float32",
-    "model.num_low_precision_res": 0,
-    "augment.kind": "none",
-    "augment.p": 0.0,
-    "augment.pipeline": "bgc",
-    "augment.ada_target": 0.6,
-    "augment.ada_interval": 4,
-    "augment.ada_kimg": -1.0,
-    "augment.diffaug_policy": "color,translation,cutout",
-    "fewshot.cdc_weight": 0.0,
-    "fewshot.cdc_batch": 4,
-    "fewshot.cdc_anchor_interval": 0,
-    "fewshot.cdc_anchors": 10,
-    "fewshot.cdc_anchor_std": 0.1,
-    "fewshot.cdc_patch_resolution": 0,
-    "fewshot.ewc_weight": 0.0,
-    "fewshot.adapter": "none",
-    "fewshot.adapter_fisher_quantile": 0.0,
-    "fewshot.fisher_samples": 1000,
-    "fewshot.fisher_batch": 8,
-    "train.compile_cache_dir": "auto",
-    "train.tensorboard": True,
-}
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   out = {}
   for k, v in d.items():
@@ -84,7 +59,7 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def _config_differences(old: dict, config: ml_collections.ConfigDict) -> list[str]:
   new = _flat(json.loads(config_lib.to_json(config)))
-  old = {**ADDED_KEYS, **_flat(old)}
+  old = _flat(config_lib.upgrade(old))
   changed = sorted(k for k in set(old) | set(new)
                    if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES))
   return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
@@ -95,7 +70,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
   ``config.json`` or, without one, the config stored in its latest checkpoint differs in more
   than the resumable keys. Reads only."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
+    raise errors.ConfigError(f"--workdir {workdir} is a file, not a directory; choose another --workdir")
   path = os.path.join(workdir, "config.json")
   where = path
   if os.path.exists(path):
@@ -107,7 +82,7 @@ def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   changed = _config_differences(old, config)
   if changed:
-    raise config_lib.ConfigError(
+    raise errors.ConfigError(
         f"workdir {workdir} holds another run ({where} differs in {'; '.join(changed[:10])}). "
         f"Resume with the same config, or choose a new --workdir.")
 
@@ -164,7 +139,7 @@ def _check_writable(directory: str, what: str) -> None:
       f.write("ok")
     os.remove(probe)
   except OSError as e:  # a start-time problem of --workdir, like the config's: status 2
-    raise config_lib.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
+    raise errors.ConfigError(f"cannot write {what} {directory}: {e.strerror or e}; make it "
                                  f"writable or choose another --workdir") from None
 
 
@@ -180,7 +155,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-      raise config_lib.ConfigError(
+      raise errors.ConfigError(
           f"workdir {workdir} is in use by another launch (pid {holder}, lock {path}); wait for "
           f"it to finish or stop it, or choose another --workdir") from None
     os.ftruncate(fd, 0)
@@ -213,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains (or resumes) the run of ``config`` in ``workdir``; returns the final summary.
 
   Raises ``config.ConfigError`` / ``data.DataError`` / ``transfer.TransferError`` before writing
-  anything, and ``TrainingError`` / ``checkpoint.CheckpointError`` when the run diverges or its
+  anything, and ``TrainingError`` / ``errors.CheckpointError`` when the run diverges or its
   files cannot be written (its last good checkpoint is kept, and named). Whatever ends the run, the
   checkpoint save in flight is committed first. A resume restores the newest readable checkpoint;
   newer, unreadable ones are renamed ``N.unreadable`` with a warning.
@@ -397,7 +372,7 @@ def _loop(run: _Run, state, prepared, eval_reals, t_launch: float) -> dict[str, 
     for m in managers:
       checkpoint.wait(m)  # a failure of the final save is this run's error
   except BaseException as e:
-    if not isinstance(e, (TrainingError, checkpoint.CheckpointError)):  # those name what is kept
+    if not isinstance(e, (TrainingError, errors.CheckpointError)):  # those name what is kept
       logging.warning("the run stopped at step %d (%s); %s", progress.step, type(e).__name__,
                       checkpoint.kept(run.manager))
     raise

@@ -18,12 +18,13 @@ import jax
 import numpy as np
 from absl import logging
 
-from gantl_jax import checkpoint
 from gantl_jax import images as image_io
-from gantl_jax import jsonl
+from gantl_jax.errors import NonFiniteStateError, TrainingError
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import monitor as monitor_lib
-from gantl_jax import parallel
+from gantl_jax.training import checkpoint
+from gantl_jax.training import jsonl
+from gantl_jax.training import monitor as monitor_lib
+from gantl_jax.training import parallel
 
 # What a user does about a diverged run, in every message that reports one.
 DIVERGED_REMEDY = ("Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then resume or start a "
@@ -31,10 +32,6 @@ DIVERGED_REMEDY = ("Lower optim.g.lr / optim.d.lr or raise train.r1_gamma, then 
 # Which phase of the step each loss metric belongs to, in the order the step runs them.
 PHASE_OF_METRIC = {"g_loss": "G main", "pl_penalty": "G regularisation (path length)",
                    "d_loss": "D main", "r1_penalty": "D regularisation (R1)"}
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (diverged, cannot write its files); the message says where and why."""
 
 
 def first_non_finite(fetched: list[dict], first_step: int) -> Optional[str]:
@@ -184,7 +181,7 @@ class SaveCheckpoint(PeriodicAction):
     try:
       checkpoint.save(manager, global_state, data_state=self.data_iter.get_state(), meta=self.meta,
                       force=force, metrics=metrics)
-    except checkpoint.NonFiniteStateError as e:
+    except NonFiniteStateError as e:
       # Name the step and phase where it happened, if the metrics not yet fetched show it.
       self.log.check_pending(step)
       raise TrainingError(f"training diverged: {e}. {DIVERGED_REMEDY}") from None

@@ -15,9 +15,9 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from gantl_jax import checkpoint
-from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
+from gantl_jax.training import checkpoint
+from gantl_jax.training import runs
 
 
 def check_outdir(outdir: str) -> str:

@@ -2,7 +2,7 @@
 
 Usage::
 
-  python -m gantl_jax.tools.import_stylegan2 SOURCE OUT_DIR [--overwrite] [--w-avg-samples N]
+  python -m gantl_jax.cli.import_stylegan2 SOURCE OUT_DIR [--overwrite] [--w-avg-samples N]
 
 SOURCE is one of
 
@@ -13,7 +13,7 @@ SOURCE is one of
 * a rosinality/stylegan2-pytorch ``.pt`` checkpoint: ``torch.save`` of a dict with
   'g_ema' (and optionally 'g', 'd', 'latent_avg', 'args') (format ``'rosinality'``).
 
-The file is read by :mod:`gantl_jax.tools.safe_pickle`, which never runs code from it
+The file is read by :mod:`gantl_jax.safe_pickle`, which never runs code from it
 and never imports torch. Every source tensor is mapped by an explicit rule to one
 parameter path of :mod:`gantl_jax.models.stylegan2` (or checked and dropped, for the
 [1,3,3,1] FIR filters that model keeps as constants); anything left over on either side
@@ -34,7 +34,9 @@ from typing import Callable, Optional
 import ml_collections
 import numpy as np
 
-from gantl_jax.tools import safe_pickle
+from gantl_jax import defaults
+from gantl_jax import errors
+from gantl_jax import safe_pickle
 
 FORMATS = ("ada-pytorch", "tf", "rosinality")
 
@@ -245,7 +247,8 @@ def _rules_ros_d(resolution: int):
 def model_config(hparams: dict, conv_impl: str = "xla") -> ml_collections.ConfigDict:
   """A ``config.model`` section for ``hparams`` (as :func:`convert` returns them), from which
   ``stylegan2.generator_from_config`` / ``discriminator_from_config`` build the networks."""
-  return ml_collections.ConfigDict({**hparams, "conv_impl": conv_impl})
+  model = defaults.get_config().model.to_dict()  # the keys hparams lack (compute dtype)
+  return ml_collections.ConfigDict({**model, **hparams, "conv_impl": conv_impl})
 
 
 def _expected_shapes(hparams: dict, which: str) -> dict[str, tuple]:
@@ -388,9 +391,9 @@ def read_source(path: str):
   that cannot be read or asks for anything the restricted unpickler refuses."""
   try:
     _, tree = safe_pickle.load(path)
-  except safe_pickle.SourceFormatError as e:
+  except errors.SourceFormatError as e:
     raise ConversionError(f"cannot read {path}: {e}") from e
-  except safe_pickle.UnsafePickleError as e:
+  except errors.UnsafePickleError as e:
     raise ConversionError(f"cannot import {path}: {e}") from e
   except OSError as e:  # missing, a directory, unreadable
     raise ConversionError(f"cannot read {path}: {e.strerror or e}") from e
@@ -769,7 +772,7 @@ def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict,
                     overwrite: bool = False) -> str:
   """Writes items g, g_ema, d (pytrees) and meta (JSON: 'model' hyper-parameters, 'source'
   details) as step 0 of an Orbax checkpoint in ``out_dir``, with
-  ``gantl_jax.checkpoint.save_networks``: the layout of a training run's checkpoint, so either
+  ``gantl_jax.training.checkpoint.save_networks``: the layout of a training run's checkpoint, so either
   can be a transfer source.
 
   The checkpoint is written to a temporary sibling of ``out_dir``, checked, and only then moved
@@ -780,7 +783,7 @@ def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict,
     OutputError: ``out_dir`` may not be written (see :func:`check_out_dir`), or the written
       checkpoint is not the new one.
   """
-  from gantl_jax import checkpoint
+  from gantl_jax.training import checkpoint
 
   out_dir = os.path.abspath(out_dir)
   check_out_dir(out_dir, overwrite)
@@ -794,7 +797,7 @@ def save_checkpoint(out_dir: str, hparams: dict, g, g_ema, d, report: dict,
     new = os.path.join(holder, "new")
     try:  # it refuses to report a save that Orbax skipped
       checkpoint.save_networks(new, g=g, g_ema=g_ema, d=d, meta=meta, step=0)
-    except checkpoint.CheckpointError as e:
+    except errors.CheckpointError as e:
       raise OutputError(str(e)) from None
     if not os.path.lexists(out_dir):
       os.rename(new, out_dir)
@@ -848,7 +851,7 @@ def main(argv=None) -> int:
   error is one line on stderr.
   """
   parser = argparse.ArgumentParser(
-      prog="python -m gantl_jax.tools.import_stylegan2",
+      prog="python -m gantl_jax.cli.import_stylegan2",
       description="Import pretrained StyleGAN2 weights (stylegan2-ada-pytorch .pkl, TF StyleGAN2 "
                   ".pkl or rosinality .pt) into an Orbax checkpoint, without running code from the file.")
   parser.add_argument("source", help="network file to import")

@@ -11,13 +11,13 @@ from typing import Optional
 
 import jax
 
-from gantl_jax import jsonl
 from gantl_jax import metrics as metrics_lib
-from gantl_jax import parallel
-from gantl_jax import runs
-from gantl_jax import transfer
-from gantl_jax.config import ConfigError
 from gantl_jax.data import pipeline
+from gantl_jax.errors import ConfigError
+from gantl_jax.training import jsonl
+from gantl_jax.training import parallel
+from gantl_jax.training import runs
+from gantl_jax.training import transfer
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str = "",
@@ -32,11 +32,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   e = config.eval
   e.metrics = metrics or e.metrics or "swd"
   e.num_fake = num_fake or e.num_fake
-  e.inception_weights = inception_weights or e.get("inception_weights", "")
+  e.inception_weights = inception_weights or e.inception_weights
   e.every_kimg = e.every_kimg or 1.0  # the hook's schedule does not apply here
-  for key, value in metrics_lib.EVAL_KEYS_ADDED.items():  # a run's config written before them
-    if key not in e:
-      e[key] = value
   if real_folder:
     e.real_folder, e.heldout = real_folder, False
   try:

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 
 from gantl_jax import images as image_io
-from gantl_jax import runs
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
 from gantl_jax.models import stylegan2
+from gantl_jax.training import runs
 
 # Images per device call: one compiled shape, and memory bounded whatever the number of images.
 BATCH = 16

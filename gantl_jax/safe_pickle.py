@@ -32,9 +32,9 @@ import zipfile
 
 import numpy as np
 
+from gantl_jax.errors import UnsafePickleError, SourceFormatError
+
 __all__ = [
-  "UnsafePickleError",
-  "SourceFormatError",
   "PersistentObject",
   "TFNetwork",
   "Namespace",
@@ -49,14 +49,6 @@ __all__ = [
 # torch.save's legacy (non-zip) stream starts with this pickled integer.
 _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _TORCH_LEGACY_PROTOCOL = 1001
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-  """The pickle asks for something outside the allow-list (code, a class)."""
-
-
-class SourceFormatError(ValueError):
-  """The file is not a readable pickle / torch file (truncated, corrupt...)."""
 
 
 # ---------------------------------------------------------------------------

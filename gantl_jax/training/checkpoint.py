@@ -32,21 +32,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from gantl_jax import state as state_lib
-from gantl_jax.state import GANState
+from gantl_jax.errors import CheckpointError, NonFiniteStateError
+from gantl_jax.training import state as state_lib
+from gantl_jax.training.state import GANState
 
 FORMAT_VERSION = 1
 ARRAY_ITEMS = tuple(state_lib.NETWORKS) + ("opt", "progress", "extras")
 STATE_ITEMS = ARRAY_ITEMS + ("data", "meta")
 JSON_ITEMS = ("data", "meta")
-
-
-class CheckpointError(RuntimeError):
-  """A checkpoint cannot be written or read; the message names the directory and the cause."""
-
-
-class NonFiniteStateError(CheckpointError):
-  """:func:`save` refused a state that holds a NaN or an infinity (a diverged run)."""
 
 
 def make_manager(directory: str, *, max_to_keep: Optional[int] = 3, async_save: bool = True,

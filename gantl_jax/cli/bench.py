@@ -1,7 +1,7 @@
 """Training-speed benchmark and FLOP counts of the train step, one JSON line out.
 
-    python -m gantl_jax.bench --config configs/bench32.py [--config.model.conv_impl=xla] [--steps 16]
-    python -m gantl_jax.bench --config configs/demo_anime.py --freeze_flops
+    python -m gantl_jax.cli.bench --config configs/bench32.py [--config.model.conv_impl=xla] [--steps 16]
+    python -m gantl_jax.cli.bench --config configs/demo_anime.py --freeze_flops
 
 It builds the state under ``jit``, compiles the train-step programs the lazy-regularisation
 schedule needs (one per variant, or one merged program: ``train.variant_programs``), timing the
@@ -38,12 +38,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from gantl_jax import compilation
 from gantl_jax import config as config_lib
-from gantl_jax import parallel
-from gantl_jax import state as state_lib
-from gantl_jax import steps
 from gantl_jax.models import ops
+from gantl_jax.training import compilation
+from gantl_jax.training import parallel
+from gantl_jax.training import state as state_lib
+from gantl_jax.training import steps
 
 
 def cpu_seconds() -> float:

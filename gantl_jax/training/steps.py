@@ -13,10 +13,10 @@ through one interface, ``methods.Method``: the phases run the hooks of the enabl
 (``methods.active``) and know none of them by name. With every method off, the step is the
 program of plain StyleGAN2. What the methods do in the step:
 
-* EWC (``fewshot.ewc_weight``) adds ``ewc_weight * sum F * (theta - theta_source)^2`` to G main's
+* EWC (``cdc.ewc_weight``) adds ``ewc_weight * sum F * (theta - theta_source)^2`` to G main's
   loss (logged as ``ewc_penalty``), from the source G and G's Fisher in ``frozen``.
-* CDC (``fewshot.cdc_weight`` > 0) adds the distance-consistency term against ``frozen['g']``
-  (``fewshot.py``); with ``fewshot.cdc_anchor_interval`` > 0 the ``anchor`` flag chooses between
+* CDC (``cdc.cdc_weight`` > 0) adds the distance-consistency term against ``frozen['g']``
+  (``cdc.py``); with ``cdc.cdc_anchor_interval`` > 0 the ``anchor`` flag chooses between
   latents near the anchors with image-level D, and free latents with patch-level D.
 * With ``augment.kind`` other than ``'none'``, every image D sees goes through ``augment.py``
   first: the fakes in G main, reals and fakes in D main, and the reals in R1 (whose gradient is
@@ -50,13 +50,13 @@ import numpy as np
 import optax
 from jax import lax
 
-from gantl_jax import adapters
-from gantl_jax import fewshot
-from gantl_jax import losses
-from gantl_jax import methods
-from gantl_jax import optim
-from gantl_jax.methods import StepContext
-from gantl_jax.state import GANState, Networks
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import cdc
+from gantl_jax.fewshot import registry as methods
+from gantl_jax.fewshot.registry import StepContext
+from gantl_jax.training import losses
+from gantl_jax.training import optim
+from gantl_jax.training.state import GANState, Networks
 
 Array = jax.Array
 TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]
@@ -65,10 +65,10 @@ TrainStep = Callable[..., tuple[GANState, dict[str, Array]]]
 _Z, _Z_MIX, _NOISE, _PL_NOISE, _AUG_FAKE, _AUG_REAL = 0, 1, 2, 3, 4, 5
 # Phases of one step. Methods fold their own numbers into the step's key above these.
 _G_MAIN, _G_REG, _D_MAIN, _D_REG, _MIX = 0, 1, 2, 3, 4
-_CDC = fewshot.CDC_PHASE  # CDC's shared latents
+_CDC = cdc.CDC_PHASE  # CDC's shared latents
 
 # The lazy phases one step runs, then the static flags of the registered methods (CDC's
-# ``anchor``: latents near the anchors and image-level D; False, with fewshot.cdc_anchor_interval
+# ``anchor``: latents near the anchors and image-level D; False, with cdc.cdc_anchor_interval
 # > 0: free latents and patch-level D). Python bools (static): each value is its own compiled
 # program without dead branches. The lazy regularisers' flags (:data:`COND_FLAGS`) may also be
 # traced bools passed as an argument (:func:`with_cond_args`): one program then serves all their
@@ -89,7 +89,7 @@ COND_FLAGS = ("g_reg", "d_reg")
 def merged_variants(train: ml_collections.ConfigDict) -> bool:
   """Whether the drivers compile one program for the values of :data:`COND_FLAGS`
   (``train.variant_programs``): 'merged' yes, 'separate' no, 'auto' on CPU only."""
-  value = train.get("variant_programs", "separate")  # configs written before the key: separate
+  value = train.variant_programs
   if value not in VARIANT_PROGRAMS:
     raise ValueError(f"train.variant_programs must be one of {VARIANT_PROGRAMS}, got {value!r}")
   return value == "merged" or (value == "auto" and jax.default_backend() == "cpu")
@@ -134,7 +134,7 @@ def frozen_networks(config: ml_collections.ConfigDict) -> dict[str, str]:
   """The source networks the step's methods read from ``frozen``, as {name in ``frozen``:
   transfer-source item}. Empty: the step needs no ``frozen`` (the loop then passes None). CDC and
   EWC add ``'g': 'g_ema'`` here. EWC also needs ``frozen['g_fisher']``, which the loop adds
-  (``fisher.g_fisher``; not a source item)."""
+  (``ewc.g_fisher``; not a source item)."""
   return methods.frozen_networks(config)
 
 

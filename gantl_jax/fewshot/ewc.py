@@ -40,24 +40,21 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
-from gantl_jax.config import ConfigError
+from gantl_jax import cache
+from gantl_jax.errors import ConfigError
 
 FILE = "g_fisher.npz"  # in the run's workdir
 
 
 def ewc_weight(config) -> float:
-  """``config.fewshot.ewc_weight``; 0 (off) for configs written before the fewshot section existed."""
-  fewshot = config.get("fewshot")
-  return float(fewshot.get("ewc_weight", 0.0)) if fewshot is not None else 0.0
+  """``config.fewshot.ewc_weight``; 0 when EWC is off."""
+  return float(config.fewshot.ewc_weight)
 
 
 def needed(config) -> bool:
   """Whether a run needs G's Fisher: EWC is on, or adapters choose their layers by it."""
-  fewshot = config.get("fewshot")
-  if fewshot is None:
-    return False
-  return ewc_weight(config) > 0 or (fewshot.get("adapter", "none") != "none"
-                                    and fewshot.get("adapter_fisher_quantile", 0.0) > 0)
+  fewshot = config.fewshot
+  return ewc_weight(config) > 0 or (fewshot.adapter != "none" and fewshot.adapter_fisher_quantile > 0)
 
 
 def ewc_penalty(params: Any, source_params: Any, g_fisher: Any) -> jax.Array:
@@ -167,8 +164,6 @@ def load(path: str, template: Any) -> Optional[Any]:
   params, arrays or shapes); None, with a warning naming the file, when there is none or it cannot
   be read (the caller recomputes it; never unpickled). Raises ConfigError naming the file if it
   reads but does not fit."""
-  # Imported here: gantl_jax.metrics imports the train step, whose methods import this module.
-  from gantl_jax.metrics import cache  # pylint: disable=import-outside-toplevel
   stored = cache.read(path, lambda arrays: arrays, "G's Fisher information")
   if stored is None:
     return None
@@ -179,3 +174,20 @@ def load(path: str, template: Any) -> Optional[Any]:
                       f"of another shape, e.g. {wrong[0]}); delete it to recompute the Fisher from "
                       f"transfer.source")
   return traverse_util.unflatten_dict({p: stored[p] for p in want}, sep="/")
+
+
+def check_config(config) -> None:
+  """Raises ConfigError naming the EWC key of ``config.fewshot`` (or the Fisher's) that cannot work."""
+  f = config.fewshot
+  if f.ewc_weight < 0:
+    raise ConfigError(f"fewshot.ewc_weight must be >= 0 (0 turns EWC off), got {f.ewc_weight}")
+  for key in ("fisher_samples", "fisher_batch"):
+    if f[key] < 1:
+      raise ConfigError(f"fewshot.{key} must be >= 1, got {f[key]}")
+  if f.ewc_weight > 0 and config.transfer.source == "":
+    raise ConfigError("fewshot.ewc_weight adapts a pretrained generator, but transfer.source is '' "
+                      "(from scratch); set --config.transfer.source to a source checkpoint")
+  # EWC pulls G towards the source G-EMA, so G has to start there.
+  if f.ewc_weight > 0 and config.transfer.g_from != "g_ema":
+    raise ConfigError(f"fewshot.ewc_weight > 0 anchors G at the source's G-EMA, but transfer.g_from "
+                      f"is {config.transfer.g_from!r}; set --config.transfer.g_from=g_ema")

@@ -42,7 +42,8 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from gantl_jax import fewshot
+from gantl_jax import errors
+from gantl_jax.fewshot import cdc
 from gantl_jax.models import ops as model_ops
 
 Array = jax.Array
@@ -99,7 +100,7 @@ def diffaug_policy(text: str) -> tuple[str, ...]:
 
 def initial_extras(cfg: Optional[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
   """The statistics the step keeps in the state's ``extras`` for augmentation config ``cfg``
-  (``config.augment``; None: a config from before augmentation existed): ADA's p (starting at
+  (``config.augment``): ADA's p (starting at
   ``augment.p``) and the sum and count of the sign means since its last adjustment. Empty unless
   ``kind='ada'``, so that other runs keep the state layout (and checkpoints) they had."""
   if cfg is None or cfg.kind != "ada":
@@ -177,7 +178,7 @@ def after_step(ctx, extras: dict[str, Array], metrics: dict[str, Array]) -> tupl
   out = {}
   if cfg.kind == "ada":
     extras, out["ada_rt"] = ada_update(extras, metrics["real_sign"], ctx.global_batch, cfg,
-                                       counted=not ctx.patch, count_every=fewshot.anchor_interval(ctx.config) or 1)
+                                       counted=not ctx.patch, count_every=cdc.anchor_interval(ctx.config) or 1)
   out["aug_p"] = jnp.asarray(extras.get("aug_p", probability(cfg, ctx.state.extras)), jnp.float32)
   return extras, out
 
@@ -536,3 +537,35 @@ def diffaugment(images: Array, keys: Array, policy: Sequence[str] = DIFFAUG_POLI
   for name in policy:
     images = _DIFFAUG_OPS[name](images, keys)
   return images
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the ``augment.*`` key that cannot work; resolves ``ada_kimg`` 'auto'
+  (-1), in place."""
+  a = config.augment
+  choices = lambda names: ", ".join(map(repr, names))
+  if a.kind not in KINDS:
+    raise errors.ConfigError(f"augment.kind must be one of {choices(KINDS)}, got {a.kind!r}")
+  if not 0 <= a.p <= 1:
+    raise errors.ConfigError(f"augment.p must be in [0, 1], got {a.p}")
+  if a.pipeline not in PIPELINES:
+    raise errors.ConfigError(f"augment.pipeline must be one of {choices(PIPELINES)}, got {a.pipeline!r}")
+  if not -1 <= a.ada_target <= 1:
+    raise errors.ConfigError(f"augment.ada_target must be in [-1, 1] (a mean of signs), got {a.ada_target}")
+  if a.ada_interval < 1:
+    raise errors.ConfigError(f"augment.ada_interval must be >= 1, got {a.ada_interval}")
+  if not (a.ada_kimg > 0 or a.ada_kimg == -1):
+    raise errors.ConfigError(f"augment.ada_kimg must be positive, or -1 for 500 (100 with "
+                             f"transfer.source), got {a.ada_kimg}")
+  policy = diffaug_policy(a.diffaug_policy)
+  unknown = [p for p in policy if p not in DIFFAUG_POLICIES]
+  if unknown:
+    raise errors.ConfigError(f"augment.diffaug_policy has unknown policies {unknown}; use a "
+                             f"comma-separated list of {choices(DIFFAUG_POLICIES)}")
+  if a.kind == "diffaug" and not policy:
+    raise errors.ConfigError(f"augment.diffaug_policy is empty; name at least one of "
+                             f"{choices(DIFFAUG_POLICIES)} (or set augment.kind='none')")
+  # As stylegan2-ada-pytorch: p reacts 5x faster when adapting a pretrained network. Resolved for
+  # 'ada' only, so that other runs' configs stay what they were before augmentation existed.
+  if a.kind == "ada" and a.ada_kimg == -1:
+    a.ada_kimg = 100.0 if config.transfer.source != "" else 500.0

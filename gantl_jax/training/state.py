@@ -23,11 +23,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from gantl_jax import adapters
-from gantl_jax import fewshot
-from gantl_jax import methods
-from gantl_jax import optim
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import cdc
+from gantl_jax.fewshot import registry as methods
 from gantl_jax.models import stylegan2
+from gantl_jax.training import optim
 
 # name -> which module it is an instance of. G-EMA has no optimizer (its opt_state is None).
 NETWORKS = {"g": "generator", "g_ema": "generator", "d": "discriminator"}
@@ -93,7 +93,7 @@ class Networks(NamedTuple):
   # Statistics the step keeps beyond pl_mean, with their fresh values, as (name, numpy scalar)
   # pairs: ADA's p and its accumulators (methods.initial_extras); empty otherwise.
   extras: tuple[tuple[str, Any], ...] = ()
-  # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/adapters.py).
+  # G's params carry kernel-modulation adapter leaves (fewshot.adapter, gantl_jax/fewshot/adapters.py).
   g_adapters: bool = False
 
   def optimizer(self, name: str) -> optax.GradientTransformation:
@@ -109,10 +109,10 @@ def build_networks(config: ml_collections.ConfigDict, g_fisher: Any = None) -> N
   ``fewshot.adapter_fisher_quantile`` > 0; without it every conv layer counts as adapted, which
   changes only G's optimizer (enough for shapes, sampling and export; the loop passes it)."""
   g = stylegan2.generator_from_config(config.model)
-  d = stylegan2.discriminator_from_config(config.model, patch_resolution=fewshot.patch_resolution(config))
+  d = stylegan2.discriminator_from_config(config.model, patch_resolution=cdc.patch_resolution(config))
   with_adapters = adapters.kind(config) != "none"
   # Labels need the parameter tree structure only, so abstract evaluation is enough.
-  g_shapes = jax.eval_shape(lambda k: init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
+  g_shapes = jax.eval_shape(lambda k: adapters.init_g_variables(g, k, with_adapters), jax.random.key(0))["params"]
   d_shapes = jax.eval_shape(lambda k: stylegan2.init_discriminator(d, k), jax.random.key(0))["params"]
   intervals = optim.reg_intervals(config.train)
   g_freeze, d_freeze = freeze_patterns(config, g_shapes, g_fisher)
@@ -136,21 +136,12 @@ def freeze_patterns(config: ml_collections.ConfigDict, g_params: Any, g_fisher: 
   return g + adapters.frozen_patterns(config, g_params, g_fisher), d
 
 
-def init_g_variables(generator: stylegan2.Generator, key: jax.Array, with_adapters: bool) -> dict[str, Any]:
-  """Fresh G variables ``{'params', 'buffers'}``, with the adapter leaves when ``with_adapters``
-  (``Networks.g_adapters``): at init the adapted G is the plain one, bit for bit."""
-  g_vars = stylegan2.init_generator(generator, key)
-  if with_adapters:
-    g_vars = {**g_vars, "params": adapters.init(g_vars["params"], jax.random.fold_in(key, 1))}
-  return g_vars
-
-
 def init_state(nets: Networks, seed: int | jax.Array) -> GANState:
   """A fresh state. Call it under ``jax.jit`` (see ``parallel.create_state``) so that every leaf,
   optimizer counters included, is created as a global array with the intended sharding."""
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   k_g, k_d, k_run = jax.random.split(key, 3)
-  g_vars = init_g_variables(nets.generator, k_g, nets.g_adapters)
+  g_vars = adapters.init_g_variables(nets.generator, k_g, nets.g_adapters)
   d_vars = stylegan2.init_discriminator(nets.discriminator, k_d)
   return state_from_variables(nets, {"g": g_vars, "g_ema": g_vars, "d": d_vars}, jax.random.key_data(k_run))
 

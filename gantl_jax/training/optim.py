@@ -18,9 +18,9 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-from gantl_jax import adapters
-from gantl_jax import fewshot
-from gantl_jax.config import ConfigError
+from gantl_jax.errors import ConfigError
+from gantl_jax.fewshot import adapters
+from gantl_jax.fewshot import cdc
 from gantl_jax.models import stylegan2
 from gantl_jax.resolutions import block_resolutions
 
@@ -90,7 +90,7 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
   model = config.model.to_dict()
   # The convolution implementation changes no parameter, and 'auto' would ask for the backend.
   model["conv_impl"] = "xla"
-  key = json.dumps(dict(model=model, patch_resolution=fewshot.patch_resolution(config),
+  key = json.dumps(dict(model=model, patch_resolution=cdc.patch_resolution(config),
                         adapters=adapters.kind(config) != "none"), sort_keys=True, default=str)
   return _param_paths(key)
 
@@ -98,13 +98,12 @@ def param_paths(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...]]
 @functools.lru_cache(maxsize=8)
 def _param_paths(key: str) -> dict[str, tuple[str, ...]]:
   """:func:`param_paths` of a JSON key (``resolve`` runs several times per launch)."""
-  from gantl_jax import state as state_lib  # pylint: disable=g-import-not-at-top  (it imports this module)
   spec = json.loads(key)
   model = ml_collections.ConfigDict(spec["model"])
   g = stylegan2.generator_from_config(model)
   d = stylegan2.discriminator_from_config(model, patch_resolution=spec["patch_resolution"])
   rng = jax.eval_shape(lambda: jax.random.key(0))
-  shapes = jax.eval_shape(lambda k: dict(g=state_lib.init_g_variables(g, k, spec["adapters"]),
+  shapes = jax.eval_shape(lambda k: dict(g=adapters.init_g_variables(g, k, spec["adapters"]),
                                          d=stylegan2.init_discriminator(d, k)), rng)
   return {net: tuple(traverse_util.flatten_dict(shapes[net]["params"], sep="/")) for net in ("g", "d")}
 

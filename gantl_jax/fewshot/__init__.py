@@ -1,0 +1,1 @@
+"""Few-shot adaptation: augmentation of what D sees, CDC, EWC and kernel-modulation adapters."""
