@@ -148,19 +148,17 @@ def ada_update(extras: dict[str, Array], real_sign: Array, global_batch: int,
 
 def ada_enabled(config: ml_collections.ConfigDict) -> bool:
   """Whether D sees images through ADA's pipeline (``augment.kind`` 'ada' or 'fixed')."""
-  cfg = config.get("augment")  # configs written before augmentation existed have none
-  return cfg is not None and cfg.kind in ("ada", "fixed")
+  return config.augment.kind in ("ada", "fixed")
 
 
 def diffaug_enabled(config: ml_collections.ConfigDict) -> bool:
   """Whether D sees images through DiffAugment (``augment.kind='diffaug'``)."""
-  cfg = config.get("augment")
-  return cfg is not None and cfg.kind == "diffaug"
+  return config.augment.kind == "diffaug"
 
 
 def method_extras(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """:func:`initial_extras` of the run's augmentation."""
-  return initial_extras(config.get("augment"))
+  return initial_extras(config.augment)
 
 
 def d_view(ctx, images: Array, keys: Array) -> Array:
