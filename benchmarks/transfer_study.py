@@ -416,8 +416,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         seconds=round(seconds, 1), runs=len(runs), skipped=len(runs) - len(todo), done=done, failed=failed,
         outcome=outcome, argv=sys.argv[1:] if argv is None else list(argv)))
   total = sum(s["seconds"] for s in report.read_jsonl(os.path.join(args.outdir, "sessions.jsonl")))
-  print(f"this session: {done} runs done, {failed} failed, {len(runs) - len(todo)} skipped in "
-        f"{report.duration(seconds)}; the study so far: {report.duration(total)} over all sessions", flush=True)
+  print(f"this launch: {done} runs done, {failed} failed, {len(runs) - len(todo)} skipped in "
+        f"{report.duration(seconds)}; the study so far: {report.duration(total)} over all launches", flush=True)
   if outcome == "error":
     return 2
   written = report.write_report(args.outdir, arms=list(ARMS), kimg=args.kimg)
