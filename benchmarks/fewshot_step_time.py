@@ -37,13 +37,13 @@ def arm_overrides(arm: str, total_steps: int, batch_size: int) -> dict:
   """The study's overrides of ``arm`` (10 shots, seed 0) for a run of ``total_steps`` steps, with
   fine-grained timing and nothing else in the loop."""
   args = types.SimpleNamespace(eval_every_kimg=1.0, kimg=0.0, num_fake=0, num_real=0, source=None,
-                               overrides={})
+                               overrides={}, target="anime", metrics="")
   o = study.study_overrides(arm, 10, 0, args, batch_size)
   # Half an image short of the steps, so that num_steps' ceil gives exactly total_steps.
   o.update({"train.total_kimg": (total_steps * batch_size - 0.5) / 1000, "train.log_every": LOG_EVERY,
             "eval.every_kimg": 0.0, "eval.metrics": "",
             "checkpoint.every_steps": 1_000_000, "checkpoint.max_to_keep": 1})
-  for key in ("eval.num_fake", "eval.num_real"):
+  for key in ("eval.num_fake", "eval.num_real", "eval.num_diagnostic"):
     o.pop(key)
   return o
 

@@ -3,19 +3,25 @@
     python benchmarks/transfer_study.py                  # the grid: 8 arms x 10 / 100 shots x 3 seeds
     python benchmarks/transfer_study.py --quick          # a smoke run: 2 arms, 1 seed, 0.256 kimg
     python benchmarks/transfer_study.py --arms freezed,freezed_ada --shots 10 --seeds 0 --kimg 4
+    python benchmarks/transfer_study.py --config configs/twemoji_faces.py --target targets/twemoji_faces \
+        --shots 10 --num_real 108 --outdir runs/study_twemoji       # a real target folder
     python benchmarks/transfer_study_report.py --outdir runs/transfer_study --doc docs/transfer_study.md
 
 Each run is an ordinary training launch, ``launch.py --config configs/demo_anime.py`` (or the
 project's preset of the arm's method, e.g. ``configs/fewshot_cdc.py``) with the overrides of its
 arm (`ARMS`) and of the study (`study_overrides`), in its own workdir: the loop does the
-training, the evaluation and the resuming. The target is the synthetic ``anime`` domain
-with ``data.num_images`` = 10 or 100 and ``data.seed`` 0: image i of a synthetic domain depends
-only on (data seed, i), so the 10 shots are the first 10 of the 100. The source is the config's
+training, the evaluation and the resuming. The target (``--target``) is the synthetic ``anime``
+domain with ``data.num_images`` = 10 or 100 and ``data.seed`` 0: image i of a synthetic domain depends
+only on (data seed, i), so the 10 shots are the first 10 of the 100. Or it is a folder with
+``shots/`` and ``held_out/`` (as ``targets/twemoji_faces``): each run trains on ``data.n_shot`` of
+the shots and is measured against the held-out folder (``eval.real_folder``). The source is the config's
 ``transfer.source`` (the demo's shipped ``photo`` model, ``pretrained/photo32``) or ``--source``. Every
-``--eval_every_kimg`` (and at the end) the loop measures the SWD of ``--num_fake`` G-EMA samples
-against ``--num_real`` held-out anime images (``eval.heldout``: images 1,000,000 on of the data
-seed, which no training set holds; one set for both targets, prepared once and its SWD
-descriptors cached beside it), which draws the SWD-vs-kimg curve. With ``--inception_weights``,
+``--eval_every_kimg`` (and at the end) the loop measures ``--metrics`` on ``--num_fake`` G-EMA
+samples against ``--num_real`` held-out images (for anime, ``eval.heldout``: images 1,000,000 on of
+the data seed, which no training set holds; one set for both target sizes, prepared once and its
+SWD descriptors cached beside it): SWD and the few-shot diagnostics (diversity and its ratio to
+the held-out reals', copies, correspondence with the source; ``gantl_jax/metrics/samples.py``),
+which draw the curves against kimg. With ``--inception_weights``,
 each finished run's last G-EMA is also measured offline (``launch.py --mode eval``) for KID and
 FID on ``--kid_num_fake`` samples against the same held-out images (Inception features of the
 reals cached once).
@@ -70,8 +76,11 @@ ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
 DEFAULT_ARMS = [a for a in ARMS if a != "ewc"]
 DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed; held out: 1,000,000 on
 
+# The evaluators of every run (the scratch arm has no source, so no correspondence).
+METRICS = "swd,diversity,copies,correspondence"
 FULL = dict(config="configs/demo_anime.py", arms=",".join(DEFAULT_ARMS), shots="10,100", seeds="0,1,2", kimg=6.0,
-            eval_every_kimg=1.0, num_fake=1000, num_real=5000, kid_num_fake=1000, outdir="runs/transfer_study")
+            eval_every_kimg=1.0, num_fake=1000, num_real=5000, kid_num_fake=1000, outdir="runs/transfer_study",
+            target="anime", metrics=METRICS)
 QUICK = dict(FULL, arms="scratch,finetune", shots="10", seeds="0", kimg=0.256, eval_every_kimg=0.128,
              num_fake=256, num_real=512, kid_num_fake=256, outdir="runs/transfer_study_quick")
 
@@ -95,6 +104,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--num_fake", type=int, help="G-EMA samples per SWD evaluation (default 1000)")
   p.add_argument("--num_real", type=int, help="held-out real images (default 5000)")
   p.add_argument("--source", help="transfer source (default: the config's transfer.source)")
+  p.add_argument("--target", help="'anime' (the synthetic domain, default) or a folder holding shots/ "
+                 "(the training images; --shots takes the first n of them by data.seed) and held_out/ "
+                 "(the evaluation images), e.g. targets/twemoji_faces")
+  p.add_argument("--metrics", help=f"evaluators of every evaluation (default {METRICS})")
   p.add_argument("--inception_weights", default="", help="FID Inception weights: adds KID/FID of "
                  "each run's final G-EMA (pytorch-fid's .pth or NVIDIA's .pt)")
   p.add_argument("--kid_num_fake", type=int, help="samples for the final KID/FID (default 1000)")
@@ -112,6 +125,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   args.shots, args.seeds = _split(args.shots, int), _split(args.seeds, int)
   # Paths as given here (relative to this directory, else to the repository: the launches run there).
   args.config_path = _path(args.config)
+  if args.target != "anime":
+    args.target = _path(args.target)
+    for sub in ("shots", "held_out"):
+      if not os.path.isdir(os.path.join(args.target, sub)):
+        p.error(f"--target {args.target}: no {sub}/ folder in it; give 'anime' or a folder with shots/ and held_out/")
   if args.source and os.path.exists(args.source):
     args.source = os.path.abspath(args.source)
   if not (args.kimg > 0 and args.eval_every_kimg > 0 and args.num_fake > 0 and args.num_real > 0):
@@ -171,12 +189,11 @@ def parse_set(config: ml_collections.ConfigDict, items: list[str]) -> dict[str, 
 def study_overrides(arm: str, shots: int, seed: int, args, batch_size: int) -> dict[str, Any]:
   """Every override of one run, in the order applied: the study's, --source, the arm's, --set."""
   steps_per_eval = max(1, round(args.eval_every_kimg * 1000 / batch_size))
-  o: dict[str, Any] = {
-      "seed": seed,
-      "data.source": "synthetic", "data.domain": "anime", "data.num_images": shots, "data.seed": DATA_SEED,
+  metrics = [m for m in _split(args.metrics, str) if not (m == "correspondence" and _has_no_source(arm))]
+  o: dict[str, Any] = {"seed": seed, **target_overrides(args.target, shots),
       "train.total_kimg": args.kimg, "train.sample_every": 0,
-      "eval.every_kimg": args.eval_every_kimg, "eval.metrics": "swd", "eval.num_fake": args.num_fake,
-      "eval.num_real": args.num_real, "eval.heldout": True,
+      "eval.every_kimg": args.eval_every_kimg, "eval.metrics": ",".join(metrics), "eval.num_fake": args.num_fake,
+      "eval.num_real": args.num_real, "eval.num_diagnostic": args.num_fake,
       # A checkpoint at every evaluation: an interrupted run loses at most one interval.
       "checkpoint.every_steps": steps_per_eval, "checkpoint.max_to_keep": 1, "checkpoint.keep_best": "",
   }
@@ -185,6 +202,21 @@ def study_overrides(arm: str, shots: int, seed: int, args, batch_size: int) -> d
   o.update(ARMS[arm][1])
   o.update(args.overrides)
   return o
+
+
+def target_overrides(target: str, shots: int) -> dict[str, Any]:
+  """The data and held-out overrides of a target: the synthetic anime domain (``shots`` images of
+  data seed `DATA_SEED`, held out: images 1,000,000 on), or a target folder's ``shots/`` (its first
+  ``shots`` images in data.seed's order) against its ``held_out/``."""
+  if target == "anime":
+    return {"data.source": "synthetic", "data.domain": "anime", "data.num_images": shots,
+            "data.seed": DATA_SEED, "eval.heldout": True, "eval.real_folder": ""}
+  return {"data.source": "folder", "data.folder": os.path.join(target, "shots"), "data.n_shot": shots,
+          "data.seed": DATA_SEED, "eval.heldout": False, "eval.real_folder": os.path.join(target, "held_out")}
+
+
+def _has_no_source(arm: str) -> bool:
+  return ARMS[arm][1].get("transfer.source") == ""
 
 
 def build_config(base: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
@@ -233,6 +265,11 @@ def plan(args) -> list[dict]:
 # Files.
 
 
+# What a run's curve keeps of each evaluation: where, SWD, and the headline values and pyramid-
+# distance details of the diagnostics (diversity, its ratio to held-out reals, copies, correspondence).
+CURVE_KEYS = ("kimg", "step", "swd", "diversity", "copies", "correspondence", "pyramid_")
+
+
 def result_key(record: dict) -> tuple:
   return record["arm"], record["shots"], record["seed"], record["kimg"]
 
@@ -249,8 +286,8 @@ def collect(run: dict) -> Optional[dict]:
   final = by_step.get(run["total_steps"])
   if final is None:
     return None
-  curve = [{k: v for k, v in by_step[s].items() if k.startswith(("kimg", "swd", "step"))} for s in sorted(by_step)]
-  values = {k: v for k, v in final.items() if k.startswith("swd")}
+  curve = [{k: v for k, v in by_step[s].items() if k.startswith(CURVE_KEYS)} for s in sorted(by_step)]
+  values = {k: v for k, v in final.items() if k.startswith(CURVE_KEYS[2:])}
   for r in evals:
     if r.get("offline") and r["step"] == run["total_steps"]:
       values.update({k: r[k] for k in ("kid", "fid") if k in r})

@@ -1,4 +1,4 @@
-"""The transfer study's results as a markdown table and a plot of SWD against kimg.
+"""The transfer study's results as a markdown table and plots of SWD and the diagnostics against kimg.
 
     python benchmarks/transfer_study_report.py --outdir runs/transfer_study [--doc docs/transfer_study.md]
 
@@ -8,10 +8,12 @@ replaces the block between the ``<!-- study-results -->`` and ``<!-- /study-resu
 of that markdown file, and the plot goes beside it (``<doc name>_swd.png``).
 
 Per arm and target size: the mean ± standard deviation over seeds (ddof 1; one seed: the value
-alone) of the final SWD, of each run's lowest SWD on its curve, and of the final KID when the
-runs have it; then the seeds finished (and failed) and the mean wall minutes of a run
-(launch, compile, training and evaluations). The plot shows, per target size, the mean SWD over seeds at each evaluation with
-a band of ± one standard deviation. Drawn with Pillow: matplotlib is not a dependency.
+alone) of the final SWD, of each run's lowest SWD on its curve, of the final KID and of the final
+diagnostics (diversity ratio, copies, correspondence) when the runs have them; then the seeds
+finished (and failed) and the mean wall minutes of a run (launch, compile, training and
+evaluations). The plot shows, per target size (columns) and measure (rows: SWD, then each
+diagnostic), the mean over seeds at each evaluation with a band of ± one standard deviation. Drawn
+with Pillow: matplotlib is not a dependency.
 """
 from __future__ import annotations
 
@@ -25,6 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 BEGIN, END = "<!-- study-results -->", "<!-- /study-results -->"
+# The diagnostics' final values in the table and their curves in the plot, when the runs have them:
+# (key of the eval record, label). The diversity ratio is the samples' mean pairwise distance over
+# the held-out reals'; copies and correspondence as in gantl_jax.metrics.samples.
+DIAGNOSTICS = (("pyramid_diversity_ratio", "diversity ratio"), ("copies", "copies"),
+               ("correspondence", "correspondence"))
 # Distinct colours for up to 10 arms (Tableau 10).
 COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac"]
@@ -64,9 +71,11 @@ def table(results: list[dict], arms: Optional[Sequence[str]] = None) -> str:
   done = [r for r in results if r.get("status") == "done"]
   shots = sorted({r["shots"] for r in results})
   has_kid = any("kid" in r["final"] for r in done)
+  diagnostics = [(key, label) for key, label in DIAGNOSTICS if any(key in r["final"] for r in done)]
   header = ["arm"]
   for n in shots:
     header += [f"{n}-shot final SWD", f"{n}-shot lowest SWD"] + ([f"{n}-shot KID x10³"] if has_kid else [])
+    header += [f"{n}-shot {label}" for _, label in diagnostics]
   header += ["seeds", "min/run"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for arm in ordered_arms(results, arms):
@@ -79,6 +88,7 @@ def table(results: list[dict], arms: Optional[Sequence[str]] = None) -> str:
               mean_std([min(p["swd"] for p in r["curve"]) for r in runs])]
       if has_kid:
         row.append(mean_std([r["final"]["kid"] for r in runs if "kid" in r["final"]], 1e3))
+      row += [mean_std([r["final"][key] for r in runs if key in r["final"]], digits=3) for key, _ in diagnostics]
     failed = [r for r in results if r["arm"] == arm and r.get("status") != "done"]
     minutes = [r["seconds"] / 60 for r in done if r["arm"] == arm]
     row.append(f"{len(seeds)}" + (f" ({len(failed)} failed)" if failed else ""))
@@ -110,16 +120,17 @@ def duration(seconds: float) -> str:
   return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def curves(results: list[dict], arm: str, shots: int) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(kimg, mean SWD, std SWD) over the seeds of one arm and target size, at the evaluations all
-  its seeds have."""
+def curves(results: list[dict], arm: str, shots: int,
+           key: str = "swd") -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(kimg, mean, std) of the ``key`` values over the seeds of one arm and target size, at the
+  evaluations all its seeds have (with that value)."""
   runs = [r for r in results if r.get("status") == "done" and r["arm"] == arm and r["shots"] == shots]
   if not runs:
     return None
-  steps = sorted(set.intersection(*({p["step"] for p in r["curve"]} for r in runs)))
+  steps = sorted(set.intersection(*({p["step"] for p in r["curve"] if key in p} for r in runs)))
   if not steps:
     return None
-  values = np.array([[next(p["swd"] for p in r["curve"] if p["step"] == s) for s in steps] for r in runs])
+  values = np.array([[next(p[key] for p in r["curve"] if p["step"] == s) for s in steps] for r in runs])
   kimg = np.array([next(p["kimg"] for p in runs[0]["curve"] if p["step"] == s) for s in steps])
   std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(steps))
   return kimg, values.mean(0), std
@@ -136,68 +147,93 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
   return [float(t) for t in np.arange(first, hi + step * 1e-6, step)]
 
 
+def target_name(results: list[dict]) -> str:
+  """The target of the runs, as the panels name it: the synthetic domain, or the target folder."""
+  o = results[0].get("overrides", {}) if results else {}
+  if o.get("data.source", "synthetic") == "synthetic":
+    return o.get("data.domain", "anime")
+  return os.path.basename(os.path.dirname(os.path.normpath(o.get("data.folder", "target/shots"))))
+
+
 def plot(results: list[dict], path: str, arms: Optional[Sequence[str]] = None) -> None:
-  """SWD against kimg, one panel per target size, one colour per arm (mean ± std over seeds)."""
-  shots = sorted({r["shots"] for r in results if r.get("status") == "done"})
-  arm_list = ordered_arms([r for r in results if r.get("status") == "done"], arms)
+  """Against kimg, one column of panels per target size and one row per measure (SWD, then each
+  diagnostic the runs have), one colour per arm (mean ± std over seeds)."""
+  done = [r for r in results if r.get("status") == "done"]
+  shots = sorted({r["shots"] for r in done})
+  arm_list = ordered_arms(done, arms)
+  rows = [("swd", "SWD x10^3 (held-out)")] + [
+      (key, label) for key, label in DIAGNOSTICS if any(key in p for r in done for p in r["curve"])]
   panel_w, panel_h, margin_l, margin_b, margin_t, legend_w = 480, 360, 64, 48, 36, 170
-  width, height = margin_l + len(shots) * (panel_w + margin_l) + legend_w, margin_t + panel_h + margin_b
+  row_h = margin_t + panel_h + margin_b
+  width, height = margin_l + len(shots) * (panel_w + margin_l) + legend_w, row_h * len(rows)
   image = Image.new("RGB", (width, height), "white")
   font = ImageFont.load_default(size=13)
   draw = ImageDraw.Draw(image)
-  data = {(a, n): curves(results, a, n) for a in arm_list for n in shots}
-  present = [c for c in data.values() if c is not None]
-  if not present:
+  if not done:
     draw.text((20, 20), "no finished runs", fill="black", font=font)
     image.save(path)
     return
-  y_lo = min(float((m - s).min()) for _, m, s in present)
-  y_hi = max(float((m + s).max()) for _, m, s in present)
-  y_lo, y_hi = max(0.0, y_lo - 0.05 * (y_hi - y_lo)), y_hi + 0.05 * (y_hi - y_lo) + 1e-9
-  x_hi = max(float(k.max()) for k, _, _ in present)
-  for p, n in enumerate(shots):
-    left = margin_l + p * (panel_w + margin_l)
-    top, bottom, right = margin_t, margin_t + panel_h, left + panel_w
-
-    def to_px(x, y):
-      return (left + x / x_hi * panel_w, bottom - (y - y_lo) / (y_hi - y_lo) * panel_h)
-
-    for t in _nice_ticks(y_lo, y_hi, 6):
-      _, y = to_px(0, t)
-      draw.line([(left, y), (right, y)], fill="#e6e6e6")
-      draw.text((left - 6, y), f"{t:g}", fill="black", font=font, anchor="rm")
-    for t in _nice_ticks(0, x_hi):
-      x, _ = to_px(t, y_lo)
-      draw.line([(x, top), (x, bottom)], fill="#e6e6e6")
-      draw.text((x, bottom + 6), f"{t:g}", fill="black", font=font, anchor="mt")
-    draw.rectangle([left, top, right, bottom], outline="black")
-    draw.text(((left + right) / 2, top - 8), f"{n}-shot anime: SWD x10^3 (held-out) against kimg",
-              fill="black", font=font, anchor="md")
-    draw.text(((left + right) / 2, bottom + 26), "kimg", fill="black", font=font, anchor="mt")
-    for i, arm in enumerate(arm_list):
-      c = data[(arm, n)]
-      if c is None:
-        continue
-      kimg, mean, std = c
-      colour = COLOURS[i % len(COLOURS)]
-      if std.any():
-        band = Image.new("RGBA", image.size, (0, 0, 0, 0))
-        polygon = [to_px(x, y) for x, y in zip(kimg, mean + std)] + \
-                  [to_px(x, y) for x, y in zip(kimg[::-1], (mean - std)[::-1])]
-        ImageDraw.Draw(band).polygon(polygon, fill=_rgb(colour) + (48,))
-        image.paste(band, (0, 0), band)
-        draw = ImageDraw.Draw(image)
-      points = [to_px(x, y) for x, y in zip(kimg, mean)]
-      if len(points) > 1:
-        draw.line(points, fill=colour, width=2)
-      for x, y in points:
-        draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
+  for row, (key, label) in enumerate(rows):
+    data = {(a, n): curves(done, a, n, key) for a in arm_list for n in shots}
+    present = [c for c in data.values() if c is not None]
+    if not present:
+      continue
+    y_lo = min(float((m - s).min()) for _, m, s in present)
+    y_hi = max(float((m + s).max()) for _, m, s in present)
+    y_lo, y_hi = max(0.0, y_lo - 0.05 * (y_hi - y_lo)), y_hi + 0.05 * (y_hi - y_lo) + 1e-9
+    x_hi = max(float(k.max()) for k, _, _ in present)
+    for p, n in enumerate(shots):
+      _panel(image, font, data, arm_list, n, box=(margin_l + p * (panel_w + margin_l), row * row_h + margin_t,
+                                                 panel_w, panel_h), x_hi=x_hi, y_range=(y_lo, y_hi),
+             title=f"{n}-shot {target_name(done)}: {label} against kimg")
+  draw = ImageDraw.Draw(image)
   legend_left = width - legend_w + 10
   for i, arm in enumerate(arm_list):
     y = margin_t + 10 + 20 * i
     draw.line([(legend_left, y), (legend_left + 24, y)], fill=COLOURS[i % len(COLOURS)], width=3)
     draw.text((legend_left + 30, y), arm, fill="black", font=font, anchor="lm")
   image.save(path)
+
+
+def _panel(image, font, data, arm_list, shots, box, x_hi, y_range, title) -> None:
+  """One panel: axes, ticks, title and each arm's mean curve with its ± std band."""
+  left, top, panel_w, panel_h = box
+  bottom, right = top + panel_h, left + panel_w
+  y_lo, y_hi = y_range
+  draw = ImageDraw.Draw(image)
+
+  def to_px(x, y):
+    return (left + x / x_hi * panel_w, bottom - (y - y_lo) / (y_hi - y_lo) * panel_h)
+
+  for t in _nice_ticks(y_lo, y_hi, 6):
+    _, y = to_px(0, t)
+    draw.line([(left, y), (right, y)], fill="#e6e6e6")
+    draw.text((left - 6, y), f"{t:g}", fill="black", font=font, anchor="rm")
+  for t in _nice_ticks(0, x_hi):
+    x, _ = to_px(t, y_lo)
+    draw.line([(x, top), (x, bottom)], fill="#e6e6e6")
+    draw.text((x, bottom + 6), f"{t:g}", fill="black", font=font, anchor="mt")
+  draw.rectangle([left, top, right, bottom], outline="black")
+  draw.text(((left + right) / 2, top - 8), title, fill="black", font=font, anchor="md")
+  draw.text(((left + right) / 2, bottom + 26), "kimg", fill="black", font=font, anchor="mt")
+  for i, arm in enumerate(arm_list):
+    c = data[(arm, shots)]
+    if c is None:
+      continue
+    kimg, mean, std = c
+    colour = COLOURS[i % len(COLOURS)]
+    if std.any():
+      band = Image.new("RGBA", image.size, (0, 0, 0, 0))
+      polygon = [to_px(x, y) for x, y in zip(kimg, mean + std)] + \
+                [to_px(x, y) for x, y in zip(kimg[::-1], (mean - std)[::-1])]
+      ImageDraw.Draw(band).polygon(polygon, fill=_rgb(colour) + (48,))
+      image.paste(band, (0, 0), band)
+      draw = ImageDraw.Draw(image)
+    points = [to_px(x, y) for x, y in zip(kimg, mean)]
+    if len(points) > 1:
+      draw.line(points, fill=colour, width=2)
+    for x, y in points:
+      draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:

@@ -150,10 +150,11 @@ def _diagnostics(config, source_samples: np.ndarray, run_samples: np.ndarray,
   `metrics.samples`): copies and the diversity ratio need held-out reals."""
   distance = distances.pyramid_distance()
   train, _ = target_images(config, 1 << 20, held_out=False)
-  out = diversity.diversity(distance, run_samples, train, held_out)
+  embedded = distances.embed_sets(distance, samples=run_samples, train=train, heldout=held_out)
+  out = diversity.diversity_of_embeddings(distance, embedded)
   out.update(correspondence.correspondence(distance, source_samples, run_samples))
   if held_out is not None:
-    out.update(memorisation.memorisation(distance, run_samples, train, held_out))
+    out.update(memorisation.memorisation_of_embeddings(distance, embedded))
   keys = ("pyramid_intra_cluster", "pyramid_diversity_ratio", "pyramid_copies", "pyramid_correspondence")
   return {f"transfer_{k.removeprefix('pyramid_')}": out[k] for k in keys if k in out}
 

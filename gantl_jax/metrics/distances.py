@@ -103,6 +103,16 @@ def embed(distance: Distance, images, what: str = "images") -> np.ndarray:
                          for s in range(0, len(x), step)])
 
 
+# What each named set is called in errors about its images.
+_SET_NAMES = {"samples": "samples", "train": "training images", "heldout": "held-out images"}
+
+
+def embed_sets(distance: Distance, **images) -> dict[str, np.ndarray]:
+  """{name: embeddings} of each named image set given (``samples=``, ``train=``, ``heldout=``; a
+  set given as None is left out), so that the diagnostics of one evaluation embed each set once."""
+  return {name: embed(distance, x, _SET_NAMES.get(name, name)) for name, x in images.items() if x is not None}
+
+
 def pairwise(distance: Distance, a: np.ndarray, b: np.ndarray | None = None, *,
              block_bytes: int = DEFAULT_BLOCK_BYTES) -> np.ndarray:
   """float64 (N, M) distances between embeddings ``a`` (N, dim) and ``b`` (M, dim) (``b=None``: a).

@@ -81,13 +81,20 @@ def diversity(distance: dist_lib.Distance, samples, train, heldout=None, *,
   """Intra-cluster distance of uint8 NHWC ``samples`` around the ``train`` images, the samples'
   mean pairwise distance, and with ``heldout`` reals also theirs and the ``diversity_ratio``
   (samples' mean pairwise / held-out's). Keys are prefixed with ``distance.name``."""
-  s = dist_lib.embed(distance, samples, "samples")
+  embedded = dist_lib.embed_sets(distance, samples=samples, train=train, heldout=heldout)
+  return diversity_of_embeddings(distance, embedded, max_per_cluster=max_per_cluster, seed=seed)
+
+
+def diversity_of_embeddings(distance: dist_lib.Distance, embedded: dict[str, np.ndarray], *,
+                            max_per_cluster: int = MAX_PER_CLUSTER, seed: int | None = None) -> dict[str, float]:
+  """`diversity` of image sets already embedded by ``distance`` (`distances.embed_sets`: 'samples',
+  'train' and, if held-out reals were given, 'heldout')."""
+  s = embedded["samples"]
   within = dist_lib.pairwise(distance, s)
-  to_train = dist_lib.pairwise(distance, s, dist_lib.embed(distance, train, "training images"))
+  to_train = dist_lib.pairwise(distance, s, embedded["train"])
   out = intra_cluster_distance(within, to_train, max_per_cluster=max_per_cluster, seed=seed)
   out["pairwise"] = mean_pairwise_distance(within)
-  if heldout is not None:
-    h = dist_lib.embed(distance, heldout, "held-out images")
-    out["heldout_pairwise"] = mean_pairwise_distance(dist_lib.pairwise(distance, h))
+  if "heldout" in embedded:
+    out["heldout_pairwise"] = mean_pairwise_distance(dist_lib.pairwise(distance, embedded["heldout"]))
     out["diversity_ratio"] = out["pairwise"] / out["heldout_pairwise"]
   return {f"{distance.name}_{k}": v for k, v in out.items()}

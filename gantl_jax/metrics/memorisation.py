@@ -47,11 +47,14 @@ def memorisation_from_nearest(sample_nearest: np.ndarray, heldout_nearest: np.nd
 def memorisation(distance: dist_lib.Distance, samples, train, heldout=None) -> dict[str, float]:
   """Memorisation statistics of uint8 NHWC ``samples`` against the ``train`` images, with
   ``heldout`` reals for comparison; keys prefixed with ``distance.name``."""
-  train_emb = dist_lib.embed(distance, train, "training images")
+  return memorisation_of_embeddings(distance, dist_lib.embed_sets(distance, samples=samples, train=train,
+                                                                   heldout=heldout))
 
-  def nearest_of(images, what):
-    return dist_lib.pairwise(distance, dist_lib.embed(distance, images, what), train_emb).min(axis=1)
 
-  out = memorisation_from_nearest(nearest_of(samples, "samples"),
-                                  None if heldout is None else nearest_of(heldout, "held-out images"))
+def memorisation_of_embeddings(distance: dist_lib.Distance, embedded: dict[str, np.ndarray]) -> dict[str, float]:
+  """`memorisation` of image sets already embedded by ``distance`` (`distances.embed_sets`)."""
+  def nearest_of(name):
+    return dist_lib.pairwise(distance, embedded[name], embedded["train"]).min(axis=1)
+
+  out = memorisation_from_nearest(nearest_of("samples"), nearest_of("heldout") if "heldout" in embedded else None)
   return {f"{distance.name}_{k}": v for k, v in out.items()}

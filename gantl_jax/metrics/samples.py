@@ -84,10 +84,11 @@ def evaluate(fakes: Batches, reals, eval_config: ml_collections.ConfigDict,
   names = [n.strip() for n in eval_config.metrics.split(",")]
   out = {}
   for distance in configured_distances(eval_config):
+    embedded = distances.embed_sets(distance, samples=samples, train=context.train_images, heldout=heldout)
     if "diversity" in names:
-      out.update(diversity_lib.diversity(distance, samples, context.train_images, heldout, seed=int(eval_config.seed)))
+      out.update(diversity_lib.diversity_of_embeddings(distance, embedded, seed=int(eval_config.seed)))
     if "copies" in names:
-      out.update(memorisation.memorisation(distance, samples, context.train_images, heldout))
+      out.update(memorisation.memorisation_of_embeddings(distance, embedded))
   if "diversity" in names:
     out["diversity"] = out["pyramid_intra_cluster"]
   if "copies" in names:
