@@ -5,7 +5,8 @@
 Reads ``<outdir>/results.jsonl`` and ``sessions.jsonl`` (written by ``transfer_study.py``) and
 writes ``<outdir>/report.md`` and ``<outdir>/swd_vs_kimg.png``. With ``--doc``, the table also
 replaces the block between the ``<!-- study-results -->`` and ``<!-- /study-results -->`` lines
-of that markdown file, and the plot goes beside it (``<doc name>_swd.png``).
+of that markdown file, and the plot goes beside it (``<doc name>_swd.png``); ``--block NAME`` fills
+the ``<!-- NAME -->`` block instead, its plot ``<doc name>_NAME.png``.
 
 Per arm and target size: the mean ± standard deviation over seeds (ddof 1; one seed: the value
 alone) of the final SWD, of each run's lowest SWD on its curve, of the final KID and of the final
@@ -26,7 +27,15 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-BEGIN, END = "<!-- study-results -->", "<!-- /study-results -->"
+BLOCK = "study-results"  # the default block; --block names another, so one page holds several studies
+
+
+def markers(block: str = BLOCK) -> tuple[str, str]:
+  """The lines that open and close a results block of a markdown file."""
+  return f"<!-- {block} -->", f"<!-- /{block} -->"
+
+
+BEGIN, END = markers()
 # The diagnostics' final values in the table and their curves in the plot, when the runs have them:
 # (key of the eval record, label). The diversity ratio is the samples' mean pairwise distance over
 # the held-out reals'; copies and correspondence as in gantl_jax.metrics.samples.
@@ -252,7 +261,7 @@ def select_kimg(results: list[dict], kimg: Optional[float] = None) -> list[dict]
 
 
 def write_report(outdir: str, arms: Optional[Sequence[str]] = None, doc: Optional[str] = None,
-                 kimg: Optional[float] = None) -> list[str]:
+                 kimg: Optional[float] = None, block: str = BLOCK) -> list[str]:
   """Writes report.md and swd_vs_kimg.png into ``outdir`` (and fills ``doc``) from the results of
   runs of ``kimg`` (see `select_kimg`); returns the paths written."""
   results = select_kimg(read_jsonl(os.path.join(outdir, "results.jsonl")), kimg)
@@ -265,17 +274,18 @@ def write_report(outdir: str, arms: Optional[Sequence[str]] = None, doc: Optiona
     f.write(f"# Transfer study: {outdir}\n\n{body}\n![SWD against kimg](swd_vs_kimg.png)\n")
   written = [report_path, plot_path]
   if doc:
-    doc_plot = os.path.splitext(doc)[0] + "_swd.png"
+    begin, end = markers(block)
+    doc_plot = os.path.splitext(doc)[0] + ("_swd.png" if block == BLOCK else f"_{block}.png")
     plot(results, doc_plot, arms)
     with open(doc) as f:
       text = f.read()
-    if BEGIN not in text or END not in text:
-      raise ValueError(f"{doc} has no '{BEGIN}' ... '{END}' block to fill")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    block = f"{BEGIN}\n{body}\n![SWD against kimg]({os.path.basename(doc_plot)})\n{END}"
+    if begin not in text or end not in text:
+      raise ValueError(f"{doc} has no '{begin}' ... '{end}' block to fill")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    filled = f"{begin}\n{body}\n![SWD and diagnostics against kimg]({os.path.basename(doc_plot)})\n{end}"
     with open(doc, "w") as f:
-      f.write(head + block + tail)
+      f.write(head + filled + tail)
     written += [doc, doc_plot]
   return written
 
@@ -285,13 +295,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   p.add_argument("--outdir", default="runs/transfer_study", help="the study's --outdir")
   p.add_argument("--doc", default="", help="also fill this markdown file's results block")
   p.add_argument("--kimg", type=float, help="report the runs of this length (default: the most common)")
+  p.add_argument("--block", default=BLOCK, help="the results block of --doc to fill: the lines "
+                 "'<!-- BLOCK -->' ... '<!-- /BLOCK -->' (default %(default)s)")
   args = p.parse_args(argv)
   if not os.path.exists(os.path.join(args.outdir, "results.jsonl")):
     print(f"error: no results.jsonl in {args.outdir}; run benchmarks/transfer_study.py first", file=sys.stderr)
     return 2
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from benchmarks.transfer_study import ARMS  # pylint: disable=import-outside-toplevel  # the table's row order
-  for path in write_report(args.outdir, list(ARMS), args.doc or None, args.kimg):
+  for path in write_report(args.outdir, list(ARMS), args.doc or None, args.kimg, args.block):
     print(path)
   return 0
 

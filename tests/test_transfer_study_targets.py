@@ -84,3 +84,15 @@ def test_report_has_the_diagnostics_columns_and_a_row_of_curves_for_each(tmp_pat
     for colour in report.COLOURS[:2]:
       assert np.all(panel == report._rgb(colour), axis=-1).sum() >= 9, (row, colour)
   assert report.target_name(results) == "twemoji_faces"
+
+
+def test_report_fills_the_named_block_of_a_page_that_holds_several(tmp_path):
+  (tmp_path / "results.jsonl").write_text(json.dumps(diag_result("freezed", 0, 0.5, 0.0, 0.6)) + "\n")
+  doc = tmp_path / "study.md"
+  doc.write_text("# Study\n<!-- study-results -->\nanime table\n<!-- /study-results -->\nmiddle\n"
+                 "<!-- twemoji -->\nold\n<!-- /twemoji -->\nend\n")
+  assert report.main(["--outdir", str(tmp_path), "--doc", str(doc), "--block", "twemoji"]) == 0
+  text = doc.read_text()
+  assert "anime table" in text and "old" not in text and text.endswith("end\n")
+  assert "| freezed | 40.00 | 40.00 | 0.500 | 0.000 | 0.600 | 1 | 1.0 |" in text
+  assert "![SWD and diagnostics against kimg](study_twemoji.png)" in text and (tmp_path / "study_twemoji.png").exists()
