@@ -60,6 +60,8 @@ from gantl_jax import config as config_lib  # noqa: E402
 from gantl_jax import errors  # noqa: E402
 from gantl_jax.training import jsonl  # noqa: E402
 
+NOISE_STRENGTHS = "/noise_strength$"  # the freeze.g pattern of G's per-layer noise strengths
+
 # arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
 # the overrides on top of it). The few-shot methods' arms are the project's presets for them.
 ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
@@ -72,8 +74,17 @@ ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
     "adapters": ("configs/fewshot_adapter.py", {}),
     "affine": (None, {"freeze.preset": "affine", "augment.kind": "none"}),
     "ewc": ("configs/fewshot_ewc.py", {}),  # not in the default grid: --arms ...,ewc
+    # _r1: R1 at gamma 1 instead of the auto value (0.0064 at 32 px and batch 32), a smoother D.
+    # _nf: G's noise strengths frozen at the source's. Fine-tuned on 10 shots, G raises them (b32
+    # conv0 70-fold in 4 kimg), which draws the per-pixel speckle seen as checkerboard artifacts.
+    "freezed_r1": (None, {"freeze.preset": "freezed", "augment.kind": "none", "train.r1_gamma": 1.0}),
+    "freezed_nf": (None, {"freeze.preset": "freezed", "augment.kind": "none", "freeze.g": NOISE_STRENGTHS}),
+    "freezed_cdc_r1": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none",
+                                                  "train.r1_gamma": 1.0}),
+    "freezed_cdc_r1_nf": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none",
+                                                     "train.r1_gamma": 1.0, "freeze.g": NOISE_STRENGTHS}),
 }
-DEFAULT_ARMS = [a for a in ARMS if a != "ewc"]
+DEFAULT_ARMS = [a for a in ARMS if a != "ewc" and not a.endswith(("_r1", "_nf"))]
 DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed; held out: 1,000,000 on
 
 # The evaluators of every run (the scratch arm has no source, so no correspondence).
@@ -96,7 +107,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
   p.add_argument("--config", help=f"run config of the arms that name none (default {FULL['config']})")
   p.add_argument("--outdir", help="where the runs, logs and results go (default runs/transfer_study, "
                  "runs/transfer_study_quick with --quick)")
-  p.add_argument("--arms", help=f"comma-separated arms of {', '.join(ARMS)} (default: all but ewc)")
+  p.add_argument("--arms", help=f"comma-separated arms of {', '.join(ARMS)} (default: all but ewc and the _r1 / _nf arms)")
   p.add_argument("--shots", help="comma-separated target set sizes (default 10,100)")
   p.add_argument("--seeds", help="comma-separated training seeds (default 0,1,2)")
   p.add_argument("--kimg", type=float, help="thousands of images shown to D per run (default 6)")

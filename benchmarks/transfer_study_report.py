@@ -189,7 +189,9 @@ def plot(results: list[dict], path: str, arms: Optional[Sequence[str]] = None) -
       continue
     y_lo = min(float((m - s).min()) for _, m, s in present)
     y_hi = max(float((m + s).max()) for _, m, s in present)
-    y_lo, y_hi = max(0.0, y_lo - 0.05 * (y_hi - y_lo)), y_hi + 0.05 * (y_hi - y_lo) + 1e-9
+    if y_hi - y_lo < 1e-6:  # a flat measure (no copies anywhere): a unit range around it
+      y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
+    y_lo, y_hi = max(0.0, y_lo - 0.05 * (y_hi - y_lo)), y_hi + 0.05 * (y_hi - y_lo)
     x_hi = max(float(k.max()) for k, _, _ in present)
     for p, n in enumerate(shots):
       _panel(image, font, data, arm_list, n, box=(margin_l + p * (panel_w + margin_l), row * row_h + margin_t,
