@@ -6,8 +6,9 @@ skin-tone variants), written by the emoji tool into runs/data/noto_faces_people:
         --out runs/data/noto_faces_people
     python launch.py --config configs/noto_source.py --workdir runs/noto_source
 
-configs/twemoji_faces.py transfers it to 10 Twemoji faces (targets/twemoji_faces): the same emoji
-drawn by another vendor.
+The shipped pretrained/noto32 is this run's step 6850 (pretrained/README.md: how long it trained
+and its SWD against held-out emoji). configs/demo_emoji.py and configs/twemoji_faces.py transfer
+it to 10 Twemoji faces (targets/twemoji_faces): the same emoji drawn by another vendor.
 """
 from configs import demo_photo
 

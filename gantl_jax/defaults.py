@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   # are merged with the explicit ones (gantl_jax/training/optim.py: preset_patterns). Frozen parameters get
   # a zero update and no optimizer state; XLA drops their weight-gradient computation.
   c.freeze = ml_collections.ConfigDict(dict(
-      preset="none",             # none | freezed | freezeg | mapping_only | torgb_only | affine (comma-joinable)
+      preset="none",             # none | freezed | freezeg | mapping_only | torgb_only | affine | noise (comma-joinable)
       d_blocks=2,                # freezed: D blocks frozen from the image side (b{R}, b{R/2}, ...)
       g_blocks=2,                # freezeg: lowest-resolution synthesis blocks frozen (b4, b8, ...)
       g_mapping=True,            # freezeg: also freeze the mapping network
