@@ -98,12 +98,12 @@ def diffaug_policy(text: str) -> tuple[str, ...]:
   return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def initial_extras(cfg: Optional[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
+def initial_extras(cfg: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   """The statistics the step keeps in the state's ``extras`` for augmentation config ``cfg``
   (``config.augment``): ADA's p (starting at
   ``augment.p``) and the sum and count of the sign means since its last adjustment. Empty unless
   ``kind='ada'``, so that other runs keep the state layout (and checkpoints) they had."""
-  if cfg is None or cfg.kind != "ada":
+  if cfg.kind != "ada":
     return {}
   return {"aug_p": np.float32(cfg.p), "ada_sign_sum": np.float32(0.0), "ada_count": np.int32(0)}
 
@@ -181,10 +181,10 @@ def after_step(ctx, extras: dict[str, Array], metrics: dict[str, Array]) -> tupl
   return extras, out
 
 
-def make(cfg: Optional[ml_collections.ConfigDict]) -> Optional[AugmentFn]:
+def make(cfg: ml_collections.ConfigDict) -> Optional[AugmentFn]:
   """``augment(images, keys, p)`` for ``config.augment``, or None for ``kind='none'`` (then the
   step adds nothing). ``keys`` holds one key per image; ``p`` comes from :func:`probability`."""
-  if cfg is None or cfg.kind == "none":
+  if cfg.kind == "none":
     return None
   if cfg.kind == "diffaug":
     policy = diffaug_policy(cfg.diffaug_policy)
