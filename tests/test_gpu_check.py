@@ -3,7 +3,8 @@ call cannot fail on a typo.
 
 The full run (marked slow) uses configs/tiny.py shrunk to 8 px: compile is what costs, six
 programs at XLA's optimisation level 0, 73 CPU seconds, 112 s on the 2-core box at load average 3-6,
-56 s with the test session's compilation cache warm. The failure paths run in seconds.
+56 s with the test session's compilation cache warm; it starts with the test session and runs
+beside the other tests (``background_jobs``, conftest.py). The failure paths run in seconds.
 Part 5 (the official PyTorch step) is skipped with its reason here: torch is not in this
 environment, nor the official source. Timeouts are generous: no assertion depends on the box's
 speed.
@@ -42,16 +43,26 @@ def run_check(out_dir, **env):
   return lines, proc.stdout
 
 
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory):
+def background_jobs(tmp_path_factory):
+  """The full run starts with the test session and runs beside the other tests (conftest.py): its
+  parts compile in their own processes."""
   out = tmp_path_factory.mktemp("gpu_check")
   # A folder that looks like the official source, so that the torch check is what decides.
   official = tmp_path_factory.mktemp("official")
   os.makedirs(official / "training")
   (official / "training" / "networks.py").write_text("")
-  lines, stdout = run_check(out, GPU_CHECK_OFFICIAL_SRC=str(official),
-                            GPU_CHECK_ARGS="--config.model.resolution=8 --config.model.channel_base=64 "
-                                           "--config.model.channel_max=16")
+
+  def full():
+    lines, stdout = run_check(out, GPU_CHECK_OFFICIAL_SRC=str(official),
+                              GPU_CHECK_ARGS="--config.model.resolution=8 --config.model.channel_base=64 "
+                                             "--config.model.channel_max=16")
+    return out, lines, stdout
+  return {"full": full}
+
+
+@pytest.fixture(scope="module")
+def full_run(background):
+  out, lines, stdout = background[(__name__, "full")].wait()
   return out, {line["part"]: line for line in lines}, [line["part"] for line in lines], stdout
 
 

@@ -1,4 +1,5 @@
 """launch.py's answer to a bad command line: one `error: ...` line, exit status 2, nothing written."""
+import functools
 import os
 import subprocess
 import sys
@@ -56,10 +57,17 @@ CASES = {
 }
 
 
+def background_jobs(tmp_path_factory):
+  """The launches of every case start with the test session and run beside the other tests
+  (conftest.py), one after another; each case's test reads its launch's outcome."""
+  folders = {case: tmp_path_factory.mktemp(case) for case in sorted(CASES)}
+  return {case: functools.partial(_launch, folders[case], *CASES[case][0]) for case in folders}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_command_line_is_one_line_and_status_2(tmp_path, case):
-  args, want = CASES[case]
-  proc, workdir = _launch(tmp_path, *args)
+def test_bad_command_line_is_one_line_and_status_2(background, case):
+  _, want = CASES[case]
+  proc, workdir = background[(__name__, case)].wait()
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert proc.stderr.splitlines() == [want]
   assert not workdir.exists()  # failed before writing anything

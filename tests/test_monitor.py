@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -71,10 +72,13 @@ def test_progress_bar_on_a_terminal_starts_at_the_resumed_kimg(tmp_path):
 
 
 def test_cache_dir_settings(monkeypatch, tmp_path):
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere/jax")
+  # The module's view of the environment, not the process's: the background jobs (conftest.py)
+  # start their processes with the process's environment at any time.
+  environ = {"JAX_COMPILATION_CACHE_DIR": "/somewhere/jax"}
+  monkeypatch.setattr(compilation, "os", types.SimpleNamespace(environ=environ, path=os.path))
   assert compilation.cache_dir("auto") == "/somewhere/jax"  # JAX's own variable is respected
-  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  environ.clear()
+  environ["XDG_CACHE_HOME"] = str(tmp_path)
   assert compilation.cache_dir("auto") == str(tmp_path / "gantl_jax" / "jax_cache")
   assert compilation.cache_dir("") is None
   assert compilation.cache_dir("~/c") == os.path.expanduser("~/c")
@@ -178,7 +182,18 @@ def _launch(workdir, data_dir, hash_seed):
   return proc.stderr, json.loads(done.split("] done: ", 1)[1])
 
 
-def test_a_second_launch_reads_the_train_step_from_the_compilation_cache(tmp_path):
+def background_jobs(tmp_path_factory):
+  """The two launches start with the test session and run beside the other tests (conftest.py);
+  ``test_a_second_launch_reads_the_train_step_from_the_compilation_cache`` waits for them."""
+  tmp_path = tmp_path_factory.mktemp("second_launch")
+  return {"second_launch": lambda: _second_launch(tmp_path)}
+
+
+def test_a_second_launch_reads_the_train_step_from_the_compilation_cache(background):
+  background[(__name__, "second_launch")].wait()
+
+
+def _second_launch(tmp_path):
   cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
   first_err, first = _launch(tmp_path / "a", tmp_path / "tfds", hash_seed=0)
   assert f"watch it with: tensorboard --logdir {tmp_path / 'a'}" in first_err

@@ -15,8 +15,9 @@ starts training late.
 Subprocesses inherit the persistent compilation cache of conftest.py (the two processes of a
 job compile the same program, so a second session reads it from the cache); every subprocess has
 a timeout, and all processes of a job are killed when one fails or times out; a failure reports
-each process's exit status and the lines of its log that say why. Marked ``multiprocess``
-(``pytest -m multiprocess`` runs them alone).
+each process's exit status and the lines of its log that say why. Both jobs start with the test
+session and run beside the other tests (``background_jobs``, conftest.py); their tests wait for
+them. Marked ``multiprocess`` (``pytest -m multiprocess`` runs them alone).
 """
 from __future__ import annotations
 
@@ -137,7 +138,8 @@ def _late(seconds: float, module: str, function: str, argv: list[str]) -> list[s
   return [sys.executable, "-c", code]
 
 
-def test_two_processes_pmap_with_checkpoint(tmp_path):
+def _pmap_job(tmp_path):
+  """The worker job; returns its folder (the parameters each process wrote, the logs)."""
   port = portpicker.pick_unused_port()
   commands = [[sys.executable, os.path.join(REPO, "tests", "multihost_worker.py"),
                "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
@@ -145,6 +147,54 @@ def test_two_processes_pmap_with_checkpoint(tmp_path):
                "--late_s", str(LATE_S if i == 1 else 0)]
               for i in range(2)]
   _run_all(commands, _env(), str(tmp_path))
+  return tmp_path
+
+
+STEPS = 2  # of the launch.py job
+
+
+def _launch_overrides(tmp_path):
+  return [f"--config.train.batch_size={common.GLOBAL_BATCH}", "--config.model.mbstd_group_size=2",
+          "--config.train.r1_interval=1", "--config.train.pl_interval=1",
+          f"--config.train.total_kimg={STEPS * common.GLOBAL_BATCH / 1000}",
+          "--config.train.log_every=1", "--config.checkpoint.every_steps=0",
+          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.parallel.mode=jit"]
+
+
+def _launch_job(tmp_path):
+  """``python launch.py`` as a user runs it on two hosts (here: two processes, one workdir), one of
+  which starts training LATE_S later than the other; returns the workdir."""
+  workdir = tmp_path / "run"
+  port = portpicker.pick_unused_port()
+  commands = [[os.path.join(REPO, "launch.py"), "--config", "configs/tiny.py",
+               "--workdir", str(workdir), f"--config.parallel.coordinator_address=127.0.0.1:{port}",
+               "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"]
+              + _launch_overrides(tmp_path) for i in range(2)]
+  # Process 0 starts training LATE_S after process 1.
+  commands = [_late(LATE_S, "gantl_jax.training.loop", "_train", commands[0]), [sys.executable] + commands[1]]
+  _run_all(commands, _env(), str(tmp_path))
+  return workdir
+
+
+def _prepare(tmp_path):
+  """The launch.py job's dataset, prepared once before the job: two hosts building it into one
+  shared directory at the same time would race (on real hosts each has its own data_dir, or it is
+  prepared once)."""
+  config = common.test_config()
+  config.data.data_dir = str(tmp_path / "tfds")
+  return pipeline.prepare(config.data, resolution=config.model.resolution, verbose=False)
+
+
+def background_jobs(tmp_path_factory):
+  """Both jobs run beside the in-process tests from the start of the session (conftest.py): their
+  processes compile on the core this one leaves idle, and wait LATE_S for each other."""
+  pmap_dir, launch_dir = tmp_path_factory.mktemp("pmap_job"), tmp_path_factory.mktemp("launch_job")
+  prepared = _prepare(launch_dir)
+  return {"pmap": lambda: _pmap_job(pmap_dir), "launch": lambda: (_launch_job(launch_dir), prepared)}
+
+
+def test_two_processes_pmap_with_checkpoint(background):
+  tmp_path = background[(__name__, "pmap")].wait()
   outs = [dict(np.load(tmp_path / f"params_{i}.npz")) for i in range(2)]
   for out in outs:
     assert list(out["devices"]) == [4, 2]
@@ -167,35 +217,15 @@ def test_two_processes_pmap_with_checkpoint(tmp_path):
   assert common.max_rel_diff(restored, saved)[0] == 0.0
 
 
-def test_launch_two_processes_jit(tmp_path):
-  """``python launch.py`` as a user runs it on two hosts (here: two processes, one workdir), one of
-  which starts training LATE_S later than the other."""
-  steps = 2
-  overrides = [f"--config.train.batch_size={common.GLOBAL_BATCH}", "--config.model.mbstd_group_size=2",
-               "--config.train.r1_interval=1", "--config.train.pl_interval=1",
-               f"--config.train.total_kimg={steps * common.GLOBAL_BATCH / 1000}",
-               "--config.train.log_every=1", "--config.checkpoint.every_steps=0",
-               f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.parallel.mode=jit"]
-  config = common.test_config()
-  config.data.data_dir = str(tmp_path / "tfds")
-  # Prepare the dataset once before the job: two hosts building it into one shared directory
-  # at the same time would race (on real hosts each has its own data_dir, or it is prepared once).
-  prepared = pipeline.prepare(config.data, resolution=config.model.resolution, verbose=False)
-
-  workdir = tmp_path / "run"
-  port = portpicker.pick_unused_port()
-  commands = [[os.path.join(REPO, "launch.py"), "--config", "configs/tiny.py",
-               "--workdir", str(workdir), f"--config.parallel.coordinator_address=127.0.0.1:{port}",
-               "--config.parallel.num_processes=2", f"--config.parallel.process_id={i}"] + overrides
-              for i in range(2)]
-  # Process 0 starts training LATE_S after process 1.
-  commands = [_late(LATE_S, "gantl_jax.training.loop", "_train", commands[0]), [sys.executable] + commands[1]]
-  _run_all(commands, _env(), str(tmp_path))
+def test_launch_two_processes_jit(background):
+  """The launch.py job (``_launch_job``): only process 0 writes, the checkpoint is the one
+  process's."""
+  workdir, prepared = background[(__name__, "launch")].wait()
 
   # Only process 0 writes logs and images: one metrics line per step (two writers would double them).
   with open(workdir / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
-  assert [r["step"] for r in records] == list(range(1, steps + 1))
+  assert [r["step"] for r in records] == list(range(1, STEPS + 1))
   for name in ("config.json", "reals.png", "samples_init.png", "samples_final.png"):
     assert (workdir / name).exists(), name
 
@@ -204,14 +234,14 @@ def test_launch_two_processes_jit(tmp_path):
   ref = common.reference("jit", 4)
   it = pipeline.make_iterator(prepared, global_batch=common.GLOBAL_BATCH, seed=ref.config.seed)
   state = parallel.create_state(ref.nets, ref.config.seed, "jit", ref.mesh)
-  for i in range(steps):
+  for i in range(STEPS):
     state, _ = ref.step(state, parallel.place_batch(next(it), "jit", ref.mesh), i)
   it.close()
   manager = checkpoint.make_manager(str(workdir / "checkpoints"))
-  assert manager.latest_step() == steps
+  assert manager.latest_step() == STEPS
   restored, data_state, meta = checkpoint.restore(manager, state)
   manager.close()
-  assert data_state["step"] == steps
+  assert data_state["step"] == STEPS
   got, want = common.params_of(restored, "jit"), common.params_of(state, "jit")
   diff, leaf = common.max_rel_diff(got, want)
   total = common.global_rel_diff(got, want)

@@ -3,8 +3,10 @@ bit-identical to an uninterrupted run and logs each step once; SIGTERM and Ctrl-
 at the current step.
 
 All subprocesses share one environment: one CPU device (conftest's simulated devices removed) and
-conftest's persistent compilation cache, so the tiny model's programs compile once.
+conftest's persistent compilation cache, so the tiny model's programs compile once. The launches
+start with the test session and run beside the other tests (``background_jobs``, conftest.py).
 """
+import functools
 import json
 import os
 import signal
@@ -87,21 +89,24 @@ def metrics(workdir):
     return [json.loads(line) for line in f]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def background_jobs(tmp_path_factory):
+  """Every launch of this module starts with the test session and runs beside the other tests
+  (conftest.py), one after another: the uninterrupted run first (the others read its compiled
+  programs from the shared cache). The tests wait for their launches and read the checkpoints."""
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  uninterrupted = str(tmp_path_factory.mktemp("uninterrupted"))
+  killed = str(tmp_path_factory.mktemp("sigkill") / "killed")
+  jobs = {"uninterrupted": lambda: (run(command(uninterrupted, data_dir)), uninterrupted)[1],
+          "sigkill": lambda: _kill_then_restart(killed, data_dir)}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    jobs[sig.name] = functools.partial(_stop_by_signal, sig, str(tmp_path_factory.mktemp(sig.name) / "preempted"),
+                                       data_dir)
+  return jobs
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  run(command(workdir, data_dir))
-  assert steps_in(workdir)[-1] == TOTAL_STEPS
-  return str(workdir)
-
-
-def test_sigkill_between_checkpoints_then_restart_is_bit_identical(uninterrupted, data_dir, tmp_path):
-  workdir = str(tmp_path / "killed")
+def _kill_then_restart(workdir, data_dir):
+  """SIGKILL between checkpoints, then the same command again; returns (workdir, the step of the
+  last checkpoint before the kill, the last step logged before it)."""
   proc = subprocess.Popen(command(workdir, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True, cwd=ROOT, env=env())
   wait_for(lambda: EVERY in steps_in(workdir), proc)
@@ -113,6 +118,13 @@ def test_sigkill_between_checkpoints_then_restart_is_bit_identical(uninterrupted
   ran = max(m["step"] for m in metrics(workdir))
   restarted = run(command(workdir, data_dir))
   assert f"resumed from {workdir}/checkpoints at step {last}" in restarted.stderr
+  return workdir, last, ran
+
+
+def test_sigkill_between_checkpoints_then_restart_is_bit_identical(background):
+  uninterrupted = background[(__name__, "uninterrupted")].wait()
+  assert steps_in(uninterrupted)[-1] == TOTAL_STEPS
+  workdir, last, ran = background[(__name__, "sigkill")].wait()
   assert steps_in(workdir)[-1] == TOTAL_STEPS
 
   expected, got = read_checkpoint(uninterrupted, TOTAL_STEPS), read_checkpoint(workdir, TOTAL_STEPS)
@@ -133,12 +145,8 @@ def test_sigkill_between_checkpoints_then_restart_is_bit_identical(uninterrupted
       assert m[k] == ref[m["step"]][k], (m["step"], k)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
-def test_stop_signal_saves_the_current_step_and_exits_cleanly(sig, data_dir, tmp_path, uninterrupted):
-  """SIGTERM (preemption) and a first Ctrl-C: checkpoint at the current step, exit status 0, and
-  no traceback from the loop or Orbax's threads."""
-  # Depends on `uninterrupted` only for its compiled programs in the shared cache.
-  workdir = str(tmp_path / "preempted")
+def _stop_by_signal(sig, workdir, data_dir):
+  """A long run stopped by ``sig`` after 3 logged steps; returns (workdir, the last step logged)."""
   cmd = command(workdir, data_dir, "--config.train.total_kimg=8", "--config.checkpoint.every_steps=0")
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env())
   path = os.path.join(workdir, "metrics.jsonl")
@@ -147,8 +155,15 @@ def test_stop_signal_saves_the_current_step_and_exits_cleanly(sig, data_dir, tmp
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 0, stderr[-3000:]
   assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr[-3000:]
-  stopped = metrics(workdir)[-1]["step"]
+  assert '"preempted": true' in stderr
+  return workdir, metrics(workdir)[-1]["step"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_stop_signal_saves_the_current_step_and_exits_cleanly(sig, background):
+  """SIGTERM (preemption) and a first Ctrl-C: checkpoint at the current step, exit status 0, and
+  no traceback from the loop or Orbax's threads (``_stop_by_signal``)."""
+  workdir, stopped = background[(__name__, sig.name)].wait()
   assert 3 <= stopped < 1000
   assert steps_in(workdir) == [stopped]  # every_steps=0: this is the SIGTERM checkpoint
-  assert '"preempted": true' in stderr
   assert read_checkpoint(workdir, stopped)["progress"]["['step']"] == stopped

@@ -116,8 +116,19 @@ def _launch(workdir, *overrides, timeout=900, env=None):
                         env=env or single_device_env())
 
 
-def test_launch_end_to_end(tmp_path):
+def background_jobs(tmp_path_factory):
+  """The end-to-end launches start with the test session and run beside the other tests
+  (conftest.py); ``test_launch_end_to_end`` waits for them."""
+  tmp_path = tmp_path_factory.mktemp("launch_end_to_end")
+  return {"end_to_end": lambda: _launch_end_to_end(tmp_path)}
+
+
+def test_launch_end_to_end(background):
   """launch.py on the tiny config: config.json, reals, sample grids, metrics and a checkpoint."""
+  background[(__name__, "end_to_end")].wait()
+
+
+def _launch_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   data_dir = tmp_path / "tfds"
   # Regularisers off: one compiled step variant (the others are covered above), to keep it quick.
