@@ -59,8 +59,9 @@ from benchmarks import transfer_study_report as report  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
 from gantl_jax import errors  # noqa: E402
 from gantl_jax.training import jsonl  # noqa: E402
+from gantl_jax.training import optim  # noqa: E402
 
-NOISE_STRENGTHS = "/noise_strength$"  # the freeze.g pattern of G's per-layer noise strengths
+NOISE_STRENGTHS = optim.NOISE_STRENGTHS  # freeze.g of the _nf arms: what the 'noise' freeze preset freezes
 
 # arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
 # the overrides on top of it). The few-shot methods' arms are the project's presets for them.
