@@ -136,6 +136,7 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from gantl_jax.cli import import_stylegan2
   from gantl_jax.training import checkpoint, runs
   from gantl_jax.models import stylegan2
 
@@ -144,7 +145,7 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   # The group size is a training setting, not stored with the weights' hyper-parameters.
   hp.setdefault("mbstd_group_size", net.config.model.mbstd_group_size if net.config else MBSTD_GROUP)
   directory = os.path.dirname(net.where)
-  d_net = stylegan2.discriminator_from_config(_model_config(hp))
+  d_net = stylegan2.discriminator_from_config(import_stylegan2.model_config(hp, conv_impl="auto"))
   template = jax.eval_shape(lambda: stylegan2.init_discriminator(d_net, jax.random.key(0)))
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   d_vars = checkpoint.read_network(directory, net.step, "d", jax.tree.map(
@@ -164,11 +165,6 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   with open(os.path.join(folder, "kwargs.json"), "w") as f:
     json.dump(dict(hparams=hp, G=g_kwargs, D=d_kwargs, source=os.path.abspath(source), step=net.step), f, indent=1)
   return hp
-
-
-def _model_config(hp: dict):
-  import ml_collections
-  return ml_collections.ConfigDict({**hp, "conv_impl": "auto"})
 
 
 def target_folders(target: str) -> tuple[str, str]:
