@@ -8,20 +8,29 @@ same target images, with the same hyper-parameters, scored by the same evaluator
     $P benchmarks/official_transfer.py --side ours --seed 0 --kimg 4 --aug ada --out OUT
     $P benchmarks/official_transfer.py --report --out OUT
 
-``--check`` writes the source (``--source``, default pretrained/photo32) as official state dicts
+The target (``--target``) is 'anime' (the 10 synthetic images of configs/demo_anime.py, the
+default) or a folder with ``shots/`` (trained on) and ``held_out/`` (scored against), e.g.
+``--target targets/twemoji_faces --config configs/twemoji_faces.py``; give the same --target,
+--config and --source to every step of one OUT. ``--config`` is our side's config (its training
+settings must be this script's constants; the data and target keys are set here), ``--source``
+both sides' starting point (default: the config's transfer.source).
+
+``--check`` writes the source (``--source``) as official state dicts
 (the importer's ada-pytorch mapping run backwards: :func:`to_official`), loads them into the
 official ``Generator`` and ``Discriminator`` and prints the max abs difference of their images (on
 the same z, constant noise) and logits from ours. ``--side official`` trains the official networks
 with the official ``training/training_loop.py`` (run on CPU: the few CUDA-only lines are replaced
 at import, :data:`CPU_PATCHES`), reads its snapshots back with ``gantl_jax.cli.import_stylegan2``
-and scores them; ``--side ours`` trains with ``launch.py --config configs/demo_anime.py`` and scores
-its checkpoints. Each side writes into OUT/<side>_<aug>_seed<N>/ and appends one record per
+and scores them; ``--side ours`` trains with ``launch.py --config <--config>`` and scores its
+checkpoints. Each side writes into OUT/<side>_<aug>_seed<N>/ and appends one record per
 scored snapshot (and one with the run's ADA p) to OUT/results.jsonl, so sides and seeds can be run
 one at a time, in any order. ``--report`` draws OUT's curves (SWD, diversity, ADA p against kimg)
-and the samples of the last snapshot of each run at the same seeds into docs/.
+and the samples of the last snapshot of each run at the same seeds into docs/ (names with
+``--tag``: official_transfer_<tag>_curves.png).
 
 Scores (:func:`score`): SWD x 10^3 of ``--num_eval`` G-EMA samples against as many held-out
-'anime' images (``synthetic.render`` from ``data.checks.HELD_OUT_START``), and the diagnostics of
+'anime' images (``synthetic.render`` from ``data.checks.HELD_OUT_START``) or every image of a
+folder target's held_out/ (up to ``--num_eval``), and the diagnostics of
 ``launch.py --mode compare`` (``compare._diagnostics``: intra-cluster diversity and the ratio to
 held-out reals, copies, correspondence with the source on the same latents; pyramid distance).
 
@@ -611,6 +620,25 @@ def plot_samples(records: list[dict], path: str, seeds: int = 12, source: str = 
   image_io.save_png(compare._labelled(grid, tuple(labels), 32, 4), path)  # pylint: disable=protected-access
 
 
+SUMMARY_KEYS = ("swd", "intra_cluster", "diversity_ratio", "copies", "correspondence", "final_p")
+
+
+def summarise(records: list[dict]) -> dict:
+  """{"<side> <aug>": {key: (median, min, max, count)}} over each run's last scored snapshot (and its
+  final ADA p), for the keys of :data:`SUMMARY_KEYS`."""
+  import statistics
+  values = {}
+  for run in sorted({r["run"] for r in records}):
+    info = next(r for r in records if r["run"] == run and r.get("kind") == "run")
+    last = max((r for r in records if r["run"] == run and r.get("kind") != "run"), key=lambda r: r["kimg"])
+    row = dict(last, final_p=info["p_curve"][-1]["p"] if info["p_curve"] else 0.0)
+    for key in SUMMARY_KEYS:
+      if key in row:
+        values.setdefault(f"{info['side']} {info['aug']}", {}).setdefault(key, []).append(row[key])
+  return {side: {k: (statistics.median(v), min(v), max(v), len(v)) for k, v in keys.items()}
+          for side, keys in values.items()}
+
+
 def report(args) -> None:
   """Curves and samples of OUT's results into --docs, and a table on stdout."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -630,6 +658,12 @@ def report(args) -> None:
       final_p = info["p_curve"][-1]["p"] if info["p_curve"] else 0.0
       print(f"| {run} | {r['kimg']:.2f} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys)
             + f" | {final_p:.3f} | {info['train_seconds']:.0f} |")
+  print("\n| side | runs | " + " | ".join(SUMMARY_KEYS) + " |  (median (min-max) at each run's last snapshot)")
+  print("|" + "---|" * (len(SUMMARY_KEYS) + 2))
+  for side, stats in sorted(summarise(records).items()):
+    count = max(n for _, _, _, n in stats.values())
+    print(f"| {side} | {count} | " + " | ".join(
+        f"{stats[k][0]:.4g} ({stats[k][1]:.4g}-{stats[k][2]:.4g})" if k in stats else "" for k in SUMMARY_KEYS) + " |")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
