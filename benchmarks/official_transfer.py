@@ -329,7 +329,7 @@ def run_ours(args) -> None:
          f"--config.train.log_every={max(1, steps_per_snap // 4)}", "--config.train.sample_every=0",
          f"--config.augment.kind={'ada' if args.aug == 'ada' else 'none'}",
          # Scored here on the same samples as the official side's, not by the loop's evaluators.
-         "--config.eval.every_kimg=0"]
+         "--config.eval.every_kimg=0", "--config.eval.metrics="]
   train_seconds = _train_once(cmd, workdir)
   ckpt = os.path.join(workdir, "checkpoints")
   snapshots = [(s * BATCH / 1000, os.path.join(ckpt, str(s))) for s in checkpoint.committed_steps(ckpt)]

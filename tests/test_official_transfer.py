@@ -229,3 +229,18 @@ def test_export_source_writes_official_state_dicts_and_reference(tmp_path):
     assert np.isfinite(f["logits"]).all()
   kwargs = json.loads((folder / "kwargs.json").read_text())
   assert kwargs["G"]["z_dim"] == 64 and kwargs["step"] == 4000
+
+
+def test_summarise_takes_each_runs_last_snapshot_per_side():
+  run = lambda side, seed, p: dict(run=f"{side}_ada_seed{seed}", kind="run", side=side, aug="ada",
+                                   p_curve=[dict(kimg=0.8, p=0.0), dict(kimg=1.6, p=p)])
+  scored = lambda side, seed, kimg, swd: dict(run=f"{side}_ada_seed{seed}", kimg=kimg, swd=swd, copies=0.0)
+  records = [run("ours", 0, 0.01), scored("ours", 0, 0.0, 99.0), scored("ours", 0, 1.6, 70.0),
+             scored("ours", 0, 0.8, 80.0), run("ours", 1, 0.03), scored("ours", 1, 1.6, 74.0),
+             run("ours", 2, 0.02), scored("ours", 2, 1.6, 71.0),
+             run("official", 0, 0.0), scored("official", 0, 1.632, 60.0)]
+  stats = official_transfer.summarise(records)
+  assert stats["ours ada"]["swd"] == (71.0, 70.0, 74.0, 3)
+  assert stats["ours ada"]["final_p"] == (0.02, 0.01, 0.03, 3)
+  assert stats["official ada"]["swd"] == (60.0, 60.0, 60.0, 1)
+  assert "diversity_ratio" not in stats["ours ada"]
