@@ -8,20 +8,29 @@ same target images, with the same hyper-parameters, scored by the same evaluator
     $P benchmarks/official_transfer.py --side ours --seed 0 --kimg 4 --aug ada --out OUT
     $P benchmarks/official_transfer.py --report --out OUT
 
-``--check`` writes the source (``--source``, default pretrained/photo32) as official state dicts
+The target (``--target``) is 'anime' (the 10 synthetic images of configs/demo_anime.py, the
+default) or a folder with ``shots/`` (trained on) and ``held_out/`` (scored against), e.g.
+``--target targets/twemoji_faces --config configs/twemoji_faces.py``; give the same --target,
+--config and --source to every step of one OUT. ``--config`` is our side's config (its training
+settings must be this script's constants; the data and target keys are set here), ``--source``
+both sides' starting point (default: the config's transfer.source).
+
+``--check`` writes the source (``--source``) as official state dicts
 (the importer's ada-pytorch mapping run backwards: :func:`to_official`), loads them into the
 official ``Generator`` and ``Discriminator`` and prints the max abs difference of their images (on
 the same z, constant noise) and logits from ours. ``--side official`` trains the official networks
 with the official ``training/training_loop.py`` (run on CPU: the few CUDA-only lines are replaced
 at import, :data:`CPU_PATCHES`), reads its snapshots back with ``gantl_jax.cli.import_stylegan2``
-and scores them; ``--side ours`` trains with ``launch.py --config configs/demo_anime.py`` and scores
-its checkpoints. Each side writes into OUT/<side>_<aug>_seed<N>/ and appends one record per
+and scores them; ``--side ours`` trains with ``launch.py --config <--config>`` and scores its
+checkpoints. Each side writes into OUT/<side>_<aug>_seed<N>/ and appends one record per
 scored snapshot (and one with the run's ADA p) to OUT/results.jsonl, so sides and seeds can be run
 one at a time, in any order. ``--report`` draws OUT's curves (SWD, diversity, ADA p against kimg)
-and the samples of the last snapshot of each run at the same seeds into docs/.
+and the samples of the last snapshot of each run at the same seeds into docs/ (names with
+``--tag``: official_transfer_<tag>_curves.png).
 
 Scores (:func:`score`): SWD x 10^3 of ``--num_eval`` G-EMA samples against as many held-out
-'anime' images (``synthetic.render`` from ``data.checks.HELD_OUT_START``), and the diagnostics of
+'anime' images (``synthetic.render`` from ``data.checks.HELD_OUT_START``) or every image of a
+folder target's held_out/ (up to ``--num_eval``), and the diagnostics of
 ``launch.py --mode compare`` (``compare._diagnostics``: intra-cluster diversity and the ratio to
 held-out reals, copies, correspondence with the source on the same latents; pyramid distance).
 
@@ -50,10 +59,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "pretrained", "photo32")
+CONFIG = os.path.join(REPO, "configs", "demo_anime.py")
+ANIME = "anime"  # the synthetic target: demo_anime's first 10 images, held-out ones from synthetic.render
 RESULTS = "results.jsonl"
 NUM_SHOTS = 10
-# The demo preset's values (configs/demo_anime.py over configs/demo_photo.py and configs/base.py)
-# that the official run is given; docs/official_transfer.md maps each to the official name.
+# The demo preset's values (configs/demo_anime.py over configs/demo_photo.py and configs/base.py;
+# configs/twemoji_faces.py over noto_source.py has the same ones) that the official run is given;
+# docs/official_transfer.md maps each to the official name.
 BATCH = 32
 MBSTD_GROUP = 4
 R1_GAMMA = 0.0002 * 32 ** 2 / BATCH   # base.py's 'auto' (-1), as the official 'auto' config
@@ -133,6 +145,7 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
+  from gantl_jax.cli import import_stylegan2
   from gantl_jax.training import checkpoint, runs
   from gantl_jax.models import stylegan2
 
@@ -141,7 +154,7 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   # The group size is a training setting, not stored with the weights' hyper-parameters.
   hp.setdefault("mbstd_group_size", net.config.model.mbstd_group_size if net.config else MBSTD_GROUP)
   directory = os.path.dirname(net.where)
-  d_net = stylegan2.discriminator_from_config(_model_config(hp))
+  d_net = stylegan2.discriminator_from_config(import_stylegan2.model_config(hp, conv_impl="auto"))
   template = jax.eval_shape(lambda: stylegan2.init_discriminator(d_net, jax.random.key(0)))
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   d_vars = checkpoint.read_network(directory, net.step, "d", jax.tree.map(
@@ -163,20 +176,41 @@ def export_source(source: str, out: str, num_check: int = 4) -> dict:
   return hp
 
 
-def _model_config(hp: dict):
-  import ml_collections
-  return ml_collections.ConfigDict({**hp, "conv_impl": "auto"})
+def target_folders(target: str) -> tuple[str, str]:
+  """(shots, held_out) subfolders of a folder ``target``; SystemExit naming --target when one is
+  missing."""
+  folders = tuple(os.path.join(os.path.abspath(target), name) for name in ("shots", "held_out"))
+  for folder in folders:
+    if not os.path.isdir(folder):
+      raise SystemExit(f"error: --target {target}: no folder {folder}; give {ANIME!r} or a folder "
+                       f"with shots/ (the training images) and held_out/ (the images to score against)")
+  return folders
 
 
-def write_target_images(out: str, seed: int = 0) -> str:
-  """The 10 training images of ``demo_anime`` with data.num_images=10 (``synthetic.render`` of
-  'anime' 0..9, data seed 0) as PNGs in OUT/target/: the official run's dataset folder."""
+def target_name(target: str) -> str:
+  """What the target is called in the report: 'anime' or the target folder's name."""
+  return target if target == ANIME else os.path.basename(os.path.normpath(target))
+
+
+def write_target_images(out: str, target: str = ANIME, config=None, seed: int = 0) -> str:
+  """The official run's dataset folder, OUT/target/, of PNGs. The 'anime' target: the 10 training
+  images of ``demo_anime`` with data.num_images=10 (``synthetic.render`` of 'anime' 0..9, data
+  seed 0). A folder target: its shots as our data pipeline prepares them for ``config``
+  (``pipeline.prepare_folder``: cropped, resized, alpha composited on white), so that both sides
+  train on the same pixels."""
   import numpy as np
   from gantl_jax import images as image_io
-  from gantl_jax.data import synthetic
   folder = os.path.join(out, "target")
   os.makedirs(folder, exist_ok=True)
-  pixels = synthetic.render("anime", np.arange(NUM_SHOTS), resolution=32, seed=seed)
+  if target == ANIME:
+    from gantl_jax.data import synthetic
+    pixels = synthetic.render("anime", np.arange(NUM_SHOTS), resolution=32, seed=seed)
+  else:
+    from gantl_jax.data import pipeline
+    prepared = pipeline.prepare_folder(target_folders(target)[0], data_config=config.data,
+                                       resolution=config.model.resolution, key="--target",
+                                       channels=config.model.img_channels, verbose=False)
+    pixels = [prepared.data_source[i] for i in range(prepared.num_examples)]
   for i, image in enumerate(pixels):
     path = os.path.join(folder, f"{i:02d}.png")
     if not os.path.exists(path):  # another side's run may be reading them
@@ -184,29 +218,58 @@ def write_target_images(out: str, seed: int = 0) -> str:
   return folder
 
 
-def demo_config():
-  """configs/demo_anime.py with data.num_images=10: the target and scoring settings."""
+def config_overrides(target: str) -> dict:
+  """Our side's overrides of its config file for ``target`` (flattened keys): the anime target
+  takes 10 of demo_anime's images; a folder target trains on all of its shots (n_shot 0, as
+  ``prepare_folder`` reads them for the official side) and names its held-out folder."""
+  if target == ANIME:
+    return {"data.num_images": NUM_SHOTS}
+  target_folders(target)
   sys.path.insert(0, REPO)
-  from configs import demo_anime
-  c = demo_anime.get_config()
-  c.data.num_images = NUM_SHOTS
+  from benchmarks.transfer_study import target_overrides
+  return target_overrides(target, 0)
+
+
+def demo_config(config_path: str = CONFIG, target: str = ANIME):
+  """Our side's config (``config_path``'s ``get_config()`` with :func:`config_overrides`): the
+  target and scoring settings."""
+  sys.path.insert(0, REPO)
+  from benchmarks.transfer_study import load_config
+  c = load_config(config_path)
+  for key, value in config_overrides(target).items():
+    section, name = key.split(".")
+    c[section][name] = value
   return c
 
 
-def score(network_path: str, num_eval: int, source_samples=None) -> dict:
-  """SWD x 10^3 against ``num_eval`` held-out anime images and compare.py's diagnostics (first
-  1000 samples) of the G-EMA at ``network_path``; samples are seeds 0..num_eval-1."""
+def held_out_reals(config, target: str, num_eval: int):
+  """uint8 held-out images to score against: ``num_eval`` anime images (``synthetic.render`` from
+  ``data.checks.HELD_OUT_START``), or every image of a folder target's held_out/ up to
+  ``num_eval``, prepared by our data pipeline."""
   import numpy as np
+  from gantl_jax.cli import compare
+  from gantl_jax.data import checks, synthetic
+  if target == ANIME:
+    return synthetic.render("anime", np.arange(checks.HELD_OUT_START, checks.HELD_OUT_START + num_eval),
+                            resolution=32, seed=0)
+  reals, _ = compare.target_images(config, num_eval, held_out=True, real_folder=target_folders(target)[1])
+  return reals
+
+
+def score(network_path: str, num_eval: int, source_samples=None, config=None, target: str = ANIME,
+          reals=None) -> dict:
+  """SWD x 10^3 against the held-out images of ``target`` (:func:`held_out_reals`, or ``reals``)
+  and compare.py's diagnostics (first 1000 samples) of the G-EMA at ``network_path``; samples are
+  seeds 0..num_eval-1; ``config``: our side's (default :func:`demo_config` of ``target``)."""
   from gantl_jax.cli import compare, generate
   from gantl_jax.training import runs
-  from gantl_jax.data import checks, synthetic
-  config = demo_config()
+  config = config if config is not None else demo_config(target=target)
   seeds = list(range(num_eval))
   samples = generate.seed_images(runs.load_network(network_path), seeds)
   if source_samples is None:
     source_samples = generate.seed_images(runs.load_network(config.transfer.source), seeds)
-  reals = synthetic.render("anime", np.arange(checks.HELD_OUT_START, checks.HELD_OUT_START + num_eval),
-                           resolution=32, seed=0)
+  if reals is None:
+    reals = held_out_reals(config, target, num_eval)
   n = min(num_eval, compare.NUM_DIAGNOSTIC)
   out = dict(swd=compare._swd(samples, reals))  # pylint: disable=protected-access
   out.update(compare._diagnostics(config, source_samples[:n], samples[:n], reals[:n]))  # pylint: disable=protected-access
@@ -218,14 +281,17 @@ def _append(out: str, record: dict) -> None:
   jsonl.append(os.path.join(out, RESULTS), record)
 
 
-def _score_all(out: str, run_name: str, snapshots: list[tuple[float, str]], num_eval: int, meta: dict) -> None:
+def _score_all(args, run_name: str, snapshots: list[tuple[float, str]], meta: dict) -> None:
   from gantl_jax.cli import generate
   from gantl_jax.training import runs
-  source = runs.load_network(SOURCE)
+  out, num_eval = args.out, args.num_eval
+  source = runs.load_network(args.source, flag="--source")
   source_samples = generate.seed_images(source, list(range(num_eval)))
-  for kimg, path in [(0.0, SOURCE)] + snapshots:
+  config = demo_config(args.config, args.target)
+  reals = held_out_reals(config, args.target, num_eval)
+  for kimg, path in [(0.0, args.source)] + snapshots:
     t0 = time.time()
-    values = score(path, num_eval, source_samples)
+    values = score(path, num_eval, source_samples, config=config, target=args.target, reals=reals)
     record = dict(run=run_name, kimg=round(kimg, 3), path=path, num_eval=num_eval, **meta, **values,
                   score_seconds=round(time.time() - t0, 1))
     print(json.dumps(record), flush=True)
@@ -249,26 +315,30 @@ def _train_once(cmd: list[str], run_dir: str) -> float:
 
 
 def run_ours(args) -> None:
-  """Trains demo_anime (10 images) for --kimg and scores each kept checkpoint."""
+  """Trains --config (demo_anime: 10 images; a folder --target: its shots) from --source for
+  --kimg and scores each kept checkpoint."""
   from gantl_jax.training import checkpoint, jsonl
   name = f"ours_{args.aug}_seed{args.seed}"
   workdir = os.path.join(args.out, name)
   steps_per_snap = max(1, round(args.snap_kimg * 1000 / BATCH))
-  cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", os.path.join(REPO, "configs", "demo_anime.py"),
-         "--workdir", workdir, f"--config.data.num_images={NUM_SHOTS}", f"--config.seed={args.seed}",
+  overrides = [f"--config.{k}={v}" for k, v in config_overrides(args.target).items()]
+  cmd = [sys.executable, os.path.join(REPO, "launch.py"), "--config", args.config,
+         "--workdir", workdir, *overrides, f"--config.transfer.source={args.source}", f"--config.seed={args.seed}",
          f"--config.train.total_kimg={args.kimg}", f"--config.checkpoint.every_steps={steps_per_snap}",
          "--config.checkpoint.max_to_keep=1000", "--config.train.tensorboard=False",
          f"--config.train.log_every={max(1, steps_per_snap // 4)}", "--config.train.sample_every=0",
-         f"--config.augment.kind={'ada' if args.aug == 'ada' else 'none'}"]
+         f"--config.augment.kind={'ada' if args.aug == 'ada' else 'none'}",
+         # Scored here on the same samples as the official side's, not by the loop's evaluators.
+         "--config.eval.every_kimg=0", "--config.eval.metrics="]
   train_seconds = _train_once(cmd, workdir)
   ckpt = os.path.join(workdir, "checkpoints")
   snapshots = [(s * BATCH / 1000, os.path.join(ckpt, str(s))) for s in checkpoint.committed_steps(ckpt)]
   # ADA's p and its r_t = E[sign(D(real))] (None without ADA) at each logged step.
   p_curve = [dict(kimg=r["step"] * BATCH / 1000, p=r.get("aug_p", 0.0), rt=r.get("ada_rt"))
              for r in jsonl.read(os.path.join(workdir, "metrics.jsonl"))]
-  meta = dict(side="ours", aug=args.aug, seed=args.seed, total_kimg=args.kimg)
+  meta = dict(side="ours", aug=args.aug, seed=args.seed, total_kimg=args.kimg, target=target_name(args.target))
   _append(args.out, dict(run=name, kind="run", **meta, train_seconds=round(train_seconds, 1), p_curve=p_curve))
-  _score_all(args.out, name, snapshots, args.num_eval, meta)
+  _score_all(args, name, snapshots, meta)
 
 
 def run_official(args) -> None:
@@ -276,9 +346,8 @@ def run_official(args) -> None:
   every snapshot with the importer and scores it."""
   name = f"official_{args.aug}_seed{args.seed}"
   run_dir = os.path.join(args.out, name)
-  if not os.path.exists(os.path.join(args.out, "export", "source.npz")):
-    export_source(SOURCE, args.out)
-  data = write_target_images(args.out)
+  _export_once(args.source, args.out)
+  data = write_target_images(args.out, args.target, demo_config(args.config, args.target))
   cmd = [args.torch_python, os.path.abspath(__file__), "--torch_stage", "train", "--out", args.out,
          "--official_src", args.official_src, "--seed", str(args.seed), "--kimg", str(args.kimg),
          "--aug", args.aug, "--snap_kimg", str(args.snap_kimg), "--data", data, "--run_dir", run_dir]
@@ -296,9 +365,21 @@ def run_official(args) -> None:
   # p and the mean sign of D's real logits over each tick (ADA's r_t, before its interval means).
   p_curve = [dict(kimg=t["Progress/kimg"]["mean"], p=t["Progress/augment"]["mean"],
                   rt=t.get("Loss/signs/real", {}).get("mean")) for t in ticks]
-  meta = dict(side="official", aug=args.aug, seed=args.seed, total_kimg=args.kimg)
+  meta = dict(side="official", aug=args.aug, seed=args.seed, total_kimg=args.kimg, target=target_name(args.target))
   _append(args.out, dict(run=name, kind="run", **meta, train_seconds=round(train_seconds, 1), p_curve=p_curve))
-  _score_all(args.out, name, snapshots, args.num_eval, meta)
+  _score_all(args, name, snapshots, meta)
+
+
+def _export_once(source: str, out: str) -> None:
+  """Exports ``source`` into OUT/export/ unless it holds that source's export already."""
+  try:
+    with open(os.path.join(out, "export", "kwargs.json")) as f:
+      if json.load(f)["source"] == os.path.abspath(source) and os.path.exists(
+          os.path.join(out, "export", "source.npz")):
+        return
+  except FileNotFoundError:
+    pass
+  export_source(source, out)
 
 
 def check(args) -> None:
@@ -424,7 +505,8 @@ def torch_train(args) -> None:
   c = dnnlib.EasyDict(
       run_dir=args.run_dir,
       training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset", path=args.data,
-                               use_labels=False, max_size=None, xflip=True, resolution=32),
+                               use_labels=False, max_size=None, xflip=True,
+                               resolution=kw["hparams"]["resolution"]),
       data_loader_kwargs=dict(pin_memory=False, num_workers=0),
       G_kwargs=dict(class_name="training.networks.Generator", **g_kwargs),
       D_kwargs=dict(class_name="training.networks.Discriminator", **d_kwargs),
@@ -470,12 +552,12 @@ def latest(records: list[dict]) -> list[dict]:
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
-def plot_curves(records: list[dict], path: str) -> None:
+def plot_curves(records: list[dict], path: str, target: str = ANIME) -> None:
   """Panels of SWD, diversity (intra-cluster) and ADA p against kimg, one line per run."""
   from PIL import Image, ImageDraw, ImageFont
   from transfer_study_report import _nice_ticks  # pylint: disable=import-outside-toplevel
   runs_ = sorted({r["run"] for r in records})
-  panels = (("swd", "SWD x10^3 vs held-out anime"), ("intra_cluster", "diversity (intra-cluster)"),
+  panels = (("swd", f"SWD x10^3 vs held-out {target_name(target)}"), ("intra_cluster", "diversity (intra-cluster)"),
             ("p", "ADA p"))
   w, h, ml, mb, mt, legend = 360, 260, 60, 44, 30, 230
   image = Image.new("RGB", (ml + len(panels) * (w + ml) + legend, mt + h + mb), "white")
@@ -516,26 +598,45 @@ def plot_curves(records: list[dict], path: str) -> None:
   image.save(path)
 
 
-def plot_samples(records: list[dict], path: str, seeds: int = 12) -> None:
-  """One row per run: its last scored G-EMA at seeds 0..seeds-1, under the source's row and
-  above the training images; labelled and upscaled 4x."""
+def plot_samples(records: list[dict], path: str, seeds: int = 12, source: str = SOURCE, config=None) -> None:
+  """One row per run: its last scored G-EMA at seeds 0..seeds-1, under the row of ``source`` and
+  above the training images of ``config`` (default :func:`demo_config`); labelled and upscaled 4x."""
   import numpy as np
   from gantl_jax.cli import compare, generate
   from gantl_jax.training import runs
   from gantl_jax import images as image_io
   runs_ = sorted({r["run"] for r in records})
   seed_list = list(range(seeds))
-  rows, labels = [generate.seed_images(runs.load_network(SOURCE), seed_list)], ["source"]
+  rows, labels = [generate.seed_images(runs.load_network(source), seed_list)], ["source"]
   for run in runs_:
     last = max((r for r in records if r["run"] == run and r.get("kind") != "run"), key=lambda r: r["kimg"])
     rows.append(generate.seed_images(runs.load_network(last["path"]), seed_list))
     labels.append(f"{run} {last['kimg']:g}k")
-  shots, _ = compare.target_images(demo_config(), NUM_SHOTS, held_out=False)
+  shots, _ = compare.target_images(config if config is not None else demo_config(), NUM_SHOTS, held_out=False)
   shots = np.concatenate([shots, np.full((seeds - len(shots),) + shots.shape[1:], 255, np.uint8)])
   rows.append(shots)
   labels.append("10 target shots")
   grid = image_io.make_grid(np.concatenate(rows), seeds)
   image_io.save_png(compare._labelled(grid, tuple(labels), 32, 4), path)  # pylint: disable=protected-access
+
+
+SUMMARY_KEYS = ("swd", "intra_cluster", "diversity_ratio", "copies", "correspondence", "final_p")
+
+
+def summarise(records: list[dict]) -> dict:
+  """{"<side> <aug>": {key: (median, min, max, count)}} over each run's last scored snapshot (and its
+  final ADA p), for the keys of :data:`SUMMARY_KEYS`."""
+  import statistics
+  values = {}
+  for run in sorted({r["run"] for r in records}):
+    info = next(r for r in records if r["run"] == run and r.get("kind") == "run")
+    last = max((r for r in records if r["run"] == run and r.get("kind") != "run"), key=lambda r: r["kimg"])
+    row = dict(last, final_p=info["p_curve"][-1]["p"] if info["p_curve"] else 0.0)
+    for key in SUMMARY_KEYS:
+      if key in row:
+        values.setdefault(f"{info['side']} {info['aug']}", {}).setdefault(key, []).append(row[key])
+  return {side: {k: (statistics.median(v), min(v), max(v), len(v)) for k, v in keys.items()}
+          for side, keys in values.items()}
 
 
 def report(args) -> None:
@@ -545,8 +646,9 @@ def report(args) -> None:
   if not records:
     raise SystemExit(f"error: {os.path.join(args.out, RESULTS)} holds no results: run a side first")
   os.makedirs(args.docs, exist_ok=True)
-  plot_curves(records, os.path.join(args.docs, "official_transfer_curves.png"))
-  plot_samples(records, os.path.join(args.docs, "official_transfer_samples.png"))
+  stem = os.path.join(args.docs, "official_transfer" + (f"_{args.tag}" if args.tag else ""))
+  plot_curves(records, stem + "_curves.png", args.target)
+  plot_samples(records, stem + "_samples.png", source=args.source, config=demo_config(args.config, args.target))
   keys = ("swd", "intra_cluster", "diversity_ratio", "copies", "correspondence")
   print("| run | kimg | " + " | ".join(keys) + " | final p | train s |")
   print("|" + "---|" * (len(keys) + 4))
@@ -556,6 +658,12 @@ def report(args) -> None:
       final_p = info["p_curve"][-1]["p"] if info["p_curve"] else 0.0
       print(f"| {run} | {r['kimg']:.2f} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys)
             + f" | {final_p:.3f} | {info['train_seconds']:.0f} |")
+  print("\n| side | runs | " + " | ".join(SUMMARY_KEYS) + " |  (median (min-max) at each run's last snapshot)")
+  print("|" + "---|" * (len(SUMMARY_KEYS) + 2))
+  for side, stats in sorted(summarise(records).items()):
+    count = max(n for _, _, _, n in stats.values())
+    print(f"| {side} | {count} | " + " | ".join(
+        f"{stats[k][0]:.4g} ({stats[k][1]:.4g}-{stats[k][2]:.4g})" if k in stats else "" for k in SUMMARY_KEYS) + " |")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -570,7 +678,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="kimg between scored snapshots (0.8 = 25 steps of 32).")
   p.add_argument("--aug", choices=("ada", "noaug"), default="ada")
   p.add_argument("--num_eval", type=int, default=1000, help="Samples and held-out images per score.")
-  p.add_argument("--source", default=SOURCE, help="--check: our checkpoint to map (default pretrained/photo32).")
+  p.add_argument("--target", default=ANIME,
+                 help=f"{ANIME!r} (synthetic) or a folder with shots/ (trained on) and held_out/ (scored against).")
+  p.add_argument("--config", default=CONFIG, help="Our side's config file (default configs/demo_anime.py).")
+  p.add_argument("--source", default="",
+                 help="Both sides' starting checkpoint (default: --config's transfer.source).")
+  p.add_argument("--tag", default="", help="--report: docs/official_transfer_<tag>_{curves,samples}.png.")
   p.add_argument("--torch_python", default="/tmp/off_tl/venv/bin/python")
   p.add_argument("--official_src", default="/tmp/off_tl/src")
   p.add_argument("--docs", default=os.path.join(REPO, "docs"))
@@ -581,9 +694,21 @@ def parse_args(argv=None) -> argparse.Namespace:
   return p.parse_args(argv)
 
 
+def resolve_setup(args) -> None:
+  """Makes --config and --source absolute paths (--source defaults to the config's
+  transfer.source) and checks --target."""
+  args.config = os.path.abspath(args.config)
+  if args.target != ANIME:
+    target_folders(args.target)
+    args.target = os.path.abspath(args.target)
+  args.source = os.path.abspath(args.source or demo_config(args.config, args.target).transfer.source)
+
+
 def main(argv=None) -> None:
   args = parse_args(argv)
   args.out = os.path.abspath(args.out)
+  if not args.torch_stage:  # the stages run in --torch_python get their inputs from OUT
+    resolve_setup(args)
   if args.torch_stage == "verify":
     torch_verify(args)
   elif args.torch_stage == "train":
