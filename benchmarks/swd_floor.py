@@ -31,12 +31,6 @@ def folder_images(folder: str, resolution: int, num: int, data_dir: str, key: st
   return np.stack([prepared.data_source[i] for i in range(min(num, prepared.num_examples))])
 
 
-def swd_between(a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, float]:
-  """SWD x10^3 (per level and ``swd_avg``) between two uint8 image sets."""
-  batches = lambda x: (x[i:i + 256] for i in range(0, len(x), 256))
-  return swd.compute_swd(swd.accumulate(batches(a), seed=seed), swd.accumulate(batches(b), seed=seed), seed=seed)
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--a", required=True, help="a folder of images (e.g. the source's training images)")
@@ -47,7 +41,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   a = folder_images(args.a, args.resolution, args.num, args.data_dir, "--a")
   b = folder_images(args.b, args.resolution, args.num, args.data_dir, "--b")
-  values = swd_between(a, b)
+  values = swd.swd_of_images(a, b)
   print(f"{len(a)} images of {args.a} against {len(b)} of {args.b}")
   for key, value in values.items():
     print(f"  {key:10s} {value:8.2f}")

@@ -65,9 +65,7 @@ def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tu
 
 
 def _swd(fakes: np.ndarray, reals: np.ndarray, seed: int = 0) -> float:
-  batches = lambda x: (x[i:i + 256] for i in range(0, len(x), 256))
-  values = swd.compute_swd(swd.accumulate(batches(reals), seed=seed), swd.accumulate(batches(fakes), seed=seed), seed=seed)
-  return float(values["swd_avg"])
+  return float(swd.swd_of_images(reals, fakes, seed=seed)["swd_avg"])
 
 
 def _labelled(grid: np.ndarray, labels: tuple[str, ...], cell: int, scale: int) -> np.ndarray:

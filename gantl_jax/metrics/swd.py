@@ -333,6 +333,14 @@ def accumulate(batches: Iterable[np.ndarray], *, seed: int = 0,
   return acc
 
 
+def swd_of_images(a: np.ndarray, b: np.ndarray, *, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+  """SWD x 10^3 (per level and ``swd_avg``) between two uint8 NHWC image arrays held in memory, each
+  accumulated ``batch_size`` images at a time with the same ``seed``."""
+  def batches(x):
+    return (x[i:i + batch_size] for i in range(0, len(x), batch_size))
+  return compute_swd(accumulate(batches(a), seed=seed), accumulate(batches(b), seed=seed), seed=seed)
+
+
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, *, seed: int | Sequence[int] = 0,
                        dir_repeats: int = DIR_REPEATS, dirs_per_repeat: int = DIRS_PER_REPEAT) -> float:
   """Mean 1-D Wasserstein-1 distance between projections of a (n, D) and b (m, D) on random unit directions.
