@@ -99,19 +99,21 @@ def flag_intervals(config: ConfigDict) -> dict[str, Optional[int]]:
   return {name: (interval(config) if m in on else None) for m in REGISTRY for name, interval in m.flags}
 
 
-def frozen_networks(config: ConfigDict) -> dict[str, str]:
-  """{name in ``frozen``: transfer-source item} that the enabled methods read."""
+def _merged(config: ConfigDict, field: str) -> dict[str, Any]:
+  """The dicts that the enabled methods' ``field`` hook returns for ``config``, merged in order."""
   out = {}
   for m in active(config):
-    if m.frozen is not None:
-      out.update(m.frozen(config))
+    hook = getattr(m, field)
+    if hook is not None:
+      out.update(hook(config))
   return out
+
+
+def frozen_networks(config: ConfigDict) -> dict[str, str]:
+  """{name in ``frozen``: transfer-source item} that the enabled methods read."""
+  return _merged(config, "frozen")
 
 
 def initial_extras(config: ConfigDict) -> dict[str, Any]:
   """The state extras the enabled methods keep, with their initial values."""
-  out = {}
-  for m in active(config):
-    if m.extras is not None:
-      out.update(m.extras(config))
-  return out
+  return _merged(config, "extras")
