@@ -59,9 +59,6 @@ from benchmarks import transfer_study_report as report  # noqa: E402
 from gantl_jax import config as config_lib  # noqa: E402
 from gantl_jax import errors  # noqa: E402
 from gantl_jax.training import jsonl  # noqa: E402
-from gantl_jax.training import optim  # noqa: E402
-
-NOISE_STRENGTHS = optim.NOISE_STRENGTHS  # freeze.g of the _nf arms: what the 'noise' freeze preset freezes
 
 # arm -> (its config file, or None for --config, configs/demo_anime.py: FreezeD + ADA, d_blocks=2;
 # the overrides on top of it). The few-shot methods' arms are the project's presets for them.
@@ -79,11 +76,11 @@ ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
     # _nf: G's noise strengths frozen at the source's. Fine-tuned on 10 shots, G raises them (b32
     # conv0 70-fold in 4 kimg), which draws the per-pixel speckle seen as checkerboard artifacts.
     "freezed_r1": (None, {"freeze.preset": "freezed", "augment.kind": "none", "train.r1_gamma": 1.0}),
-    "freezed_nf": (None, {"freeze.preset": "freezed", "augment.kind": "none", "freeze.g": NOISE_STRENGTHS}),
+    "freezed_nf": (None, {"freeze.preset": "freezed,noise", "augment.kind": "none"}),
     "freezed_cdc_r1": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none",
                                                   "train.r1_gamma": 1.0}),
-    "freezed_cdc_r1_nf": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none",
-                                                     "train.r1_gamma": 1.0, "freeze.g": NOISE_STRENGTHS}),
+    "freezed_cdc_r1_nf": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed,noise", "augment.kind": "none",
+                                                     "train.r1_gamma": 1.0}),
 }
 DEFAULT_ARMS = [a for a in ARMS if a != "ewc" and not a.endswith(("_r1", "_nf"))]
 DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed; held out: 1,000,000 on

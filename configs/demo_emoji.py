@@ -22,6 +22,6 @@ def get_config():
   c.augment.update(kind="none")
   c.freeze.update(preset="freezed,noise")
   c.train.update(total_kimg=4.0, r1_gamma=1.0, sample_every=125)
-  c.eval.update(every_kimg=1.0, metrics="swd,diversity,copies,correspondence")
+  c.eval.update(every_kimg=1.0)
   c.checkpoint.update(every_steps=125)
   return c
