@@ -4,6 +4,7 @@ The environment variables are inherited by the subprocesses that some tests star
 multi-process jobs), so they compile once per program for the whole test session.
 """
 import os
+import queue
 import tempfile
 import threading
 
@@ -49,24 +50,46 @@ class BackgroundJob:
     return self._result
 
 
-@pytest.fixture(scope="session", autouse=True)
-def background(request, tmp_path_factory):
-  """{(module name, job name): BackgroundJob} of the selected test modules that define
-  ``background_jobs(tmp_path_factory) -> {name: function}``.
+class BackgroundJobs(dict):
+  """{(module name, job name): BackgroundJob}, run one after another on one daemon thread."""
 
-  Jobs that run their own processes (multi-process jobs, the GPU check script) spend most of their
-  time compiling in those processes or waiting for each other, while this process compiles on one
-  core: they start with the session, one after another on one thread, and their tests wait for
-  their results. The module's function runs here, in the main thread, before the thread starts;
-  the functions it returns only start and watch subprocesses."""
-  modules = []
-  for item in request.session.items:
-    module = getattr(item, "module", None)
-    if hasattr(module, "background_jobs") and module not in modules:
-      modules.append(module)
-  jobs = {(m.__name__, name): BackgroundJob(run)
-          for m in modules for name, run in m.background_jobs(tmp_path_factory).items()}
-  thread = threading.Thread(target=lambda: [job.run() for job in jobs.values()], daemon=True)
-  thread.start()
+  def __init__(self):
+    super().__init__()
+    self._queue = queue.Queue()
+    threading.Thread(target=self._work, daemon=True).start()
+
+  def _work(self):
+    while True:
+      self._queue.get().run()
+      self._queue.task_done()
+
+  def submit(self, module, tmp_path_factory):
+    """Queues the jobs of ``module`` (its ``background_jobs(tmp_path_factory)``, called here)."""
+    for name, run in module.background_jobs(tmp_path_factory).items():
+      self[(module.__name__, name)] = job = BackgroundJob(run)
+      self._queue.put(job)
+
+  def join(self):
+    self._queue.join()  # each job has its own timeout; no process of it outlives the session
+
+
+@pytest.fixture(scope="session")
+def background():
+  """The subprocess jobs of the modules run so far (`BackgroundJobs`); their tests wait for them."""
+  jobs = BackgroundJobs()
   yield jobs
-  thread.join()  # each job has its own timeout; no process of it outlives the session
+  jobs.join()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _start_background_jobs(request, tmp_path_factory):
+  """A module that defines ``background_jobs(tmp_path_factory) -> {name: function}`` has its jobs
+  started when its first test starts, in the process (xdist worker) that runs the module.
+
+  The jobs run their own processes (launch.py, multi-process jobs, the GPU check script), which
+  spend most of their time compiling in those processes or waiting for each other: they run on a
+  background thread while the module's other tests run here, and the tests that need a job's
+  result wait for it. The module's function runs here, in the main thread; the functions it
+  returns only start and watch subprocesses."""
+  if hasattr(request.module, "background_jobs"):
+    request.getfixturevalue("background").submit(request.module, tmp_path_factory)
