@@ -93,3 +93,17 @@ def _start_background_jobs(request, tmp_path_factory):
   returns only start and watch subprocesses."""
   if hasattr(request.module, "background_jobs"):
     request.getfixturevalue("background").submit(request.module, tmp_path_factory)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Modules with background jobs first, then modules with ``slow`` tests, then the rest, each
+  group in collection order: with pytest-xdist handing out whole files (``--dist loadfile
+  --no-loadscope-reorder``), the long subprocess jobs overlap the in-process tests and the last
+  files to run are short ones, so neither worker waits alone at the end."""
+  def rank(item):
+    module = getattr(item, "module", None)
+    if hasattr(module, "background_jobs"):
+      return 0
+    return 1 if module in slow_modules else 2
+  slow_modules = {getattr(item, "module", None) for item in items if item.get_closest_marker("slow")}
+  items[:] = sorted(items, key=rank)  # stable: the order within a module is kept

@@ -290,6 +290,7 @@ def test_same_augmentation_on_1_and_8_devices(kind):
   assert not np.allclose(np.asarray(one), np.asarray(x))
 
 
+@pytest.mark.slow
 def test_step_shows_d_augmented_reals_and_takes_r1_through_the_augmentation():
   """With both learning rates 0 (the networks stay at init), the step's D-main logits of the reals
   and its R1 penalty equal those recomputed here from the step's per-example keys: D sees
@@ -542,6 +543,7 @@ def tiny_ada_run(tmp_path_factory):
   return root, config
 
 
+@pytest.mark.slow
 def test_tiny_ada_run_raises_p_and_logs_it(tiny_ada_run):
   """Within 32 steps D is over-confident on the reals and p rises above 0 (measured with seeds
   0-5: the first rise comes by step 20 in each); every move of p follows the sign of r_t - 0.6;
@@ -561,6 +563,7 @@ def test_tiny_ada_run_raises_p_and_logs_it(tiny_ada_run):
   assert float(final_extras(root / "run", config)["aug_p"]) == p[-1]
 
 
+@pytest.mark.slow
 def test_tiny_ada_run_resumed_continues_p_exactly(tiny_ada_run):
   """Stopped after 16 steps and resumed to 32, the run logs the same p and r_t at every step and
   ends with the same extras as the run that was not stopped (the official code restarts p at 0)."""

@@ -94,6 +94,7 @@ def test_any_exception_mid_run_commits_the_save_in_flight(tmp_path, monkeypatch,
           f"kept in {workdir}/checkpoints") in caplog.text
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_set_aside_and_the_run_resumes_before_it(tmp_path, caplog):
   workdir = tmp_path / "run"
   train.train_and_evaluate(make_config(tmp_path), str(workdir))

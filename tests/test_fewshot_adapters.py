@@ -280,6 +280,7 @@ def test_config_errors_name_the_key():
 # A run end to end on the 8 simulated devices.
 
 
+@pytest.mark.slow
 def test_run_with_adapters_and_ewc(tmp_path, source, monkeypatch):
   """Adapters on the layer of highest Fisher, the two others fine-tuned, EWC on: the Fisher is
   computed once and stored, the penalty starts at exactly 0, only the allowed parameters move,

@@ -245,6 +245,7 @@ def test_transfer_initialises_the_patch_head_and_reports_it(transferred, capsys)
   assert "        new: params/patch_head/weight" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_transferred_run_trains_with_finite_losses_and_cdc_from_zero(trained):
   metrics = trained["metrics"]
   for i, m in enumerate(metrics):

@@ -62,6 +62,7 @@ def _check(name: str, run: common.Run, ref: common.Run) -> None:
   assert int(run.snapshots[10]["['step']"]) == 10
 
 
+@pytest.mark.slow
 def test_pmap_and_jit_on_8_devices_match_one_device():
   assert jax.device_count() == 8
   ref = common.reference("jit", 1)

@@ -57,6 +57,7 @@ def study_args(root):
           *[f"--set={k}={v}" for k, v in TINY.items()]]
 
 
+@pytest.mark.slow
 def test_quick_study_runs_the_grid_reports_and_skips_finished_runs(source, capsys):
   out = source / "study"
   assert transfer_study.main(study_args(source)) == 0
