@@ -3,7 +3,7 @@ call cannot fail on a typo.
 
 The full run (marked slow) uses configs/tiny.py shrunk to 8 px: compile is what costs, six
 programs at XLA's optimisation level 0, 73 CPU seconds, 112 s on the 2-core box at load average 3-6,
-56 s with the test session's compilation cache warm; it starts with the test session and runs
+56 s with the test session's compilation cache warm; it starts with this module and runs
 beside the other tests (``background_jobs``, conftest.py). The failure paths run in seconds.
 Part 5 (the official PyTorch step) is skipped with its reason here: torch is not in this
 environment, nor the official source. Timeouts are generous: no assertion depends on the box's
@@ -44,7 +44,7 @@ def run_check(out_dir, **env):
 
 
 def background_jobs(tmp_path_factory):
-  """The full run starts with the test session and runs beside the other tests (conftest.py): its
+  """The full run starts with this module and runs beside the other tests (conftest.py): its
   parts compile in their own processes."""
   out = tmp_path_factory.mktemp("gpu_check")
   # A folder that looks like the official source, so that the torch check is what decides.

@@ -58,7 +58,7 @@ CASES = {
 
 
 def background_jobs(tmp_path_factory):
-  """The launches of every case start with the test session and run beside the other tests
+  """The launches of every case start with this module and run beside the other tests
   (conftest.py), one after another; each case's test reads its launch's outcome."""
   folders = {case: tmp_path_factory.mktemp(case) for case in sorted(CASES)}
   return {case: functools.partial(_launch, folders[case], *CASES[case][0]) for case in folders}

@@ -183,7 +183,7 @@ def _launch(workdir, data_dir, hash_seed):
 
 
 def background_jobs(tmp_path_factory):
-  """The two launches start with the test session and run beside the other tests (conftest.py);
+  """The two launches start with this module and run beside the other tests (conftest.py);
   ``test_a_second_launch_reads_the_train_step_from_the_compilation_cache`` waits for them."""
   tmp_path = tmp_path_factory.mktemp("second_launch")
   return {"second_launch": lambda: _second_launch(tmp_path)}

@@ -186,8 +186,8 @@ def _prepare(tmp_path):
 
 
 def background_jobs(tmp_path_factory):
-  """Both jobs run beside the in-process tests from the start of the session (conftest.py): their
-  processes compile on the core this one leaves idle, and wait LATE_S for each other."""
+  """Both jobs start with this module and run beside the in-process tests (conftest.py): their
+  processes compile while the other workers compile theirs, and wait LATE_S for each other."""
   pmap_dir, launch_dir = tmp_path_factory.mktemp("pmap_job"), tmp_path_factory.mktemp("launch_job")
   prepared = _prepare(launch_dir)
   return {"pmap": lambda: _pmap_job(pmap_dir), "launch": lambda: (_launch_job(launch_dir), prepared)}

@@ -4,7 +4,7 @@ at the current step.
 
 All subprocesses share one environment: one CPU device (conftest's simulated devices removed) and
 conftest's persistent compilation cache, so the tiny model's programs compile once. The launches
-start with the test session and run beside the other tests (``background_jobs``, conftest.py).
+start with this module and run beside the other tests (``background_jobs``, conftest.py).
 """
 import functools
 import json
@@ -90,7 +90,7 @@ def metrics(workdir):
 
 
 def background_jobs(tmp_path_factory):
-  """Every launch of this module starts with the test session and runs beside the other tests
+  """Every launch of this module starts when the module does and runs beside its other tests
   (conftest.py), one after another: the uninterrupted run first (the others read its compiled
   programs from the shared cache). The tests wait for their launches and read the checkpoints."""
   data_dir = str(tmp_path_factory.mktemp("tfds"))

@@ -117,7 +117,7 @@ def _launch(workdir, *overrides, timeout=900, env=None):
 
 
 def background_jobs(tmp_path_factory):
-  """The end-to-end launches start with the test session and run beside the other tests
+  """The end-to-end launches start with this module and run beside the other tests
   (conftest.py); ``test_launch_end_to_end`` waits for them."""
   tmp_path = tmp_path_factory.mktemp("launch_end_to_end")
   return {"end_to_end": lambda: _launch_end_to_end(tmp_path)}
