@@ -60,6 +60,10 @@ _REAL_FOLDER = flags.DEFINE_string("real_folder", "", "eval/compare: a folder of
                                    "set, else its training images).")
 _INCEPTION = flags.DEFINE_string("inception_weights", "", "eval: Inception weight file for kid/fid "
                                  "(default: the run's eval.inception_weights).")
+_LABEL_FOLDER = flags.DEFINE_string("label_folder", "", "eval: a folder of labelled real images "
+                                    "(<label>_*.png) for the class_share metric (default: the run's eval.label_folder).")
+_TARGET_LABEL = flags.DEFINE_string("target_label", "", "eval: the label class_share counts (default: the "
+                                    "run's eval.target_label).")
 flags.mark_flags_as_required(["workdir"])
 # The config keys that modes other than train read from --config (how to reach the devices and the
 # compilation cache); every other key comes from the run's own config.json.
@@ -290,7 +294,8 @@ def main(argv):
       from gantl_jax.cli import evaluate
       evaluate.evaluate_workdir(_WORKDIR.value, step=_STEP.value, metrics=_METRICS.value,
                                 num_fake=_NUM_FAKE.value, inception_weights=_INCEPTION.value,
-                                real_folder=_REAL_FOLDER.value)
+                                real_folder=_REAL_FOLDER.value, label_folder=_LABEL_FOLDER.value,
+                                target_label=_TARGET_LABEL.value)
   except (errors.ConfigError, errors.DataError, FileNotFoundError) as e:
     _fail(str(e))
   except (errors.TrainingError, errors.CheckpointError, errors.LogError) as e:

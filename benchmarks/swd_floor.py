@@ -24,11 +24,12 @@ from gantl_jax.metrics import distances, diversity, swd  # noqa: E402
 
 
 def folder_images(folder: str, resolution: int, num: int, data_dir: str, key: str) -> np.ndarray:
-  """Up to ``num`` uint8 NHWC images of ``folder`` as training would read them."""
+  """Up to ``num`` uint8 NHWC images of ``folder`` as training would read them, chosen as the
+  evaluators choose them (by the default ``eval.seed``) when the folder has more."""
   data_config = defaults.get_config().data
   data_config.data_dir = data_dir
   prepared = pipeline.prepare_folder(folder, data_config=data_config, resolution=resolution, key=key, verbose=False)
-  return np.stack([prepared.data_source[i] for i in range(min(num, prepared.num_examples))])
+  return pipeline.take_images(prepared, num, seed=int(defaults.get_config().eval.seed))
 
 
 def main(argv=None) -> int:

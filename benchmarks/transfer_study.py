@@ -275,8 +275,9 @@ def plan(args) -> list[dict]:
 
 
 # What a run's curve keeps of each evaluation: where, SWD, and the headline values and pyramid-
-# distance details of the diagnostics (diversity, its ratio to held-out reals, copies, correspondence).
-CURVE_KEYS = ("kimg", "step", "swd", "diversity", "copies", "correspondence", "pyramid_")
+# distance details of the diagnostics (diversity, its ratio to held-out reals, copies, correspondence,
+# the class share and the share of each label).
+CURVE_KEYS = ("kimg", "step", "swd", "diversity", "copies", "correspondence", "pyramid_", "class_share")
 
 
 def result_key(record: dict) -> tuple:

@@ -38,9 +38,9 @@ def markers(block: str = BLOCK) -> tuple[str, str]:
 BEGIN, END = markers()
 # The diagnostics' final values in the table and their curves in the plot, when the runs have them:
 # (key of the eval record, label). The diversity ratio is the samples' mean pairwise distance over
-# the held-out reals'; copies and correspondence as in gantl_jax.metrics.samples.
+# the held-out reals'; copies, correspondence and the class share as in gantl_jax.metrics.samples.
 DIAGNOSTICS = (("pyramid_diversity_ratio", "diversity ratio"), ("copies", "copies"),
-               ("correspondence", "correspondence"))
+               ("correspondence", "correspondence"), ("class_share", "class share"))
 # Distinct colours for up to 10 arms (Tableau 10).
 COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
            "#9c755f", "#bab0ac"]

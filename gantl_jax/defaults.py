@@ -151,7 +151,7 @@ def get_config() -> ml_collections.ConfigDict:
   # and which images they were measured against go to DIR/eval.jsonl.
   c.eval = ml_collections.ConfigDict(dict(
       every_kimg=0.0,            # 0: no evaluation during training
-      metrics="",                # comma-separated: swd, kid, fid, diversity, copies, correspondence
+      metrics="",                # comma-separated: swd, kid, fid, diversity, copies, correspondence, class_share
       num_fake=1000,
       num_real=1000,
       batch_size=64,             # samples generated per call (rounded to a multiple of the devices)
@@ -172,6 +172,10 @@ def get_config() -> ml_collections.ConfigDict:
       # perceptual distance beside the weight-free pyramid distance; '' skips LPIPS.
       num_diagnostic=1000,
       lpips_weights="",
+      # class_share: a folder of labelled real images named <label>_<anything>.png (python -m
+      # gantl_jax.data.idx writes them), and the label the samples should get from their nearest ones.
+      label_folder="",
+      target_label="",
   ))
 
   # Transfer source: an Orbax checkpoint of this project (a run's workdir, its checkpoints/ dir

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import tiny
@@ -133,3 +134,18 @@ def test_sample_evaluators_say_what_they_lack(tmp_path):
   bad = _config(tmp_path, metrics="diversity", lpips_weights=str(tmp_path / "vgg.npz"))
   with pytest.raises(errors.ConfigError, match=r"^eval.lpips_weights='.*vgg.npz': "):
     metrics.get_evaluators(bad.eval)
+
+
+def test_offline_class_share_from_a_labelled_folder(runs, held_out_folder, tmp_path):
+  """``--mode eval`` with a labelled folder (the domain's held-out images and flat grey frames):
+  the shares of the two labels are measured on the run's samples and add up to 1."""
+  folder = tmp_path / "labelled"
+  folder.mkdir()
+  for i, name in enumerate(sorted(os.listdir(held_out_folder))[:8]):
+    os.symlink(os.path.join(held_out_folder, name), folder / f"domain_{i}.png")
+    image_io.save_png(np.full((16, 16, 3), 40 * (i % 4), np.uint8), str(folder / f"grey_{i}.png"))
+  record = evaluate.evaluate_workdir(str(runs / "heldout"), metrics="class_share", label_folder=str(folder),
+                                     target_label="domain")
+  assert record["class_share"] == record["class_share_domain"]
+  assert record["class_share_domain"] + record["class_share_grey"] == pytest.approx(1.0)
+  assert _evals(runs / "heldout")[-1] == record

@@ -234,12 +234,13 @@ def test_evaluator_values_and_real_statistics_cache(weight_file, tmp_path):
 
   values = metrics.run_evaluators(evaluators, fake_batches, prepared, config)
   assert calls == [6] and set(values) == {"kid", "fid"}  # one pass serves both
-  # The real statistics went to the cache beside the data, keyed by count and weight hash ...
+  # The real statistics went to the cache beside the data, keyed by count, the seed that chose
+  # 5 of the 7 images, and weight hash ...
   weights = kid_fid.load_configured_weights(config)
   cached = list((data_path / "eval_cache").iterdir())
-  assert [p.name for p in cached] == [f"inception_{weights.sha256[:16]}_v1_n5.npz"]
+  assert [p.name for p in cached] == [f"inception_{weights.sha256[:16]}_v1_n5_s123.npz"]
   # ... and are read back instead of recomputed (real images that cannot be read prove it).
-  reals = metrics.RealImages(prepared, 5, 8)
+  reals = metrics.RealImages(prepared, 5, 8, seed=123)
   reals.data_source = None  # iterating would fail
   real = kid_fid.cached_real_stats(reals, weights, keep_features=True)
   assert real.num == 5
@@ -272,3 +273,32 @@ def test_real_images_cache_tag():
   assert metrics.RealImages(Prepared(data_source=MirroredSource(4), data_path="/d"), 4, 4).cache_tag == "n4"
   assert metrics.RealImages(Prepared(data_source=MirroredSource(4), data_path="/d"), 6, 4).cache_tag == "n6_mirror"
   assert metrics.RealImages(Prepared(data_source=[0] * 8, data_path=""), 3, 4).cache_dir is None
+
+
+def test_fewer_real_images_than_the_set_holds_are_a_seeded_choice_not_the_first():
+  """A folder sorted class by class (50 of one class, then 50 of another): 50 real images are
+  drawn from both classes, the same ones for the same eval.seed, and cached under their own tag."""
+  source = [np.full((2, 2, 3), i, np.uint8) for i in range(100)]
+
+  def values(reals):
+    return np.concatenate([batch[:, 0, 0, 0] for batch in reals])
+
+  reals = metrics.RealImages(Prepared(data_source=source, data_path="/d"), 50, 16, seed=123)
+  chosen = values(reals)
+  assert len(set(chosen)) == 50 and list(chosen) == sorted(chosen)
+  assert 15 < np.sum(chosen < 50) < 35  # the first 50 would all be of the first class
+  assert reals.cache_tag == "n50_s123"
+  assert list(values(metrics.RealImages(Prepared(data_source=source, data_path="/d"), 50, 16, seed=123))) == list(chosen)
+  assert list(values(metrics.RealImages(Prepared(data_source=source, data_path="/d"), 50, 16, seed=7))) != list(chosen)
+  every = metrics.RealImages(Prepared(data_source=source, data_path="/d"), 100, 16, seed=123)
+  assert list(values(every)) == list(range(100)) and every.cache_tag == "n100"
+
+
+def test_take_images_chooses_as_the_evaluators_do():
+  from gantl_jax.data import pipeline
+  prepared = types.SimpleNamespace(data_source=[np.full((2, 2, 3), i, np.uint8) for i in range(100)], num_examples=100)
+  taken = pipeline.take_images(prepared, 50, seed=123)[:, 0, 0, 0]
+  reals = metrics.RealImages(Prepared(data_source=prepared.data_source, data_path=""), 50, 64, seed=123)
+  assert list(taken) == list(np.concatenate([b[:, 0, 0, 0] for b in reals]))
+  assert list(pipeline.take_images(prepared, 5)[:, 0, 0, 0]) == [0, 1, 2, 3, 4]
+  assert len(pipeline.take_images(prepared, 500, seed=1)) == 100

@@ -40,18 +40,18 @@ _ROW_LABELS = ("source", "transferred", "blend", "target shots")
 
 
 def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tuple[np.ndarray, str]:
-  """uint8 NHWC target images and what they are: the first ``num`` training images, or with
-  ``held_out`` ``num`` images the run never trained on: of ``real_folder`` (else the run's
-  ``eval.real_folder``), or of its synthetic domain. A folder run with no held-out folder falls
+  """uint8 NHWC target images and what they are: ``num`` training images, or with ``held_out``
+  ``num`` images the run never trained on: of ``real_folder`` (else the run's
+  ``eval.real_folder``), or of its synthetic domain; fewer than a prepared set holds are chosen
+  by ``eval.seed`` as the evaluators choose them (`pipeline.take_images`). A folder run with no held-out folder falls
   back to its training images, and the description says so."""
   d, res, channels = config.data, config.model.resolution, config.model.img_channels
   real_folder = real_folder or (config.eval.real_folder if held_out else "")
   if held_out and real_folder:
     prepared = pipeline.prepare_folder(real_folder, data_config=d, resolution=res,
                                        key="--real_folder", channels=channels, verbose=False)
-    count = min(num, prepared.num_examples)
-    return (np.stack([prepared.data_source[i] for i in range(count)]),
-            f"{count} held-out images of {real_folder}")
+    images = pipeline.take_images(prepared, num, seed=int(config.eval.seed))
+    return images, f"{len(images)} held-out images of {real_folder}"
   if d.source == "synthetic":
     start = checks.HELD_OUT_START if held_out else 0
     count = num if held_out else min(num, int(d.num_images))
@@ -59,9 +59,8 @@ def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tu
         synthetic.render(d.domain, np.arange(start, start + count), resolution=res, seed=int(d.seed)), channels)
     return pixels, (f"{count} held-out '{d.domain}' images" if held_out else "training images")
   prepared = pipeline.prepare(d, resolution=res, channels=channels, verbose=False)
-  count = min(num, prepared.num_examples)
-  return (np.stack([prepared.data_source[i] for i in range(count)]),
-          f"the {count} training images (not held out: give --real_folder)")
+  images = pipeline.take_images(prepared, num, seed=int(config.eval.seed))
+  return images, f"the {len(images)} training images (not held out: give --real_folder)"
 
 
 def _swd(fakes: np.ndarray, reals: np.ndarray, seed: int = 0) -> float:

@@ -1,5 +1,6 @@
 """Offline evaluation of a run's G-EMA: ``python launch.py --mode eval --workdir DIR [--step N]
-[--metrics swd,kid,fid] [--num_fake 10000] [--real_folder HELD_OUT_DIR]``. Appends one record to
+[--metrics swd,kid,fid] [--num_fake 10000] [--real_folder HELD_OUT_DIR] [--label_folder DIR
+--target_label L]``. Appends one record to
 ``DIR/eval.jsonl`` (marked ``"offline": true``) and prints a table, both saying which real images
 the values were measured against. The samples, the real images and the metrics are those of the
 evaluation hook in training (``eval.*`` of the run's config, overridable here)."""
@@ -21,11 +22,13 @@ from gantl_jax.training import transfer
 
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str = "",
-                     num_fake: int = 0, inception_weights: str = "", real_folder: str = "") -> dict:
+                     num_fake: int = 0, inception_weights: str = "", real_folder: str = "",
+                     label_folder: str = "", target_label: str = "") -> dict:
   """Evaluates G-EMA of ``step`` (default: the latest checkpoint) of the run in ``workdir`` with
   ``metrics`` (default: the run's ``eval.metrics``, else 'swd') against ``real_folder`` (default:
-  the run's ``eval.real_folder`` or held-out set, else its training images); returns the record
-  written."""
+  the run's ``eval.real_folder`` or held-out set, else its training images), and for
+  'class_share' ``label_folder`` and ``target_label`` (default: the run's ``eval.*``); returns the
+  record written."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   mesh = parallel.make_mesh()
   config, nets, step, g_vars = runs.load_g_ema(workdir, step, parallel.replicated(mesh))
@@ -33,6 +36,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, metrics: str =
   e.metrics = metrics or e.metrics or "swd"
   e.num_fake = num_fake or e.num_fake
   e.inception_weights = inception_weights or e.inception_weights
+  e.label_folder = label_folder or e.label_folder
+  e.target_label = target_label or e.target_label
   e.every_kimg = e.every_kimg or 1.0  # the hook's schedule does not apply here
   if real_folder:
     e.real_folder, e.heldout = real_folder, False

@@ -92,6 +92,23 @@ class PreparedData:
   options: dict = dataclasses.field(default_factory=dict)
 
 
+def subset_indices(count: int, num: int, seed: int | None = None) -> np.ndarray:
+  """Indices of ``num`` of ``count`` images: all of them when ``num >= count``; else the first
+  ``num`` with ``seed=None``, or a uniform choice without replacement by
+  ``np.random.default_rng(seed)``, in index order. A seeded choice matters when the order has a
+  structure, as a folder's file names do (``<class>_<index>.png`` sorts class by class)."""
+  if num >= count:
+    return np.arange(count)
+  if seed is None:
+    return np.arange(max(0, num))
+  return np.sort(np.random.default_rng(seed).choice(count, num, replace=False))
+
+
+def take_images(prepared: PreparedData, num: int, seed: int | None = None) -> np.ndarray:
+  """uint8 NHWC: ``num`` of the prepared images (never their mirrors) chosen by `subset_indices`."""
+  return np.stack([prepared.data_source[i] for i in subset_indices(prepared.num_examples, num, seed)])
+
+
 def prepare(data_config: ml_collections.ConfigDict, *, resolution: int, channels: int = 3,
             verbose: bool = True) -> PreparedData:
   """Builds the tfds dataset once (reused when already prepared) and opens it.

@@ -24,6 +24,7 @@ import numpy as np
 
 from gantl_jax import cache
 from gantl_jax.errors import ConfigError
+from gantl_jax.metrics import class_share as class_share_lib
 from gantl_jax.metrics import kid_fid, samples, swd
 
 Batches = Iterator[np.ndarray]
@@ -59,7 +60,7 @@ def evaluate_swd(fakes: Batches, reals: Batches, eval_config: ml_collections.Con
 EVALUATORS: dict[str, Evaluator] = {
     "swd": evaluate_swd, "kid": kid_fid.evaluate, "fid": kid_fid.evaluate,
     "diversity": samples.evaluate, "copies": samples.evaluate,
-    "correspondence": samples.evaluate_correspondence}
+    "correspondence": samples.evaluate_correspondence, "class_share": samples.evaluate_class_share}
 
 
 def best_mode(metric: str) -> str:
@@ -89,6 +90,8 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
       samples.lpips_weights(eval_config.lpips_weights)  # read here, once per process, before training
     except ValueError as e:
       raise ConfigError(str(e)) from None
+  if "class_share" in names:
+    check_label_folder(eval_config)
   inception_names = tuple(n for n in names if n in kid_fid.METRICS)
   if inception_names and kid_fid.load_configured_weights(eval_config) is None:
     if keep_best in inception_names:
@@ -99,11 +102,28 @@ def get_evaluators(eval_config: ml_collections.ConfigDict, keep_best: str = "") 
   return {n: EVALUATORS[n] for n in names}
 
 
-def real_batches(data_source, num: int, batch_size: int) -> Batches:
-  """The first ``num`` images of a prepared data source (uint8 HWC rows), in batches."""
-  num = min(num, len(data_source))
-  for start in range(0, num, batch_size):
-    yield np.stack([data_source[i] for i in range(start, min(start + batch_size, num))])
+def check_label_folder(eval_config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the key unless ``eval.label_folder`` lists labelled images among which
+  ``eval.target_label`` is a label (the images themselves are read at the first evaluation)."""
+  from gantl_jax.data import builders  # pylint: disable=import-outside-toplevel  # tfds: only if asked
+  folder, target = eval_config.label_folder, str(eval_config.target_label)
+  if not folder or not target:
+    raise ConfigError("eval.metrics: 'class_share' labels the samples by their nearest images of a labelled "
+                      "folder; set eval.label_folder (files named <label>_*.png) and eval.target_label")
+  try:
+    files, _ = builders.list_images(folder)
+    labels = {class_share_lib.label_of(f) for f in files}
+  except ValueError as e:
+    raise ConfigError(f"eval.label_folder={folder!r}: {e}") from None
+  if target not in labels:
+    raise ConfigError(f"eval.target_label={target!r} is not a label of eval.label_folder={folder!r} "
+                      f"(its labels: {', '.join(sorted(labels))})")
+
+
+def real_batches(data_source, indices, batch_size: int) -> Batches:
+  """The images ``indices`` of a prepared data source (uint8 HWC rows), in batches."""
+  for start in range(0, len(indices), batch_size):
+    yield np.stack([data_source[int(i)] for i in indices[start:start + batch_size]])
 
 
 def prepare_reals(config: ml_collections.ConfigDict, prepared, verbose: bool = True):
@@ -145,26 +165,33 @@ def describe_reals(config: ml_collections.ConfigDict, reals) -> str:
 
 
 class RealImages:
-  """The first ``num`` images of a prepared dataset as an iterable of uint8 batches, and where
-  statistics of exactly these images may be cached.
+  """``num`` images of a prepared dataset as an iterable of uint8 batches, and where statistics
+  of exactly these images may be cached.
 
+  With fewer than the dataset holds, they are a uniform choice by ``seed`` (`eval.seed`;
+  `pipeline.subset_indices`), not the first ones: a folder's order is its file names', which may
+  sort class by class. With more, they are all of them and then their mirrors, in order.
   ``cache_dir`` is beside the prepared data (``<prepared.data_path>/eval_cache``: the path
-  already fingerprints the dataset and its resolution); ``cache_tag`` names the image count
-  (and mirroring, when the count reaches into the x-flipped copies).
+  already fingerprints the dataset and its resolution); ``cache_tag`` names the image count, the
+  seed of a chosen subset and mirroring, when the count reaches into the x-flipped copies.
   """
 
-  def __init__(self, prepared, num: int, batch_size: int):
+  def __init__(self, prepared, num: int, batch_size: int, seed: int = 0):
+    from gantl_jax.data import pipeline  # pylint: disable=import-outside-toplevel  # tfds: only here
     source = prepared.data_source
     self.data_source = source
     self.num = min(int(num), len(source))
     self.batch_size = batch_size
-    mirrored = bool(getattr(source, "mirror", False)) and self.num > getattr(source, "size", self.num)
-    self.cache_tag = f"n{self.num}" + ("_mirror" if mirrored else "")
+    size = getattr(source, "size", len(source))
+    mirrored = bool(getattr(source, "mirror", False)) and self.num > size
+    chosen = self.num < size
+    self.indices = pipeline.subset_indices(size, self.num, seed) if chosen else np.arange(self.num)
+    self.cache_tag = f"n{self.num}" + (f"_s{seed}" if chosen else "") + ("_mirror" if mirrored else "")
     data_path = getattr(prepared, "data_path", "")
     self.cache_dir = os.path.join(data_path, "eval_cache") if data_path else None
 
   def __iter__(self) -> Batches:
-    return real_batches(self.data_source, self.num, self.batch_size)
+    return real_batches(self.data_source, self.indices, self.batch_size)
 
 
 def sample_context(config: ml_collections.ConfigDict, prepared, eval_reals,
@@ -181,11 +208,11 @@ def run_evaluators(evaluators: dict[str, Evaluator], fake_batches: Callable[[int
                    prepared, eval_config: ml_collections.ConfigDict,
                    context: samples.SampleContext | None = None) -> dict[str, float]:
   """Runs each distinct evaluator once on ``eval.num_fake`` samples (``fake_batches(num)``) and
-  up to ``eval.num_real`` images of ``prepared`` (a `RealImages`); returns all their values in
-  one dict."""
+  up to ``eval.num_real`` images of ``prepared`` (a `RealImages` chosen by ``eval.seed``); returns
+  all their values in one dict."""
   out = {}
   for fn in dict.fromkeys(evaluators.values()):  # 'kid' and 'fid' share one function: call it once
-    reals = RealImages(prepared, eval_config.num_real, eval_config.batch_size)
+    reals = RealImages(prepared, eval_config.num_real, eval_config.batch_size, int(eval_config.seed))
     values = fn(fake_batches(eval_config.num_fake), reals, eval_config, context)
     out.update({k: float(v) for k, v in values.items()})
   return out

@@ -10,6 +10,9 @@
 - ``correspondence``: the Spearman correlation between the pairwise distances of the same
   latents through the source and through the adapted generator (`correspondence`): CDC's claim
   that sample i keeps the structure of the source's sample i, as a number. Needs a transfer run.
+- ``class_share``: the share of samples whose nearest labelled real images (``eval.label_folder``,
+  files named ``<label>_*``) carry ``eval.target_label`` (`class_share`): whether the samples show
+  the target's kind of object at all. Needs a labelled folder.
 
 Each is computed with every distance available: the weight-free ``pyramid`` distance always, and
 LPIPS-VGG when ``eval.lpips_weights`` names its weight file; keys carry the distance's name
@@ -19,11 +22,13 @@ LPIPS-VGG when ``eval.lpips_weights`` names its weight file; keys carry the dist
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import ml_collections
 import numpy as np
 
+from gantl_jax.metrics import class_share as class_share_lib
 from gantl_jax.metrics import correspondence as correspondence_lib
 from gantl_jax.metrics import distances
 from gantl_jax.metrics import diversity as diversity_lib
@@ -31,7 +36,7 @@ from gantl_jax.metrics import memorisation
 
 Batches = Iterator[np.ndarray]
 # Direction of each headline, for checkpoint.keep_best (every other metric: lower is better).
-HIGHER_IS_BETTER = ("diversity", "correspondence")
+HIGHER_IS_BETTER = ("diversity", "correspondence", "class_share")
 
 
 class SampleContext(NamedTuple):
@@ -108,6 +113,38 @@ def evaluate_correspondence(fakes: Batches, reals, eval_config: ml_collections.C
     out.update(correspondence_lib.correspondence(distance, source, adapted))
   out["correspondence"] = out["pyramid_correspondence"]
   return out
+
+
+@functools.lru_cache(maxsize=2)
+def labelled_images(folder: str, resolution: int, channels: int) -> tuple[np.ndarray, tuple[str, ...]]:
+  """The images of ``eval.label_folder`` at the samples' size, read once per process, and their
+  labels; ValueError naming the key and the file when one cannot be read or has no label."""
+  from gantl_jax.data import builders  # pylint: disable=import-outside-toplevel  # tfds: only if asked
+  try:
+    files, _ = builders.list_images(folder)
+  except ValueError as e:
+    raise ValueError(f"eval.label_folder={folder!r}: {e}") from None
+  images, labels = [], []
+  for file in files:
+    loaded = builders.load_image(folder, file, resolution, channels)
+    if loaded.error:
+      raise ValueError(f"eval.label_folder: {os.path.join(folder, file)}: {loaded.error}")
+    try:
+      labels.append(class_share_lib.label_of(file))
+    except ValueError as e:
+      raise ValueError(f"eval.label_folder: {os.path.join(folder, file)}: {e}") from None
+    images.append(loaded.image)
+  return np.stack(images), tuple(labels)
+
+
+def evaluate_class_share(fakes: Batches, reals, eval_config: ml_collections.ConfigDict,
+                         context: SampleContext) -> dict[str, float]:
+  """The evaluator of 'class_share' (pyramid distance; LPIPS is not used here)."""
+  del reals, context
+  samples = take(fakes, int(eval_config.num_diagnostic))
+  references, labels = labelled_images(eval_config.label_folder, samples.shape[1], samples.shape[3])
+  return class_share_lib.class_share(distances.pyramid_distance(), samples, references, labels,
+                                     str(eval_config.target_label))
 
 
 def check(names: list[str], eval_config: ml_collections.ConfigDict, held_out: bool, transfer_source: str) -> None:

@@ -392,8 +392,7 @@ def _write_first_images(run: _Run, state, prepared, samples: actions.WriteSample
   if jax.process_index() != 0:
     return
   cols, rows = run.config.train.sample_grid
-  reals = np.stack([prepared.data_source[i] for i in range(min(cols * rows, prepared.num_examples))])
-  reals = image_io.make_grid(reals, cols)
+  reals = image_io.make_grid(pipeline.take_images(prepared, cols * rows), cols)
   image_io.save_png(reals, os.path.join(run.workdir, "reals.png"))
   monitor.image("reals", 0, reals)
   samples.write_grid("init", 0, state)
