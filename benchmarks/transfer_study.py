@@ -77,12 +77,15 @@ ARMS: dict[str, tuple[Optional[str], dict[str, Any]]] = {
     # conv0 70-fold in 4 kimg), which draws the per-pixel speckle seen as checkerboard artifacts.
     "freezed_r1": (None, {"freeze.preset": "freezed", "augment.kind": "none", "train.r1_gamma": 1.0}),
     "freezed_nf": (None, {"freeze.preset": "freezed,noise", "augment.kind": "none"}),
+    # _noflip: no random x-flips of the training images (data.xflip). A target whose images all
+    # face one way (every Fashion-MNIST shoe points left) is otherwise learnt facing both ways.
+    "freezed_nf_noflip": (None, {"freeze.preset": "freezed,noise", "augment.kind": "none", "data.xflip": False}),
     "freezed_cdc_r1": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed", "augment.kind": "none",
                                                   "train.r1_gamma": 1.0}),
     "freezed_cdc_r1_nf": ("configs/fewshot_cdc.py", {"freeze.preset": "freezed,noise", "augment.kind": "none",
                                                      "train.r1_gamma": 1.0}),
 }
-DEFAULT_ARMS = [a for a in ARMS if a != "ewc" and not a.endswith(("_r1", "_nf"))]
+DEFAULT_ARMS = [a for a in ARMS if a != "ewc" and not a.endswith(("_r1", "_nf", "_noflip"))]
 DATA_SEED = 0  # the training shots: images 0..shots-1 of this seed; held out: 1,000,000 on
 
 # The evaluators of every run (the scratch arm has no source, so no correspondence).
