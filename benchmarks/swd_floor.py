@@ -7,6 +7,8 @@ Both folders are prepared as the loop prepares a training folder (``pipeline.pre
 same resize and alpha handling, cached under ``--data_dir``), and each set's SWD descriptors are
 drawn with the same seed, as in ``launch.py --mode eval``. Prints SWD x10^3 per Laplacian level and
 their mean, and the mean pairwise pyramid distance of each set (``metrics.distances``).
+``--mirror_b`` mirrors the second set left to right first: what SWD makes of a generator that
+draws the domain facing the other way.
 """
 from __future__ import annotations
 
@@ -38,12 +40,15 @@ def main(argv=None) -> int:
   p.add_argument("--b", required=True, help="a folder of other images of the domain (held out)")
   p.add_argument("--resolution", type=int, default=32)
   p.add_argument("--num", type=int, default=2000, help="at most this many images of each folder")
+  p.add_argument("--mirror_b", action="store_true", help="mirror --b's images left to right")
   p.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets/gantl_jax"))
   args = p.parse_args(argv)
   a = folder_images(args.a, args.resolution, args.num, args.data_dir, "--a")
   b = folder_images(args.b, args.resolution, args.num, args.data_dir, "--b")
+  if args.mirror_b:
+    b = np.ascontiguousarray(b[:, :, ::-1])
   values = swd.swd_of_images(a, b)
-  print(f"{len(a)} images of {args.a} against {len(b)} of {args.b}")
+  print(f"{len(a)} images of {args.a} against {len(b)} of {args.b}" + (", mirrored" if args.mirror_b else ""))
   for key, value in values.items():
     print(f"  {key:10s} {value:8.2f}")
   pyramid = distances.pyramid_distance()
