@@ -43,8 +43,8 @@ def target_images(config, num: int, held_out: bool, real_folder: str = "") -> tu
   """uint8 NHWC target images and what they are: ``num`` training images, or with ``held_out``
   ``num`` images the run never trained on: of ``real_folder`` (else the run's
   ``eval.real_folder``), or of its synthetic domain; fewer than a prepared set holds are chosen
-  by ``eval.seed`` as the evaluators choose them (`pipeline.take_images`). A folder run with no held-out folder falls
-  back to its training images, and the description says so."""
+  by ``eval.seed`` as the evaluators choose them (`pipeline.take_images`). A folder run with no
+  held-out folder falls back to its training images, and the description says so."""
   d, res, channels = config.data, config.model.resolution, config.model.img_channels
   real_folder = real_folder or (config.eval.real_folder if held_out else "")
   if held_out and real_folder:

@@ -6,11 +6,11 @@ emoji categories) that question has an answer: give each sample the majority lab
 nearest labelled reference images (by a `distances.Distance`, the weight-free pyramid distance
 by default; ties go to the label of the nearest image among the tied labels), and report the
 share of samples given each label. Each reference is also compared mirrored left to right, with
-its label: training mirrors its images (``data.mirror``), so samples come in both orientations,
-while a dataset's own images may all face one way (every Fashion-MNIST shoe points left; a
-mirrored boot is nearer a bag than any unmirrored boot). ``class_share`` is the share given the target's label: 1 when
-every sample looks like the target class, near the source's share of it when the transfer did not
-move the samples.
+its label: training flips its images at random (``data.xflip``), so samples come in both
+orientations, while a dataset's own images may all face one way (every Fashion-MNIST shoe points
+left; a mirrored boot is nearer a bag than any unmirrored boot). ``class_share`` is the share
+given the target's label: 1 when every sample looks like the target class, near the source's
+share of it when the transfer did not move the samples.
 
 What the classifier is worth is measured, not assumed (`benchmarks/class_share_check.py`, on
 labelled images it was not given): on Fashion-MNIST at 32 px, with 3,000 reference images (about
